@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny synthetic CIFAR-like data set and a config pointing at a temp dir.
+
+The images are random noise plus a class-dependent colour and stripe pattern, so a few
+training steps already beat chance; nothing here needs the real data set or a GPU.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TINY_FASTNET = {"stem_width": 8, "stem_kernel": 3, "widths": [8, 16], "depths": [1, 2], "act": "relu",
+                "head": "pool_linear"}
+
+
+def make_tiny_npz(path, n_train=96, n_test=40, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def images(n):
+        y = np.arange(n) % 10
+        rng.shuffle(y)
+        x = rng.integers(0, 80, size=(n, 32, 32, 3)).astype(np.int64)
+        for c in range(10):
+            m = y == c
+            x[m, :, :, c % 3] += 60 + 15 * c
+            x[m, (c * 3) % 32::10, :, :] += 90
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    xtr, ytr = images(n_train)
+    xte, yte = images(n_test)
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+def tiny_config(tmp, tiny_fastnet=True, **extra):
+    """Write a copy of config.yaml with tiny settings and paths inside tmp; return its path."""
+    with open(os.path.join(ROOT, "config.yaml")) as f:
+        raw = yaml.safe_load(f)
+    npz = make_tiny_npz(os.path.join(tmp, "tiny.npz"))
+    raw["paths"] = {"checkpoints": os.path.join(tmp, "ckpt"), "manifest": os.path.join(tmp, "ckpt", "manifest.json"),
+                    "results": os.path.join(tmp, "results.csv"),
+                    "final_model": os.path.join(tmp, "ckpt", "final_model.pth"),
+                    "data_npz": npz, "download_root": os.path.join(tmp, "tv")}
+    raw["data"]["val_size"] = 16
+    if tiny_fastnet:
+        raw["models"]["fastnet"] = dict(TINY_FASTNET)
+    for m in raw["train"].values():
+        m.update(epochs=1, batch_size=32, warmup_epochs=0.5)
+    raw["eval"] = {"batch_size": 16, "batch1_check": 4}
+    raw["bench"].update(device="cpu", warmup=1, iters=3, runs=2, e2e_iters=2)
+    for v in raw["variants"].values():
+        if v["checkpoint"] == "checkpoints/final_model.pth":
+            v["checkpoint"] = raw["paths"]["final_model"]
+    for k, v in extra.items():
+        raw[k] = v
+    path = os.path.join(tmp, "config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(raw, f)
+    return path
+
+
+def run_script(script, *args, env_extra=None):
+    """Run one of the kit's scripts as a user would; returns CompletedProcess (text)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return tiny_config(str(tmp_path))
