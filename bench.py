@@ -20,6 +20,7 @@ speedup = mean latency of the reference (bench.reference, B1) / mean latency of 
 the reference always measured in the same invocation, and the test accuracy through the
 same inference object (unless --no-acc).  One row per variant goes to results.csv.
 """
+import sys
 import time
 
 import numpy as np
@@ -83,12 +84,22 @@ def main():
               f"variants {', '.join(names)}; {runs} runs x ({warmup} warm-up + {iters} timed), e2e {e2e_iters}")
     clocks0 = utils._nvidia_smi("clocks.sm,clocks.mem,temperature.gpu,power.draw") if device.type == "cuda" else ""
 
-    ims = {}
+    ims, failed = {}, {}
     for n in names:
-        ims[n] = utils.InferenceModel(cfg, n, device)
+        try:
+            ims[n] = utils.InferenceModel(cfg, n, device)
+        except utils.KitError:
+            raise  # missing/bad checkpoint, bad variant: the user must fix it
+        except Exception as e:  # a build failure (compiler, graph capture) loses that variant only: say so loudly
+            if n == b.reference:
+                raise
+            failed[n] = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+            print(f"error: variant {n} failed to build, left out of this run: {failed[n]}", file=sys.stderr, flush=True)
+            continue
         utils.log(f"  built {n:<10s} {ims[n].model_name:<12s} {ims[n].precision} {ims[n].memory_format:<13s} "
                   f"compile={ims[n].compile:<8s} graph={ims[n].cuda_graph!s:<5s} in {ims[n].build_s:.1f}s")
 
+    names = [n for n in names if n in ims]
     need_data = (not a.no_acc) or e2e_iters > 0
     data = utils.load_data(cfg, device, need_train=False) if need_data else None
     host_imgs = data["test_u8"].permute(0, 2, 3, 1).contiguous().cpu().numpy() if e2e_iters else None
@@ -172,6 +183,9 @@ def main():
               f"{row['cv_pct']:5.2f} {row['lat_p50_ms']:8.4f} {row['lat_p95_ms']:8.4f} {row['lat_p99_ms']:8.4f} "
               f"{e2:>8s} {row['size_mb']:6.2f} {row['speedup']:7.2f}x")
     print(f"rows appended to {results}")
+    if failed:
+        print(f"error: {len(failed)} variant(s) failed to build: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python train.py --model mobilenetv3                      # B1 (and O1-O3) weights
     python train.py --model resnet18                         # B2, also the distillation teacher
-    python train.py --model fastnet --save-as checkpoints/final_model.pth   # F
+    python train.py --model fastnet --final               # F: also written to paths.final_model
     python train.py --model resnet18 --set train.resnet18.epochs=5 --device cpu
 
 The recipe is train.<model> in config.yaml (epochs, batch size, lr, ...).  The 50k train
@@ -61,7 +61,8 @@ def main():
     ap = utils.ArgParser(__doc__)
     ap.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture to train")
     ap.add_argument("--tag", help="manifest tag and file-name prefix (default: the model name)")
-    ap.add_argument("--save-as", help="also write the checkpoint to this path (e.g. checkpoints/final_model.pth)")
+    ap.add_argument("--save-as", help="also write the checkpoint to this path")
+    ap.add_argument("--final", action="store_true", help="also write it to paths.final_model (the shipped F model)")
     ap.add_argument("--device", default="auto", help="auto (GPU if any), cuda, cuda:N or cpu (default: auto)")
     add_config_args(ap)
     a = ap.parse_args()
@@ -69,7 +70,8 @@ def main():
     device = utils.resolve_device(a.device)
     if device.type == "cpu":
         utils.log("train: no GPU in use: training on the CPU (slow; fine for short runs)")
-    train_and_save(cfg, a.model, device, a.tag or a.model, a.save_as)
+    save_as = a.save_as or (cfg.paths.final_model if a.final else None)
+    train_and_save(cfg, a.model, device, a.tag or a.model, save_as)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ plain arguments, so the module imports cheaply and is tested on the CPU (tests/)
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime
+import gc
 import io
 import json
 import math
@@ -310,7 +312,7 @@ class FastNet(nn.Module):
                 layers.append(FusedConvAct(w, bias, m.conv.stride, m.conv.padding, m.act, fuse))
             else:
                 layers.append(m)
-        return nn.Sequential(*layers, GlobalMaxLinear(self.fc))
+        return nn.Sequential(*layers, GlobalMaxLinear(copy.deepcopy(self.fc)))
 
 
 def fold_conv_bn(conv, bn):
@@ -354,6 +356,9 @@ def build_model(name, cfg=None):
         m = tvm.mobilenet_v3_small(num_classes=10)
         m.features[0][0].stride = (1, 1)            # stem: no downsampling on 32x32 inputs
         m.features[1].block[0][0].stride = (1, 1)   # first depthwise block: likewise (final map 4x4)
+        for bn in m.modules():  # torchvision's momentum 0.01 leaves eval-mode statistics stale in short runs
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.momentum = 0.1
         return m
     if name == "shufflenet":
         m = tvm.shufflenet_v2_x1_0(num_classes=10)
@@ -649,7 +654,10 @@ def update_manifest(cfg, tag, entry):
 
 
 def resolve_checkpoint(cfg, spec):
-    """'@tag' -> the manifest's newest checkpoint of that tag; otherwise a path."""
+    """'@final' -> paths.final_model; '@tag' -> the manifest's newest checkpoint of that tag;
+    otherwise a path (relative to the config file's folder)."""
+    if spec == "@final":
+        return resolve_path(cfg, cfg.paths.final_model)
     if spec.startswith("@"):
         tag = spec[1:]
         entry = read_manifest(cfg).get(tag)
@@ -674,12 +682,19 @@ def time_calls(fn, device, warmup, iters):
     sync()
     out = np.empty(iters, dtype=np.float64)
     clock = time.perf_counter_ns
-    for i in range(iters):
-        sync()
-        t0 = clock()
-        fn()
-        sync()
-        out[i] = (clock() - t0) / 1e6
+    gc.collect()
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a collection inside a timed call would be noise, not the model
+    try:
+        for i in range(iters):
+            sync()
+            t0 = clock()
+            fn()
+            sync()
+            out[i] = (clock() - t0) / 1e6
+    finally:
+        if gc_was_on:
+            gc.enable()
     return out
 
 
