@@ -39,6 +39,8 @@ def train_and_save(cfg, model_name, device, tag, save_as=None, script="train", l
                 train_time_s=info["train_time_s"], history=info["history"])
     utils.save_checkpoint(path, model.cpu(), model_name, cfg, **meta)
     rel = os.path.relpath(path, os.path.dirname(cfg.config_file))
+    if rel.startswith(".."):  # outside the project: keep it absolute
+        rel = os.path.abspath(path)
     utils.update_manifest(cfg, tag, {"path": rel, "model": model_name, "epoch": info["best_epoch"],
                                      "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
                                      "train_time_s": round(info["train_time_s"], 1),
