@@ -1,0 +1,105 @@
+"""Bad input: one-line error on stderr, non-zero exit, nothing half-written."""
+import glob
+import os
+
+import pytest
+import torch
+
+from conftest import run_script, tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("err"))
+    cfg = tiny_config(tmp)
+    for args in (("--model", "fastnet", "--final"), ("--model", "resnet18")):
+        r = run_script("train.py", *args, "--config", cfg)
+        assert r.returncode == 0, r.stderr
+    return cfg
+
+
+def snapshot(cfg):
+    d = os.path.dirname(cfg)
+    files = sorted(glob.glob(os.path.join(d, "**", "*"), recursive=True))
+    return files, open(os.path.join(d, "results.csv")).read()
+
+
+def fails_cleanly(cfg, r, *words):
+    err = r.stderr.strip()
+    assert r.returncode != 0, r.stdout
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error:") and all(w in err for w in words), err
+
+
+def check(cfg, script, args, *words, env=None):
+    before = snapshot(cfg)
+    r = run_script(script, *args, "--config", cfg, env_extra=env)
+    fails_cleanly(cfg, r, *words)
+    assert snapshot(cfg) == before  # no new files, no new rows
+    return r
+
+
+def test_missing_checkpoint(trained):
+    check(trained, "eval.py", ["--ckpt", "nope.pth"], "checkpoint not found", "nope.pth")
+
+
+def test_corrupt_and_truncated_checkpoints(trained, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    check(trained, "eval.py", ["--ckpt", str(bad)], "not a readable checkpoint")
+    good = os.path.join(os.path.dirname(trained), "ckpt", "final_model.pth")
+    cut = tmp_path / "cut.pth"
+    data = open(good, "rb").read()
+    cut.write_bytes(data[: len(data) // 2])
+    check(trained, "eval.py", ["--ckpt", str(cut)], "not a readable checkpoint")
+    other = tmp_path / "other.pth"
+    torch.save({"weights": torch.zeros(3)}, other)
+    check(trained, "eval.py", ["--ckpt", str(other)], "not a checkpoint of this kit")
+
+
+def test_checkpoint_of_another_architecture(trained, tmp_path):
+    check(trained, "eval.py", ["--ckpt", "@resnet18", "--model", "fastnet"], "holds a 'resnet18' model, not 'fastnet'")
+    check(trained, "eval.py", ["--variant", "F", "--ckpt", "@resnet18"], "not 'fastnet'")
+    good = os.path.join(os.path.dirname(trained), "ckpt", "final_model.pth")
+    ck = torch.load(good, weights_only=True)
+    ck["model"] = "mobilenetv3"  # fastnet weights labelled as another net
+    lied = tmp_path / "lied.pth"
+    torch.save(ck, lied)
+    check(trained, "eval.py", ["--ckpt", str(lied)], "weights do not fit a 'mobilenetv3' model")
+
+
+def test_unknown_model_and_variant(trained):
+    check(trained, "train.py", ["--model", "vgg16"], "invalid choice", "vgg16")
+    check(trained, "bench.py", ["--variant", "Z9"], "unknown variant 'Z9'", "B1")
+    check(trained, "eval.py", ["--variant", "Z9"], "unknown variant 'Z9'")
+
+
+def test_config_errors(trained):
+    check(trained, "train.py", ["--model", "fastnet", "--set", "train.fastnet.epochz=1"],
+          "unknown config key 'train.fastnet.epochz'", "epochs")
+    check(trained, "train.py", ["--model", "fastnet", "--set", "train.fastnet.epochs=abc"],
+          "train.fastnet.epochs", "expected int")
+    check(trained, "bench.py", ["--set", "bench.device=tpu"], "bench.device", "cuda, cpu")
+
+
+def test_missing_data(trained):
+    check(trained, "train.py", ["--model", "fastnet", "--set", "paths.data_npz=/nonexistent/c.npz"],
+          "CIFAR-10 not found", "unpack.py", "data.download=true")
+
+
+def test_cuda_requested_without_gpu(trained):
+    check(trained, "train.py", ["--model", "fastnet", "--device", "cuda"], "no CUDA GPU", "--device cpu")
+    check(trained, "bench.py", ["--variant", "F", "--set", "bench.device=cuda"], "no CUDA GPU")
+
+
+def test_results_file_with_another_header(trained):
+    p = os.path.join(os.path.dirname(trained), "results.csv")
+    good = open(p).read()
+    try:
+        with open(p, "w") as f:
+            f.write("a,b,c\n1,2,3\n")
+        check(trained, "eval.py", ["--variant", "F"], "header differs", "results.csv")
+        check(trained, "train.py", ["--model", "fastnet"], "header differs")
+    finally:
+        with open(p, "w") as f:
+            f.write(good)

@@ -1,0 +1,57 @@
+"""results.csv: one schema, atomic appends, header check."""
+import csv
+import multiprocessing as mp
+import os
+
+import pytest
+
+import utils
+
+
+def _writer(path, wid, n):
+    for i in range(n):
+        utils.append_result(path, {"script": "test", "variant": f"w{wid}", "notes": f"row {i} " + "x" * 3000,
+                                   "acc": 50.0 + i, "label": 'quote " and, comma'})
+
+
+def test_concurrent_appends_never_tear_rows(tmp_path):
+    path = str(tmp_path / "r.csv")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, w, 60)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    with open(path, newline="") as f:
+        r = list(csv.reader(f))
+    assert r[0] == utils.RESULT_COLUMNS
+    body = r[1:]
+    assert len(body) == 240 and all(len(x) == len(utils.RESULT_COLUMNS) for x in body)
+    notes = utils.RESULT_COLUMNS.index("notes")
+    seen = {(x[utils.RESULT_COLUMNS.index("variant")], x[notes].split(" x")[0]) for x in body}
+    assert len(seen) == 240  # every row arrived exactly once, whole
+    assert all(x[utils.RESULT_COLUMNS.index("label")] == 'quote " and, comma' for x in body)
+
+
+def test_other_header_is_refused_and_left_alone(tmp_path):
+    path = str(tmp_path / "r.csv")
+    with open(path, "w") as f:
+        f.write("timestamp,acc\n1,2\n")
+    with pytest.raises(utils.KitError, match="header differs"):
+        utils.append_result(path, {"script": "x"})
+    assert open(path).read() == "timestamp,acc\n1,2\n"
+
+
+def test_unknown_column_is_a_bug_not_a_row(tmp_path):
+    path = str(tmp_path / "r.csv")
+    with pytest.raises(utils.KitError, match="unknown columns"):
+        utils.append_result(path, {"script": "x", "latency": 1})
+    assert not os.path.exists(path)
+
+
+def test_values_are_formatted_stably(tmp_path):
+    path = str(tmp_path / "r.csv")
+    utils.append_result(path, {"acc": 92.3456789, "cuda_graph": True, "speedup": float("nan"), "runs": 3})
+    row = next(csv.DictReader(open(path)))
+    assert row["acc"] == "92.3457" and row["cuda_graph"] == "true" and row["speedup"] == "" and row["runs"] == "3"
