@@ -59,7 +59,8 @@ def main():
 
     def factory(tc):
         return kd_loss_factory(teacher, d.temperature, d.alpha, tc.label_smoothing, tc.channels_last)
-    train_and_save(cfg, d.student, device, d.tag, script="distill", loss_factory=factory)
+    train_and_save(cfg, d.student, device, d.tag, script="distill", loss_factory=factory,
+                   notes=f"teacher {teacher_path} ({tck['model']}), T={d.temperature:g}, alpha={d.alpha:g}")
 
 
 if __name__ == "__main__":

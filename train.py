@@ -17,7 +17,7 @@ from config import MODEL_NAMES, add_config_args, load_config, resolve_path
 import utils
 
 
-def train_and_save(cfg, model_name, device, tag, save_as=None, script="train", loss_factory=None):
+def train_and_save(cfg, model_name, device, tag, save_as=None, script="train", loss_factory=None, notes=""):
     """Train model_name with train.<model_name>; save, register and record it.  Shared with distill.py."""
     results = resolve_path(cfg, cfg.paths.results)
     utils.check_results_file(results)
@@ -52,7 +52,8 @@ def train_and_save(cfg, model_name, device, tag, save_as=None, script="train", l
                memory_format="channels_last" if tcfg.channels_last else "contiguous",
                acc=test_acc, val_acc=val_acc, epochs=info["best_epoch"], train_time_s=info["train_time_s"],
                checkpoint=rel, n_params=sum(p.numel() for p in model.parameters()),
-               notes=f"best epoch {info['best_epoch']}/{tcfg.epochs} by validation; acc = FP32 test accuracy")
+               notes=f"best epoch {info['best_epoch']}/{tcfg.epochs} by validation; acc = FP32 test accuracy"
+                     + (f"; {notes}" if notes else ""))
     utils.append_result(results, row)
     utils.log(f"{script}: {tag} best epoch {info['best_epoch']} val {val_acc:.2f}% test {test_acc:.2f}% "
               f"in {info['train_time_s']:.1f}s -> {rel}" + (f" and {save_as}" if save_as else ""))

@@ -101,13 +101,12 @@ def _nvidia_smi(field):
 
 
 def _cpu_name():
-    try:
+    """CPU model from /proc/cpuinfo (Linux); elsewhere what the platform module knows."""
+    if os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
@@ -416,9 +415,11 @@ class InferenceModel:
         cuda = device.type == "cuda"
         self.precision = v.precision if cuda else "fp32"
         self.cuda_graph = v.cuda_graph and cuda
-        self.compile = v.compile
-        if not cuda and (v.precision != "fp32" or v.cuda_graph):
-            self.notes.append("cpu fallback: fp32, no CUDA graph")
+        # On the CPU the kit measures nothing the study reports: run the same weights and folding
+        # in FP32 eager (no FP16, no CUDA graph, no torch.compile and its C++ build), and say so.
+        self.compile = v.compile if cuda else "none"
+        if not cuda and (v.precision != "fp32" or v.cuda_graph or v.compile != "none"):
+            self.notes.append("cpu fallback: fp32 eager (no CUDA graph, no torch.compile)")
         if v.fuse and not v.fold_bn:
             raise KitError(f"variant {variant}: fuse needs fold_bn (the fused kernels take folded weights)")
         if v.cuda_graph and v.compile in ("reduce-overhead", "max-autotune"):
@@ -439,14 +440,14 @@ class InferenceModel:
         self.size_mb = param_bytes(net) / 1e6
         self.n_params = sum(p.numel() for p in model.parameters())
         self.mean, self.std = norm_consts(cfg.data.mean, cfg.data.std, device)
-        self.fn = torch.compile(net, mode=v.compile, dynamic=False) if v.compile != "none" else net
-        self.batch1_only = self.cuda_graph or v.compile != "none"
+        self.fn = torch.compile(net, mode=self.compile, dynamic=False) if self.compile != "none" else net
+        self.batch1_only = self.cuda_graph or self.compile != "none"
         self.test_acc_ckpt = ck.get("test_acc")
         self._graph = self._e2e = None
         t0 = time.time()
         with torch.inference_mode():
             self.static_in = self.prepare(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, device=device))
-            if v.compile != "none" and not self.cuda_graph:
+            if self.compile != "none" and not self.cuda_graph:
                 for _ in range(3):  # compile (and record cudagraphs) now, not inside a timed run
                     self.fn(self.static_in)
             if self.cuda_graph:
