@@ -50,6 +50,9 @@ def run_main(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        sys.stderr.close()
+        sys.exit(141)
 
 
 class ArgParser(argparse.ArgumentParser):
