@@ -148,6 +148,13 @@ def figures(b, raw_path):
     import matplotlib.pyplot as plt
     os.makedirs(FIG, exist_ok=True)
     paths = {}
+    def save(fig, name):
+        fig.tight_layout()
+        p = os.path.join(FIG, name)
+        fig.savefig(p, dpi=160)
+        plt.close(fig)
+        return p
+
     colors = {v: ("#c0392b" if v == "F" else "#2c7fb8" if v in TABLE_IDS else "#999999") for v in b.index}
 
     # latency bar plot (log scale)
@@ -163,10 +170,7 @@ def figures(b, raw_path):
         ax.text(i, (y[i] + e[i]) * 1.12, f"{y[i]:.3f} ms\n{b.loc[v].speedup:.1f}×", ha="center", fontsize=7.5)
     ax.set_ylim(min(y) / 2, max(y) * 4)
     ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    paths["latency"] = os.path.join(FIG, "latency_bar.png")
-    fig.savefig(paths["latency"], dpi=160)
-    plt.close(fig)
+    paths["latency"] = save(fig, "latency_bar.png")
 
     # accuracy vs latency
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -185,10 +189,7 @@ def figures(b, raw_path):
     ax.set_xlim(b.lat_p50_ms.min() * 0.6, b.lat_p50_ms.max() * 1.8)
     ax.grid(which="both", alpha=0.3)
     ax.set_title("Accuracy vs latency (table variants: circles; F ablation and O2d rows: grey squares)", fontsize=10)
-    fig.tight_layout()
-    paths["scatter"] = os.path.join(FIG, "acc_vs_latency.png")
-    fig.savefig(paths["scatter"], dpi=160)
-    plt.close(fig)
+    paths["scatter"] = save(fig, "acc_vs_latency.png")
 
     # ablation of F
     abl = [v for v in ["F_fp32", "F_fp16", "F_cl", "F_fold", "F_fuse", "F_graph", "F"] if v in b.index]
@@ -207,10 +208,7 @@ def figures(b, raw_path):
         ax.set_xlim(min(y) / 1.5, max(y) * 3)
         ax.set_title("Ablation of F's inference path, one step at a time (same weights)", fontsize=10)
         ax.grid(axis="x", which="both", alpha=0.3)
-        fig.tight_layout()
-        paths["ablation"] = os.path.join(FIG, "ablation_F.png")
-        fig.savefig(paths["ablation"], dpi=160)
-        plt.close(fig)
+        paths["ablation"] = save(fig, "ablation_F.png")
 
     # per-call distributions
     if raw_path and os.path.isfile(raw_path):
@@ -225,10 +223,7 @@ def figures(b, raw_path):
         ax.set_ylabel("per-call latency (ms, log scale)")
         ax.set_title("Distribution of all timed calls (box: p25-p75, whiskers: p1-p99)", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
-        fig.tight_layout()
-        paths["dist"] = os.path.join(FIG, "latency_distribution.png")
-        fig.savefig(paths["dist"], dpi=160)
-        plt.close(fig)
+        paths["dist"] = save(fig, "latency_distribution.png")
     return paths
 
 
