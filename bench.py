@@ -142,7 +142,7 @@ def main():
     ref = summ[b.reference]["mean"]
     rows = []
     for n in names:
-        im, s, v = ims[n], summ[n], cfg.variants[n]
+        im, s = ims[n], summ[n]
         row = utils.base_row(cfg, "bench", device)
         row.update(im.info())
         notes = list(im.notes) + [f"cudnn.benchmark={b.cudnn_benchmark}", f"build {im.build_s:.1f}s"]
@@ -150,20 +150,17 @@ def main():
             notes.append(f"e2e top-1 on {runs * e2e_iters} images {100.0 * e2e_correct[n] / (runs * e2e_iters):.1f}%")
         if clocks0:
             notes.append(f"sm/mem clock, temp, power before [{clocks0}] after [{clocks1}]")
-        row.update(invocation=invocation, label=v.label, fold_bn=v.fold_bn, fuse=v.fuse,
-                   lat_mean_ms=s["mean"], lat_std_ms=s["std"], cv_pct=s["cv_pct"], lat_p50_ms=s["p50"],
+        row.update(invocation=invocation, lat_mean_ms=s["mean"], lat_std_ms=s["std"], cv_pct=s["cv_pct"], lat_p50_ms=s["p50"],
                    lat_p95_ms=s["p95"], lat_p99_ms=s["p99"],
                    run_means_ms=";".join(f"{m:.5f}" for m in s["run_means"]),
                    run_p50s_ms=";".join(f"{m:.5f}" for m in s["run_p50s"]),
-                   size_mb=im.size_mb, n_params=im.n_params, speedup=ref / s["mean"], runs=runs, iters=iters,
+                   speedup=ref / s["mean"], runs=runs, iters=iters,
                    notes="; ".join(notes))
         if e2e_iters:
             es = utils.latency_stats(np.concatenate(e2e[n]))
             row.update(e2e_mean_ms=es["mean"], e2e_p50_ms=es["p50"], e2e_p95_ms=es["p95"])
         if n in accs:
-            ra = accs[n]
-            row.update(acc=ra["acc"], per_class_acc=";".join(f"{p:.1f}" for p in ra["per_class"]),
-                       batch1_check=f"{ra['batch1_mismatch']}/{ra['batch1_checked']}" if ra["batch1_checked"] else "")
+            row.update(utils.accuracy_fields(accs[n]))
         rows.append(row)
     for row in rows:
         utils.append_result(results, row)

@@ -49,11 +49,8 @@ def main():
     r = utils.evaluate_inference(im, data, cfg.eval.batch_size, cfg.eval.batch1_check)
     row = utils.base_row(cfg, "eval", device)
     row.update(im.info())
-    row.update(variant=a.variant or "", label=cfg.variants[variant].label, acc=r["acc"],
-               fold_bn=cfg.variants[variant].fold_bn, fuse=cfg.variants[variant].fuse,
-               per_class_acc=";".join(f"{p:.1f}" for p in r["per_class"]),
-               batch1_check=f"{r['batch1_mismatch']}/{r['batch1_checked']}" if r["batch1_checked"] else "",
-               size_mb=im.size_mb, n_params=im.n_params,
+    row.update(utils.accuracy_fields(r))
+    row.update(variant=a.variant or "",
                notes="; ".join(im.notes + (["batch-1 path, image by image"] if im.batch1_only else
                                            [f"eager, batches of {cfg.eval.batch_size}"])))
     utils.append_result(results, row)

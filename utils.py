@@ -412,6 +412,7 @@ class InferenceModel:
             raise KitError(f"unknown variant '{variant}' (valid: {', '.join(cfg.variants)})")
         v = cfg.variants[variant]
         self.variant, self.device, self.notes = variant, device, []
+        self.label, self.fold_bn, self.fuse = v.label, v.fold_bn, v.fuse
         self.ckpt_path = resolve_checkpoint(cfg, checkpoint or v.checkpoint)
         model, ck = load_model(self.ckpt_path, expected_model or v.get("model") or None, cfg=cfg)
         self.model_name = ck["model"]
@@ -497,9 +498,11 @@ class InferenceModel:
             return int(self._e2e_body(self.d_in))
 
     def info(self):
-        return {"variant": self.variant, "model": self.model_name, "precision": self.precision,
-                "memory_format": self.memory_format, "compile": self.compile,
-                "cuda_graph": self.cuda_graph, "checkpoint": self.ckpt_path}
+        """The results.csv columns that describe this inference path."""
+        return {"variant": self.variant, "label": self.label, "model": self.model_name,
+                "precision": self.precision, "memory_format": self.memory_format, "fold_bn": self.fold_bn,
+                "fuse": self.fuse, "compile": self.compile, "cuda_graph": self.cuda_graph,
+                "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params}
 
 
 def capture_graph(fn, static_in, warmup=3):
@@ -515,6 +518,12 @@ def capture_graph(fn, static_in, warmup=3):
         out = fn(static_in)
     torch.cuda.synchronize()
     return g, out
+
+
+def accuracy_fields(r):
+    """The results.csv columns of an evaluate_inference() result."""
+    return {"acc": r["acc"], "per_class_acc": ";".join(f"{p:.1f}" for p in r["per_class"]),
+            "batch1_check": f"{r['batch1_mismatch']}/{r['batch1_checked']}" if r["batch1_checked"] else ""}
 
 
 @torch.inference_mode()
