@@ -28,6 +28,7 @@ import torch
 
 from config import add_config_args, load_config, resolve_path
 import utils
+from inference import InferenceModel, accuracy_fields, evaluate_inference
 
 
 def select_variants(cfg, spec, reference):
@@ -87,7 +88,7 @@ def main():
     ims, failed = {}, {}
     for n in names:
         try:
-            ims[n] = utils.InferenceModel(cfg, n, device)
+            ims[n] = InferenceModel(cfg, n, device)
         except utils.KitError:
             raise  # missing/bad checkpoint, bad variant: the user must fix it
         except Exception as e:  # a build failure (compiler, graph capture) loses that variant only: say so loudly
@@ -135,7 +136,7 @@ def main():
     if not a.no_acc:
         for n in names:
             t0 = time.time()
-            accs[n] = utils.evaluate_inference(ims[n], data, cfg.eval.batch_size, cfg.eval.batch1_check)
+            accs[n] = evaluate_inference(ims[n], data, cfg.eval.batch_size, cfg.eval.batch1_check)
             utils.log(f"  acc {n:<10s} {accs[n]['acc']:.2f}%  ({time.time() - t0:.1f}s)")
 
     summ = {n: utils.summarize_runs(lat[n]) for n in names}
@@ -160,7 +161,7 @@ def main():
             es = utils.latency_stats(np.concatenate(e2e[n]))
             row.update(e2e_mean_ms=es["mean"], e2e_p50_ms=es["p50"], e2e_p95_ms=es["p95"])
         if n in accs:
-            row.update(utils.accuracy_fields(accs[n]))
+            row.update(accuracy_fields(accs[n]))
         rows.append(row)
     for row in rows:
         utils.append_result(results, row)

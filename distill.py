@@ -22,7 +22,7 @@ import utils
 
 
 def kd_loss_factory(teacher, temperature, alpha, label_smoothing, channels_last):
-    """A loss_fn(logits, y, x) for utils.fit: soft targets of the teacher at temperature T."""
+    """A loss_fn(logits, y, x) for train.fit: soft targets of the teacher at temperature T."""
     ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     t2 = temperature * temperature
 

@@ -17,6 +17,7 @@ import sys
 
 from config import MODEL_NAMES, Config, add_config_args, load_config, resolve_path
 import utils
+from inference import InferenceModel, accuracy_fields, evaluate_inference
 
 PLAIN = {"label": "plain FP32", "checkpoint": "", "precision": "fp32", "memory_format": "contiguous",
          "fold_bn": False, "fuse": False, "compile": "none", "cuda_graph": False, "table": False, "model": ""}
@@ -44,12 +45,12 @@ def main():
     elif variant not in cfg.variants:
         raise utils.KitError(f"unknown variant '{variant}' (valid: {', '.join(cfg.variants)})")
     utils.set_seed(cfg.seed)
-    im = utils.InferenceModel(cfg, variant, device, checkpoint=a.ckpt, expected_model=a.model)
+    im = InferenceModel(cfg, variant, device, checkpoint=a.ckpt, expected_model=a.model)
     data = utils.load_data(cfg, device, need_train=False)
-    r = utils.evaluate_inference(im, data, cfg.eval.batch_size, cfg.eval.batch1_check)
+    r = evaluate_inference(im, data, cfg.eval.batch_size, cfg.eval.batch1_check)
     row = utils.base_row(cfg, "eval", device)
     row.update(im.info())
-    row.update(utils.accuracy_fields(r))
+    row.update(accuracy_fields(r))
     row.update(variant=a.variant or "",
                notes="; ".join(im.notes + (["batch-1 path, image by image"] if im.batch1_only else
                                            [f"eager, batches of {cfg.eval.batch_size}"])))

@@ -58,7 +58,7 @@ def main():
     out_dir = a.out_dir or os.path.dirname(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     os.makedirs(out_dir, exist_ok=True)
-    dep = Deployable(model.fuse_for_inference(cfg.data.mean, cfg.data.std, fuse=False)).eval()
+    dep = Deployable(model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=False)).eval()
 
     data = utils.load_data(cfg, torch.device("cpu"), need_train=False)
     n = min(a.n_check, len(data["y_test"]))

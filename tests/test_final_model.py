@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import utils
+from inference import InferenceModel
 from config import load_config
 from conftest import ROOT, run_script
 
@@ -36,7 +37,7 @@ def test_final_model_loads_with_the_readme_lines_and_is_small():
 def test_final_inference_path_equals_the_plain_model_on_cpu():
     cfg = load_config()
     model, _ = utils.load_model(FINAL)
-    im = utils.InferenceModel(cfg, "F", torch.device("cpu"))  # F's folded, fused net; on the CPU FP32 eager
+    im = InferenceModel(cfg, "F", torch.device("cpu"))  # F's folded, fused net; on the CPU FP32 eager
     x_u8 = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         ref = model(utils.normalize(x_u8, cfg.data.mean, cfg.data.std))

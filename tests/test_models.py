@@ -45,7 +45,7 @@ def test_fastnet_folding_matches_the_plain_model_in_fp32(kw, fuse):
     x_u8 = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         ref = m(utils.normalize(x_u8, cfg.data.mean, cfg.data.std))
-        folded = m.fuse_for_inference(cfg.data.mean, cfg.data.std, fuse=fuse).eval()
+        folded = m.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=fuse).eval()
         got = folded(x_u8.float())  # raw pixels: the normalisation is inside the first conv
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4), (got - ref).abs().max()
     assert not any(isinstance(x, nn.BatchNorm2d) for x in folded.modules())
@@ -55,7 +55,7 @@ def test_folding_does_not_touch_the_original_model():
     cfg = load_config()
     m = utils.FastNet(**TINY_FASTNET).eval()
     before = copy.deepcopy(m.state_dict())
-    m.fuse_for_inference(cfg.data.mean, cfg.data.std).half()
+    m.fold_for_inference(cfg.data.mean, cfg.data.std).half()
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 

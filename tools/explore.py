@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import utils  # noqa: E402
+from inference import InferenceModel, capture_graph  # noqa: E402
 from config import Config, load_config  # noqa: E402
 
 CANDIDATES = {
@@ -47,7 +48,7 @@ def p50(fn, device, iters=1000, warmup=100):
 
 
 def graph_of(fn, x):
-    g, out = utils.capture_graph(fn, x)
+    g, out = capture_graph(fn, x)
     return lambda: g.replay()
 
 
@@ -86,7 +87,7 @@ def main():
             v.update(fields)
             cfg.variants[vname] = Config(v)
             try:
-                im = utils.InferenceModel(cfg, vname, dev)
+                im = InferenceModel(cfg, vname, dev)
                 x = im.static_in
                 t = p50(lambda: im(x), dev)
                 xs = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).numpy()

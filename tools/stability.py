@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import utils  # noqa: E402
+from inference import InferenceModel  # noqa: E402
 from config import Config, load_config  # noqa: E402
 
 
@@ -83,7 +84,7 @@ def main():
     }
     for k, v in variants.items():
         cfg["variants"][k] = Config(v)
-    ims = {k: utils.InferenceModel(cfg, k, dev) for k in variants}
+    ims = {k: InferenceModel(cfg, k, dev) for k in variants}
     res = {"env": utils.env_info(), "cpu_count": os.cpu_count(), "conditions": {}, "enqueue_ms": {},
            "kernels": {}}
     print(res["env"], flush=True)

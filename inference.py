@@ -1,0 +1,173 @@
+"""Every inference path of the kit: one variant = a checkpoint + precision + memory format
++ BN folding + fused kernels + torch.compile + CUDA graph.
+
+InferenceModel is used by both bench.py and eval.py, so the accuracy reported for a variant
+is that of exactly what is timed; evaluate_inference() runs the test set through it.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from utils import (FastNet, KitError, fold_bn_generic, load_model, norm_consts, normalize, param_bytes,
+                   resolve_checkpoint, sync_fn)
+
+class InferenceModel:
+    """One variant's inference path: checkpoint + precision + memory format + BN folding
+    + fused kernels + torch.compile + CUDA graph.  Used by both bench.py and eval.py, so the
+    accuracy reported for a variant is that of exactly what is timed.
+
+      im = InferenceModel(cfg, "F", device)
+      x = im.prepare(u8_nchw)    # the variant's input (dtype, layout, normalised or not)
+      logits = im(x)             # batch 1 if im.batch1_only
+      cls = im.predict_host(img) # end to end: uint8 HWC numpy on the host -> int
+    """
+
+    def __init__(self, cfg, variant, device, checkpoint=None, expected_model=None):
+        if variant not in cfg.variants:
+            raise KitError(f"unknown variant '{variant}' (valid: {', '.join(cfg.variants)})")
+        v = cfg.variants[variant]
+        self.variant, self.device, self.notes = variant, device, []
+        self.label, self.fold_bn, self.fuse = v.label, v.fold_bn, v.fuse
+        self.ckpt_path = resolve_checkpoint(cfg, checkpoint or v.checkpoint)
+        model, ck = load_model(self.ckpt_path, expected_model or v.get("model") or None, cfg=cfg)
+        self.model_name = ck["model"]
+        cuda = device.type == "cuda"
+        self.precision = v.precision if cuda else "fp32"
+        self.cuda_graph = v.cuda_graph and cuda
+        # On the CPU the kit measures nothing the study reports: run the same weights and folding
+        # in FP32 eager (no FP16, no CUDA graph, no torch.compile and its C++ build), and say so.
+        self.compile = v.compile if cuda else "none"
+        if not cuda and (v.precision != "fp32" or v.cuda_graph or v.compile != "none"):
+            self.notes.append("cpu fallback: fp32 eager (no CUDA graph, no torch.compile)")
+        if v.fuse and not v.fold_bn:
+            raise KitError(f"variant {variant}: fuse needs fold_bn (the fused kernels take folded weights)")
+        if v.cuda_graph and v.compile in ("reduce-overhead", "max-autotune"):
+            raise KitError(f"variant {variant}: compile mode '{v.compile}' makes its own CUDA graphs; "
+                           "set cuda_graph: false or use max-autotune-no-cudagraphs")
+        self.fold_norm = False
+        net = model.eval()
+        if v.fold_bn:
+            if isinstance(model, FastNet):
+                net, self.fold_norm = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=v.fuse), True
+            else:
+                net = fold_bn_generic(model)
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.mem = torch.channels_last if v.memory_format == "channels_last" else torch.contiguous_format
+        self.memory_format = v.memory_format
+        net = net.to(device=device, dtype=self.dtype, memory_format=self.mem).eval()
+        self.net = net
+        self.size_mb = param_bytes(net) / 1e6
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.mean, self.std = norm_consts(cfg.data.mean, cfg.data.std, device)
+        self.fn = torch.compile(net, mode=self.compile, dynamic=False) if self.compile != "none" else net
+        self.batch1_only = self.cuda_graph or self.compile != "none"
+        self._graph = self._e2e = None
+        t0 = time.time()
+        with torch.inference_mode():
+            self.static_in = self.prepare(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, device=device))
+            if self.compile != "none" and not self.cuda_graph:
+                for _ in range(3):  # compile (and record cudagraphs) now, not inside a timed run
+                    self.fn(self.static_in)
+            if self.cuda_graph:
+                self._graph, self.static_out = capture_graph(self.fn, self.static_in)
+            if cuda:
+                self.h_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8).pin_memory()
+                self.d_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8, device=device)
+                if self.cuda_graph:
+                    self._e2e, self.e2e_out = capture_graph(self._e2e_body, self.d_in)
+            sync_fn(device)()
+        self.build_s = time.time() - t0
+
+    # --- preprocessing: uint8 NCHW (possibly a channels_last view) -> this variant's input
+    def prepare(self, x_u8):
+        x = x_u8.to(self.dtype) if self.fold_norm else normalize(x_u8, self.mean, self.std, self.dtype)
+        return x.contiguous(memory_format=self.mem)
+
+    def __call__(self, x):
+        """Logits for x (already prepared).  CUDA-graph variants replay their graph; passing
+        self.static_in itself skips the copy into the graph's input buffer."""
+        with torch.inference_mode():
+            if self._graph is None:
+                return self.fn(x)
+            if x is not self.static_in:
+                self.static_in.copy_(x)
+            self._graph.replay()
+            return self.static_out
+
+    def _e2e_body(self, d_in_nhwc):
+        x = self.prepare(d_in_nhwc.permute(0, 3, 1, 2))
+        return torch.argmax(self.fn(x), dim=1)
+
+    def predict_host(self, img_hwc):
+        """End to end: one uint8 HxWx3 numpy image on the host -> class id (int) on the host."""
+        with torch.inference_mode():
+            if self.device.type != "cuda":
+                x = torch.from_numpy(img_hwc)[None].permute(0, 3, 1, 2)
+                return int(torch.argmax(self.fn(self.prepare(x)), dim=1))
+            self.h_in[0].numpy()[...] = img_hwc
+            self.d_in.copy_(self.h_in, non_blocking=True)
+            if self._e2e is not None:
+                self._e2e.replay()
+                return int(self.e2e_out)
+            return int(self._e2e_body(self.d_in))
+
+    def info(self):
+        """The results.csv columns that describe this inference path."""
+        return {"variant": self.variant, "label": self.label, "model": self.model_name,
+                "precision": self.precision, "memory_format": self.memory_format, "fold_bn": self.fold_bn,
+                "fuse": self.fuse, "compile": self.compile, "cuda_graph": self.cuda_graph,
+                "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params}
+
+
+def capture_graph(fn, static_in, warmup=3):
+    """Capture fn(static_in) in a CUDA graph after a few warm-up calls on a side stream."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn(static_in)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn(static_in)
+    torch.cuda.synchronize()
+    return g, out
+
+
+def accuracy_fields(r):
+    """The results.csv columns of an evaluate_inference() result."""
+    return {"acc": r["acc"], "per_class_acc": ";".join(f"{p:.1f}" for p in r["per_class"]),
+            "batch1_check": f"{r['batch1_mismatch']}/{r['batch1_checked']}" if r["batch1_checked"] else ""}
+
+
+@torch.inference_mode()
+def evaluate_inference(im, data, batch_size=500, batch1_check=500):
+    """Accuracy of an InferenceModel on the test set through its own path.
+
+    Batch-1-only paths (CUDA graph, torch.compile) run image by image, exactly as timed.
+    Eager paths run in batches of batch_size (same dtype, layout, weights); their first
+    batch1_check images are then run again one at a time and mismatches counted.
+    Returns dict(acc, per_class, n, batch1_mismatch, batch1_checked).
+    """
+    x_u8, y = data["test_u8"], data["y_test"]
+    n = len(y)
+    preds = torch.empty(n, dtype=torch.long, device=y.device)
+    if im.batch1_only:
+        for i in range(n):
+            x = im.prepare(x_u8[i:i + 1])
+            preds[i:i + 1].copy_(torch.argmax(im(x), dim=1))
+        checked = mismatch = 0
+    else:
+        for i in range(0, n, batch_size):
+            preds[i:i + batch_size] = torch.argmax(im(im.prepare(x_u8[i:i + batch_size])), dim=1)
+        checked = min(batch1_check, n)
+        p1 = torch.cat([torch.argmax(im(im.prepare(x_u8[i:i + 1])), dim=1) for i in range(checked)]) \
+            if checked else preds[:0]
+        mismatch = int((p1 != preds[:checked]).sum())
+    correct = (preds == y)
+    per_class = [100.0 * float(correct[y == c].float().mean()) if bool((y == c).any()) else float("nan")
+                 for c in range(10)]
+    return {"acc": 100.0 * float(correct.float().mean()), "per_class": per_class, "n": n,
+            "batch1_mismatch": mismatch, "batch1_checked": checked}
