@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "config.yaml")
 
 MODEL_NAMES = ("mobilenetv3", "shufflenet", "resnet18", "fastnet")
+TTA_MODES = ("none", "flip", "flip_translate")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -36,22 +37,45 @@ REQUIRED = object()
 
 
 class Field:
-    """A leaf: its accepted type(s), default (REQUIRED if none) and allowed values."""
+    """A leaf: its accepted type(s), default (REQUIRED if none), allowed values and bounds.
 
-    def __init__(self, types, default=REQUIRED, choices=None, item=None):
+    lo / hi are inclusive bounds and gt an exclusive lower bound, checked on the number or, for
+    a list, on each item; length is a list's exact length, min_len its least.  They live here so
+    that a bad value stops at load time with the key's name, not as a traceback mid-run.
+    """
+
+    def __init__(self, types, default=REQUIRED, choices=None, item=None, lo=None, hi=None, gt=None,
+                 length=None, min_len=None):
         self.types = types if isinstance(types, tuple) else (types,)
         self.default = default
         self.choices = choices
         self.item = item  # element type of a list
+        self.lo, self.hi, self.gt, self.length, self.min_len = lo, hi, gt, length, min_len
 
     def describe(self):
         names = {int: "int", float: "float", bool: "bool", str: "str", list: "list", type(None): "null"}
         text = " or ".join(names[t] for t in self.types)
+        if self.length is not None:
+            text += f" of {self.length}"
+        elif self.min_len:
+            text += f" of >= {self.min_len}"
         if self.item is not None:
-            text += f" of {names[self.item]}"
+            text += f" {names[self.item]}" if self.length or self.min_len else f" of {names[self.item]}"
         if self.choices:
             text += " (one of " + ", ".join(map(str, self.choices)) + ")"
+        text += self.describe_bounds()
         return text
+
+    def describe_bounds(self):
+        parts = [f"> {self.gt}" if self.gt is not None else "", f">= {self.lo}" if self.lo is not None else "",
+                 f"<= {self.hi}" if self.hi is not None else ""]
+        parts = [p for p in parts if p]
+        return (" " + " and ".join(parts)) if parts else ""
+
+    def in_bounds(self, v):
+        # written so that NaN fails every bound (each comparison with NaN is False)
+        return ((self.lo is None or v >= self.lo) and (self.hi is None or v <= self.hi)
+                and (self.gt is None or v > self.gt))
 
 
 class MapOf:
@@ -63,15 +87,30 @@ class MapOf:
 
 
 TRAIN = {
-    "epochs": Field(int),
-    "batch_size": Field(int),
-    "lr": Field(float),
-    "momentum": Field(float, 0.9),
-    "weight_decay": Field(float, 5e-4),
-    "warmup_epochs": Field(float, 1.0),
-    "label_smoothing": Field(float, 0.0),
+    "epochs": Field(int, lo=1),
+    "batch_size": Field(int, lo=1),
+    "lr": Field(float, gt=0),
+    "momentum": Field(float, 0.9, lo=0, hi=1),
+    "weight_decay": Field(float, 5e-4, lo=0),
+    "warmup_epochs": Field(float, 1.0, lo=0),
+    "label_smoothing": Field(float, 0.0, lo=0, hi=1),
     "amp": Field(bool, True),
     "channels_last": Field(bool, True),
+    # v2 recipe knobs; the defaults reproduce the v1 recipe
+    "lr_start": Field(float, 0.0, lo=0),            # warm-up starts at lr_start x lr
+    "bias_lr_scale": Field(float, 1.0, gt=0),       # lr multiplier of BN biases and other vectors
+    "decay_biases": Field(bool, False),       # decay them by weight_decay / bias_lr_scale
+    "pad": Field(int, -1, lo=-1),                    # crop translation in px (-1: data.pad)
+    "flip": Field(str, "random", choices=("random", "alternate", "none")),
+    "lookahead": Field(bool, False),
+    "lookahead_every": Field(int, 5, lo=1),
+    "lookahead_base": Field(float, 0.95, lo=0, hi=1),
+    "whiten_bias_epochs": Field(int, 0, lo=0),      # whitening stem: its bias trains this many epochs (0: all)
+    "select": Field(str, "best_val", choices=("best_val", "last")),
+    "val_every_epoch": Field(bool, True),     # with select: last, validate every epoch (log) or only at the end
+    "compile": Field(bool, False),            # torch.compile the training net (warm-up timed apart)
+    "train_on_val": Field(bool, False),       # train on train + validation (a fixed schedule chosen before)
+    "cudnn_benchmark": Field(bool, False),    # let cuDNN autotune (fast, not bit-reproducible); warm-up timed apart
 }
 
 VARIANT = {
@@ -85,34 +124,57 @@ VARIANT = {
     "compile": Field(str, "none", choices=COMPILE_MODES),
     "cuda_graph": Field(bool, False),
     "table": Field(bool, True),
+    # test-time augmentation, inside the timed path: none | flip (2 views) | flip_translate (6 views)
+    # | ckpt (the mode front.py selected, stored in the checkpoint)
+    "tta": Field(str, "none", choices=TTA_MODES + ("ckpt",)),
+    "front": Field(str, ""),     # set on generated front points: the shape's name
+}
+
+# A front shape: widths/depths, and optionally other models.fastnet keys it changes.
+SHAPE = {
+    "widths": Field(list, item=int, min_len=1, lo=1),
+    "depths": Field(list, item=int, min_len=1, lo=1),
+    "stem": Field((str, type(None)), None),
+    "stem_width": Field((int, type(None)), None, lo=1),
+    "stem_kernel": Field((int, type(None)), None, lo=1),
+    "act": Field((str, type(None)), None),
 }
 
 SCHEMA = {
-    "seed": Field(int),
+    "seed": Field(int, lo=0),
     "paths": {
         "checkpoints": Field(str),
         "manifest": Field(str),
         "results": Field(str),
         "final_model": Field(str),
+        "f85_model": Field(str, "checkpoints/f85_model.pth"),
+        "front_selection": Field(str, "results/front_selection.json"),
         "data_npz": Field(str),
         "download_root": Field(str),
     },
     "data": {
         "download": Field(bool, False),
-        "val_size": Field(int),
-        "mean": Field(list, item=float),
-        "std": Field(list, item=float),
-        "pad": Field(int, 4),
+        "val_size": Field(int, lo=0),
+        "mean": Field(list, item=float, length=3),         # one per RGB channel
+        "std": Field(list, item=float, length=3, gt=0),
+        "pad": Field(int, 4, lo=0),
         "flip": Field(bool, True),
     },
     "models": {
         "fastnet": {
-            "stem_width": Field(int),
-            "stem_kernel": Field(int),
-            "widths": Field(list, item=int),
-            "depths": Field(list, item=int),
+            "stem_width": Field(int, lo=1),
+            "stem_kernel": Field(int, lo=1),
+            "widths": Field(list, item=int, min_len=1, lo=1),
+            "depths": Field(list, item=int, min_len=1, lo=1),
             "act": Field(str, "relu", choices=("relu", "gelu")),
-            "head": Field(str, "pool_linear", choices=("pool_linear",)),
+            "stem": Field(str, "conv", choices=("conv", "whiten")),
+            "order": Field(str, "act_pool", choices=("act_pool", "pool_bn")),
+            "bn_frozen": Field(bool, False),
+            "bn_momentum": Field(float, 0.1, lo=0, hi=1),
+            "bn_eps": Field(float, 1e-5, gt=0),
+            "head_bias": Field(bool, True),
+            "logit_scale": Field(float, 1.0, gt=0),
+            "dirac": Field(bool, False),
         },
     },
     "train": MapOf(TRAIN, keys=MODEL_NAMES),
@@ -120,23 +182,34 @@ SCHEMA = {
         "teacher": Field(str),
         "student": Field(str, choices=MODEL_NAMES),
         "tag": Field(str),
-        "temperature": Field(float),
-        "alpha": Field(float),
+        "temperature": Field(float, gt=0),
+        "alpha": Field(float, lo=0, hi=1),
     },
     "eval": {
-        "batch_size": Field(int, 500),
-        "batch1_check": Field(int, 500),
+        "batch_size": Field(int, 500, lo=1),
+        "batch1_check": Field(int, 500, lo=0),
     },
     "bench": {
-        "device": Field(str, "cuda", choices=("cuda", "cpu")),
-        "warmup": Field(int),
-        "iters": Field(int),
-        "runs": Field(int),
-        "e2e_iters": Field(int, 300),
+        "device": Field(str, "auto", choices=("auto", "cuda", "cpu")),
+        "warmup": Field(int, lo=0),
+        "iters": Field(int, lo=2),      # a std needs two calls
+        "runs": Field(int, lo=1),
+        "e2e_iters": Field(int, 300, lo=0),
         "cudnn_benchmark": Field(bool, True),
         "reference": Field(str, "B1"),
     },
     "variants": MapOf(VARIANT),
+    # The accuracy-latency front (issue 9): each shape trained for every seed by
+    # `python train.py --front` (tags front_<shape>_s<seed>), benched by `python bench.py
+    # --variant front` through the inference path of variant `template`, once per tta mode.
+    "front": {
+        "seeds": Field(list, [42, 1, 2], item=int, min_len=1, lo=0),
+        "tta": Field(list, ["none", "flip"], item=str),
+        "template": Field(str, "F"),
+        "f_min_acc": Field(float, 94.0, lo=0, hi=100),
+        "f85_min_acc": Field(float, 85.0, lo=0, hi=100),
+        "shapes": MapOf(SHAPE),
+    },
 }
 
 
@@ -161,6 +234,16 @@ class Config(dict):
 
 
 # ----------------------------------------------------------------------------- validation
+def _as_float(value, field):
+    """A float field takes what float() takes: YAML reads '1e-3' (no dot) as a string."""
+    if float in field.types and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _type_ok(value, field):
     if isinstance(value, bool) and bool not in field.types:
         return False  # bool is an int in Python; never accept it as a number
@@ -169,17 +252,29 @@ def _type_ok(value, field):
     return float in field.types and isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_leaf(key, value, field):
+def _check_number(key, value, field):
+    """Type, int -> float, choices and bounds of one number (or str/bool) against field."""
+    value = _as_float(value, field)
     if not _type_ok(value, field):
         raise ConfigError(f"config key '{key}': expected {field.describe()}, got {type(value).__name__} {value!r}")
-    if field.item is not None:
-        item = Field(field.item)
-        for i, v in enumerate(value):
-            if not _type_ok(v, item):
-                raise ConfigError(f"config key '{key}[{i}]': expected {field.describe()}, got {v!r}")
-        value = [float(v) if field.item is float else v for v in value]
-    elif float in field.types and isinstance(value, int) and not isinstance(value, bool):
+    if float in field.types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not field.in_bounds(value):
+        raise ConfigError(f"config key '{key}': {value!r} is out of range (expected{field.describe_bounds()})")
+    return value
+
+
+def _check_leaf(key, value, field):
+    if field.item is None:
+        value = _check_number(key, value, field)
+    else:
+        if not _type_ok(value, field):
+            raise ConfigError(f"config key '{key}': expected {field.describe()}, got {type(value).__name__} {value!r}")
+        if value is not None and ((field.length is not None and len(value) != field.length)
+                                  or (field.min_len and len(value) < field.min_len)):
+            raise ConfigError(f"config key '{key}': expected {field.describe()}, got {len(value)} item(s) {value!r}")
+        item = Field(field.item, lo=field.lo, hi=field.hi, gt=field.gt)  # the bounds hold for each item
+        value = None if value is None else [_check_number(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if field.choices and value not in field.choices:
         raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, field.choices))}")
     return value
@@ -225,7 +320,48 @@ def validate(raw):
     for name in cfg.variants:
         if not name.replace("_", "").isalnum():
             raise ConfigError(f"variant name '{name}': use letters, digits and '_' only")
+    add_front_variants(cfg)
     return cfg
+
+
+def front_tag(shape, seed):
+    """Manifest tag of one front checkpoint."""
+    return f"front_{shape}_s{seed}"
+
+
+def front_variant_name(shape, tta):
+    return f"P_{shape}" + ("" if tta == "none" else f"_{tta}")
+
+
+def add_front_variants(cfg):
+    """One variant per front shape and tta mode: the template variant's inference path on the
+    shape's checkpoint of the first front seed (the shipped one, fixed before any run; the other
+    seeds are evaluated by bench.py through the same path for the seed mean)."""
+    fr = cfg.front
+    if not fr.shapes:
+        return
+    if not fr.seeds:
+        raise ConfigError("front.seeds: give at least one seed (the first one's checkpoint is shipped)")
+    bad = [t for t in fr.tta if t not in TTA_MODES]
+    if bad:
+        raise ConfigError(f"front.tta: unknown mode '{bad[0]}' (valid: {', '.join(TTA_MODES)})")
+    if fr.template not in cfg.variants:
+        raise ConfigError(f"front.template '{fr.template}' is not a variant (valid: {', '.join(cfg.variants)})")
+    for shape in fr.shapes:
+        if not shape.replace("_", "").isalnum():
+            raise ConfigError(f"front shape name '{shape}': use letters, digits and '_' only")
+        for tta in fr.tta:
+            v = dict(cfg.variants[fr.template])
+            v.update(label=f"front {shape}" + (f" + {tta} TTA" if tta != "none" else ""), model="fastnet",
+                     checkpoint="@" + front_tag(shape, fr.seeds[0]), tta=tta, table=False, front=shape)
+            cfg.variants[front_variant_name(shape, tta)] = Config(_validate(v, VARIANT, "variants.front"))
+
+
+def front_model_kwargs(cfg, shape):
+    """models.fastnet with the front shape's keys applied."""
+    kw = dict(cfg.models.fastnet)
+    kw.update({k: v for k, v in dict(cfg.front.shapes[shape]).items() if v is not None})
+    return kw
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -274,6 +410,9 @@ def load_config(path=None, overrides=()):
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):  # before the overrides, which walk a mapping
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (seed:, paths:, ...), "
+                          f"not a {type(raw).__name__}")
     for text in overrides or ():
         apply_override(raw, text)
     cfg = validate(raw)
@@ -288,8 +427,10 @@ def resolve_path(cfg, p):
 
 
 def config_hash(cfg):
-    """Stable 12-hex-digit hash of the resolved configuration (the config file's location excluded)."""
-    d = {k: v for k, v in dict(cfg).items() if k != "config_file"}
+    """Stable 12-hex-digit hash of the resolved configuration.  Where files go (paths.*, the
+    config file's location) is left out: a run writing its rows elsewhere with --set
+    paths.results=... ran the same study and carries the same hash."""
+    d = {k: v for k, v in dict(cfg).items() if k not in ("config_file", "paths")}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

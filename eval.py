@@ -19,7 +19,7 @@ from config import MODEL_NAMES, Config, add_config_args, load_config, resolve_pa
 import utils
 from inference import InferenceModel, accuracy_fields, evaluate_inference
 
-PLAIN = {"label": "plain FP32", "checkpoint": "", "precision": "fp32", "memory_format": "contiguous",
+PLAIN = {"label": "plain FP32", "checkpoint": "", "tta": "none", "front": "", "precision": "fp32", "memory_format": "contiguous",
          "fold_bn": False, "fuse": False, "compile": "none", "cuda_graph": False, "table": False, "model": ""}
 
 

@@ -10,8 +10,57 @@ import time
 
 import torch
 
+import torch.nn as nn
+import torch.nn.functional as F
+
 from utils import (FastNet, KitError, fold_bn_generic, load_model, norm_consts, normalize, param_bytes,
                    resolve_checkpoint, sync_fn)
+
+# ============================================================================= test-time augmentation
+# A TTA mode = views (flip, dy, dx) and their weights; logits = sum_v weight_v * net(view_v(x)).
+# Translations shift by one pixel with reflect padding (the stem has no padding, so the folded
+# normalisation stays exact).  flip_translate follows airbench's multi-crop TTA idea: the two
+# untranslated views weigh half, the four one-pixel shifts the other half.
+TTA_VIEWS = {
+    "none": [((False, 0, 0), 1.0)],
+    "flip": [((False, 0, 0), 0.5), ((True, 0, 0), 0.5)],
+    "flip_translate": [((False, 0, 0), 0.25), ((True, 0, 0), 0.25),
+                       ((False, -1, -1), 0.125), ((True, -1, -1), 0.125),
+                       ((False, 1, 1), 0.125), ((True, 1, 1), 0.125)],
+}
+
+
+def make_view(x, flip, dy, dx):
+    """One TTA view of a NCHW batch: horizontal flip, then a (dy, dx) shift with reflect padding."""
+    if flip:
+        x = x.flip(3)
+    if dy or dx:
+        h, w = x.shape[2], x.shape[3]
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    return x
+
+
+class TTANet(nn.Module):
+    """net over all views as ONE batch (V*N images), then the weighted mean of the logits:
+    at batch 1 the GPU is mostly idle, so extra views cost little (all inside the same graph)."""
+
+    def __init__(self, net, mode):
+        super().__init__()
+        if mode not in TTA_VIEWS:
+            raise KitError(f"unknown tta mode '{mode}' (valid: {', '.join(TTA_VIEWS)})")
+        self.net, self.views = net, [v for v, _ in TTA_VIEWS[mode]]
+        dev = next(net.parameters()).device
+        # a buffer, not a tensor made in forward: a host-to-device copy cannot be graph-captured
+        self.register_buffer("w", torch.tensor([w for _, w in TTA_VIEWS[mode]], device=dev).view(-1, 1, 1))
+
+    def forward(self, x):
+        n = x.shape[0]
+        batch = torch.cat([make_view(x, *v) for v in self.views])
+        if x.is_contiguous(memory_format=torch.channels_last):
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        logits = self.net(batch).float().view(len(self.views), n, -1)
+        return (logits * self.w).sum(0)
+
 
 class InferenceModel:
     """One variant's inference path: checkpoint + precision + memory format + BN folding
@@ -33,6 +82,7 @@ class InferenceModel:
         self.ckpt_path = resolve_checkpoint(cfg, checkpoint or v.checkpoint)
         model, ck = load_model(self.ckpt_path, expected_model or v.get("model") or None, cfg=cfg)
         self.model_name = ck["model"]
+        self.ck_meta = {k: ck.get(k) for k in ("front", "tta", "train_time_s", "compile_s", "test_acc")}
         cuda = device.type == "cuda"
         self.precision = v.precision if cuda else "fp32"
         self.cuda_graph = v.cuda_graph and cuda
@@ -46,18 +96,16 @@ class InferenceModel:
         if v.cuda_graph and v.compile in ("reduce-overhead", "max-autotune"):
             raise KitError(f"variant {variant}: compile mode '{v.compile}' makes its own CUDA graphs; "
                            "set cuda_graph: false or use max-autotune-no-cudagraphs")
-        self.fold_norm = False
-        net = model.eval()
-        if v.fold_bn:
-            if isinstance(model, FastNet):
-                net, self.fold_norm = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=v.fuse), True
-            else:
-                net = fold_bn_generic(model)
+        self.tta = ck.get("tta", "none") if v.tta == "ckpt" else v.tta
+        if self.tta not in TTA_VIEWS:
+            raise KitError(f"{self.ckpt_path}: unknown tta mode '{self.tta}' (valid: {', '.join(TTA_VIEWS)})")
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
         self.mem = torch.channels_last if v.memory_format == "channels_last" else torch.contiguous_format
         self.memory_format = v.memory_format
-        net = net.to(device=device, dtype=self.dtype, memory_format=self.mem).eval()
-        self.net = net
+        self.fold_norm = v.fold_bn and isinstance(model, FastNet)
+        self._cfg, self._fold_args = cfg, dict(fold_bn=v.fold_bn, fuse=v.fuse, device=device, dtype=self.dtype,
+                                               mem=self.mem, tta=self.tta)
+        self.net = net = InferenceModel.folded_net(cfg, model, self._fold_args)
         self.size_mb = param_bytes(net) / 1e6
         self.n_params = sum(p.numel() for p in model.parameters())
         self.mean, self.std = norm_consts(cfg.data.mean, cfg.data.std, device)
@@ -79,6 +127,17 @@ class InferenceModel:
                     self._e2e, self.e2e_out = capture_graph(self._e2e_body, self.d_in)
             sync_fn(device)()
         self.build_s = time.time() - t0
+
+    @staticmethod
+    def folded_net(cfg, model, a):
+        """The eval-mode net of a path: BN (and, for fastnet, the input normalisation) folded if
+        asked, moved to the device, dtype and memory format, wrapped in the TTA views."""
+        net = model.eval()
+        if a["fold_bn"]:
+            net = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=a["fuse"]) \
+                if isinstance(model, FastNet) else fold_bn_generic(model)
+        net = net.to(device=a["device"], dtype=a["dtype"], memory_format=a["mem"]).eval()
+        return TTANet(net, a["tta"]).eval() if a["tta"] != "none" else net
 
     # --- preprocessing: uint8 NCHW (possibly a channels_last view) -> this variant's input
     def prepare(self, x_u8):
@@ -118,7 +177,22 @@ class InferenceModel:
         return {"variant": self.variant, "label": self.label, "model": self.model_name,
                 "precision": self.precision, "memory_format": self.memory_format, "fold_bn": self.fold_bn,
                 "fuse": self.fuse, "compile": self.compile, "cuda_graph": self.cuda_graph,
-                "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params}
+                "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params,
+                "tta": self.tta}
+
+    @torch.no_grad()
+    def swap_weights(self, ckpt_path):
+        """Copy another checkpoint of the same architecture into this path's weights, in place:
+        the compiled code and the CUDA graph read the same memory, so the next calls run the
+        new weights through exactly the timed path (bench.py uses it for every seed's accuracy)."""
+        other = InferenceModel.folded_net(self._cfg, load_model(ckpt_path, self.model_name, cfg=self._cfg)[0],
+                                          self._fold_args)
+        mine = list(self.net.parameters()) + list(self.net.buffers())
+        theirs = list(other.parameters()) + list(other.buffers())
+        if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+            raise KitError(f"{ckpt_path}: not the same architecture as {self.ckpt_path}")
+        for a, b in zip(mine, theirs):
+            a.copy_(b)
 
 
 def capture_graph(fn, static_in, warmup=3):

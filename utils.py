@@ -9,7 +9,6 @@ plain arguments, so the module imports cheaply and is tested on the CPU (tests/)
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import datetime
 import gc
@@ -19,9 +18,11 @@ import math
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 
 import numpy as np
@@ -94,7 +95,7 @@ def set_seed(seed=42):
     torch.backends.cudnn.benchmark = False
 
 
-def _nvidia_smi(field):
+def nvidia_smi(field):
     try:
         out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)
@@ -113,18 +114,25 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-def git_commit():
-    """HEAD of the kit's repository (+'-dirty' with uncommitted changes); KIT_GIT_COMMIT wins."""
+# What the kit writes while it runs: changes there are outputs, not a different kit, so they do
+# not mark a row's commit '-dirty' (else every row after the first would be).
+OUTPUT_DIRS = ("results", "checkpoints")
+
+
+def git_commit(repo=None):
+    """HEAD of the kit's repository (+'-dirty' with uncommitted changes to tracked files outside
+    OUTPUT_DIRS); KIT_GIT_COMMIT wins."""
     if os.environ.get("KIT_GIT_COMMIT"):
         return os.environ["KIT_GIT_COMMIT"]
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = repo or os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
+        outputs = [f":(top,exclude){d}" for d in OUTPUT_DIRS]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *outputs],
+                               cwd=here, capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -146,7 +154,7 @@ def env_info():
             "cuda": torch.version.cuda or "",
             "cudnn": str(torch.backends.cudnn.version() or "") if cuda else "",
             "gpu": torch.cuda.get_device_name(0) if cuda else "",
-            "driver": _nvidia_smi("driver_version") if cuda else "",
+            "driver": nvidia_smi("driver_version") if cuda else "",
             "cpu": _cpu_name(),
             "git_commit": git_commit(),
         }
@@ -161,11 +169,13 @@ def load_cifar10_arrays(cfg, need_train=True):
         try:
             with np.load(npz) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise KitError(f"{npz}: not a readable CIFAR-10 .npz ({e})") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # a truncated file: BadZipFile
+            raise KitError(f"{npz}: not a readable CIFAR-10 .npz ({type(e).__name__}: {e}); "
+                           "delete it and run again to rebuild it") from None
         if need_train and "x_train" not in arrays:
             raise KitError(f"{npz} holds the test split only; rebuild it without --test-only "
                            f"(python ../shared/cifar10/unpack.py {cfg.paths.data_npz})")
+        check_cifar10_arrays(arrays, npz, ("train", "test") if need_train else ("test",))
         return arrays
     root = resolve_path(cfg, cfg.paths.download_root)
     try:
@@ -183,6 +193,26 @@ def load_cifar10_arrays(cfg, need_train=True):
         raise KitError(f"CIFAR-10 not found: no {npz} (make it offline with "
                        f"`python ../shared/cifar10/unpack.py {cfg.paths.data_npz}`) and no torchvision copy "
                        f"in {root} ({how})") from None
+
+
+def check_cifar10_arrays(arrays, where, splits):
+    """Each split's x is uint8 (N, 32, 32, 3) and its y N integer labels in 0-9: a wrong file
+    must stop here, not give a 0.2 % row or a shape error deep in a conv."""
+    for s in splits:
+        for k in (f"x_{s}", f"y_{s}"):
+            if k not in arrays:
+                raise KitError(f"{where}: array '{k}' is missing (have: {', '.join(sorted(arrays)) or 'none'})")
+        x, y = arrays[f"x_{s}"], arrays[f"y_{s}"]
+        if x.dtype != np.uint8:
+            raise KitError(f"{where}: x_{s} must be uint8 pixels 0-255, not {x.dtype}")
+        if x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise KitError(f"{where}: x_{s} must be (N, 32, 32, 3) images, not {tuple(x.shape)}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise KitError(f"{where}: x_{s} holds {len(x)} images but y_{s} {len(y)} labels (shape {tuple(y.shape)})")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise KitError(f"{where}: y_{s} must hold integer labels 0-9, not {y.dtype}")
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise KitError(f"{where}: y_{s} must hold labels 0-9, found {int(y.min())}..{int(y.max())}")
 
 
 def split_indices(n, val_size, seed):
@@ -252,103 +282,195 @@ def augment(x, pad, flip, gen):
 
 
 # ============================================================================= models
-class ConvBNAct(nn.Module):
-    """conv (no bias) -> BatchNorm -> activation: the unit fastnet is made of."""
+def act_fn(name):
+    """The activation of a fastnet layer: 'relu' or exact (erf) 'gelu'."""
+    return F.relu if name == "relu" else F.gelu
 
-    def __init__(self, cin, cout, k, padding, act):
+
+class ConvBNAct(nn.Module):
+    """conv (no bias) -> [max-pool 2] -> BatchNorm -> activation: the unit fastnet is made of.
+
+    pool=2 puts the max-pool between conv and BN (airbench's order).  With the BN weight frozen
+    at 1 (bn_frozen) BN's scale 1/sqrt(var+eps) is > 0, so folding it into the conv before the
+    pool is exact for any activation: max(s*z) = s*max(z) for s > 0.
+    """
+
+    def __init__(self, cin, cout, k, padding, act, pool=0, bn_frozen=False, bn_momentum=0.1, bn_eps=1e-5):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = nn.BatchNorm2d(cout, momentum=bn_momentum, eps=bn_eps)
+        if bn_frozen:
+            self.bn.weight.requires_grad_(False)
+        self.act, self.pool = act, pool
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.pool:
+            x = F.max_pool2d(x, self.pool)
+        return act_fn(self.act)(self.bn(x))
+
+
+class WhitenStem(nn.Module):
+    """k x k valid conv 3 -> 2*3*k*k with bias, then the activation.  Its weights are the +/-
+    eigenvectors of the train set's k x k patch covariance, scaled to unit variance
+    (init_whitening), and stay frozen; only the bias trains (idea: airbench, arXiv 2404.00498)."""
+
+    def __init__(self, k, act):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
+        self.conv.weight.requires_grad_(False)
         self.act = act
 
     def forward(self, x):
-        x = self.bn(self.conv(x))
-        return F.relu(x) if self.act == "relu" else F.gelu(x)
+        return act_fn(self.act)(self.conv(x))
 
 
 class FastNet(nn.Module):
-    """Our final net: few, fat 3x3 convolutions, built for batch-1 latency.
+    """Our family of batch-1 nets: few, fat 3x3 convolutions, no residuals, no depthwise.
 
-    stem:   k x k conv, no padding, on the image (so normalisation folds into it exactly)
-    blocks: for each width w and depth d: ConvBNAct(->w) -> maxpool 2 -> (d-1) x ConvBNAct(w->w)
-    head:   global max pool -> linear
-    At inference (fold_for_inference) BN and the input normalisation are folded into the
-    convolutions and conv+bias+ReLU runs as one cuDNN kernel.
+    stem:   k x k conv, no padding, on the image (so normalisation folds into it exactly):
+            'conv' = ConvBNAct(3 -> stem_width), or 'whiten' = WhitenStem (6k^2 channels, frozen)
+    blocks: for each width w and depth d: a conv to w with a 2x2 max-pool, then d-1 convs w -> w.
+            order 'act_pool' (v1):  conv -> BN -> act -> pool  (relu only folds exactly)
+            order 'pool_bn' (v2):   conv -> pool -> BN -> act  (exact for any act if bn_frozen)
+    head:   global max pool -> linear (no bias in v2) -> * logit_scale
+    At inference (fold_for_inference / folded_spec) BN, the input normalisation and the logit
+    scale are folded into the weights.
     """
 
-    def __init__(self, stem_width=32, stem_kernel=3, widths=(64, 192, 256), depths=(2, 2, 2),
-                 act="relu", head="pool_linear", num_classes=10):
+    def __init__(self, stem_width=32, stem_kernel=3, widths=(64, 192, 256), depths=(2, 2, 2), act="relu",
+                 stem="conv", order="act_pool", bn_frozen=False, bn_momentum=0.1, bn_eps=1e-5,
+                 head_bias=True, logit_scale=1.0, dirac=False, num_classes=10):
         super().__init__()
-        if len(widths) != len(depths) or not widths or min(depths) < 1:
+        if len(widths) != len(depths) or not widths or min(depths) < 1 or min(widths) < 1:
             raise KitError(f"fastnet: widths {list(widths)} and depths {list(depths)} must be non-empty, "
-                           "of equal length, depths >= 1")
-        self.act = act
-        layers = [ConvBNAct(3, stem_width, stem_kernel, 0, act)]
-        c = stem_width
+                           "of equal length, all >= 1")
+        if order == "act_pool" and act != "relu":
+            raise KitError("fastnet: order 'act_pool' folds exactly only with act 'relu'; use order 'pool_bn'")
+        self.act, self.order, self.logit_scale = act, order, logit_scale
+        bn = dict(bn_frozen=bn_frozen, bn_momentum=bn_momentum, bn_eps=bn_eps)
+        if stem == "whiten":
+            layers, c = [WhitenStem(stem_kernel, act)], 2 * 3 * stem_kernel ** 2
+        else:
+            layers, c = [ConvBNAct(3, stem_width, stem_kernel, 0, act, **bn)], stem_width
         for w, d in zip(widths, depths):
-            layers += [ConvBNAct(c, w, 3, 1, act), nn.MaxPool2d(2)]
-            layers += [ConvBNAct(w, w, 3, 1, act) for _ in range(d - 1)]
+            if order == "act_pool":
+                layers += [ConvBNAct(c, w, 3, 1, act, **bn), nn.MaxPool2d(2)]
+            else:
+                layers += [ConvBNAct(c, w, 3, 1, act, pool=2, **bn)]
+            layers += [ConvBNAct(w, w, 3, 1, act, **bn) for _ in range(d - 1)]
             c = w
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(c, num_classes)
+        self.fc = nn.Linear(c, num_classes, bias=head_bias)
+        if dirac:  # identity init of each block conv's first Cin filters: the net starts near a shallow one
+            for m in self.features[1:]:
+                if isinstance(m, ConvBNAct):
+                    nn.init.dirac_(m.conv.weight.data[:m.conv.in_channels])
 
     def forward(self, x):
-        return self.fc(torch.amax(self.features(x), dim=(2, 3)))
+        return self.fc(torch.amax(self.features(x), dim=(2, 3))) * self.logit_scale
 
     @torch.no_grad()
-    def fold_for_inference(self, mean, std, fuse=True):
-        """An equivalent eval-mode net with BN and input normalisation folded in.
+    def folded_spec(self, mean, std):
+        """The eval-mode net as plain layers (the contract of inference.py and kernels.py):
 
-        The returned net takes unnormalised pixels (0..255, any float dtype), NCHW.
+        layers: [dict(weight [Cout,Cin,k,k], bias [Cout], padding, pool 0|2, act)], float32
+                each computes y = act(maxpool_pool(conv(x, weight, padding)) + bias)
+        head:   dict(weight [10, C], bias [10]): logits = weight @ max_over_HW(x) + bias
+        The first layer takes raw pixels 0..255: the normalisation is folded into it (exact,
+        the stem has no padding).
         """
         a = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float64))
         b = -torch.tensor(mean, dtype=torch.float64) / torch.tensor(std, dtype=torch.float64)
-        layers, first = [], True
+        layers = []
         for m in self.features:
-            if isinstance(m, ConvBNAct):
-                w, bias = fold_conv_bn(m.conv, m.bn)
-                if first:  # x_norm = a*x + b per channel; the stem has no padding, so this is exact
-                    bias = bias + (w * b.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
-                    w = w * a.view(1, 3, 1, 1)
-                    first = False
-                layers.append(FusedConvAct(w, bias, m.conv.stride, m.conv.padding, m.act, fuse))
-            else:
-                layers.append(m)
-        return nn.Sequential(*layers, GlobalMaxLinear(copy.deepcopy(self.fc)))
+            if isinstance(m, nn.MaxPool2d):  # act_pool order, relu: pool(relu(z)) = relu(pool(z))
+                layers[-1]["pool"] = 2
+                continue
+            w, bias = fold_conv_bn(m.conv, getattr(m, "bn", None))
+            if not layers:
+                bias = bias + (w * b.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
+                w = w * a.view(1, 3, 1, 1)
+            pool = getattr(m, "pool", 0)
+            if pool and isinstance(m, ConvBNAct) and self._bn_scale(m.bn).min() <= 0:
+                raise KitError("fastnet: a BN scale <= 0 after a max-pool cannot be folded (use bn_frozen)")
+            layers.append(dict(weight=w.float(), bias=bias.float(), padding=int(m.conv.padding[0]),
+                               pool=pool, act=m.act))
+        wfc = self.fc.weight.detach().double() * self.logit_scale
+        bfc = (self.fc.bias.detach().double() if self.fc.bias is not None
+               else torch.zeros(wfc.shape[0], dtype=torch.float64)) * self.logit_scale
+        return layers, dict(weight=wfc.float(), bias=bfc.float())
+
+    @staticmethod
+    def _bn_scale(bn):
+        return bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+
+    def fold_for_inference(self, mean, std, fuse=True):
+        """An equivalent eval-mode net built from folded_spec: takes raw pixels 0..255 (any float
+        dtype), NCHW; fuse=True runs conv+bias+ReLU as one cuDNN kernel where the net allows."""
+        layers, head = self.folded_spec(mean, std)
+        return nn.Sequential(*[FoldedConv(fuse=fuse, **s) for s in layers], GlobalMaxLinear(head))
+
+
+@torch.no_grad()
+def init_whitening(model, x, eps=5e-4):
+    """Set a WhitenStem's weights from train-set patches: the eigenvectors of the k x k x 3
+    patch covariance of normalised images x (N, 3, 32, 32; a few thousand suffice), each scaled
+    by 1/sqrt(eigenvalue + eps), and their negatives (so the activation keeps both signs).
+    Does nothing for a conv stem."""
+    stem = model.features[0] if isinstance(model, FastNet) else None
+    if not isinstance(stem, WhitenStem):
+        return
+    k = stem.conv.kernel_size[0]
+    patches = x.double().unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
+    patches = patches - patches.mean(0)
+    cov = patches.T @ patches / len(patches)
+    evals, evecs = torch.linalg.eigh(cov)
+    filt = (evecs.T / torch.sqrt(evals.clamp_min(0) + eps)[:, None]).reshape(-1, 3, k, k)
+    stem.conv.weight.copy_(torch.cat([filt, -filt]).to(stem.conv.weight))
 
 
 def fold_conv_bn(conv, bn):
-    """Weights and bias (float64) of conv followed by eval-mode BN, as one conv."""
+    """Weights and bias (float64) of conv followed by eval-mode BN (or none), as one conv."""
     w = conv.weight.detach().double()
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    if bn is None:
+        return w, bias
+    scale = FastNet._bn_scale(bn)
     return w * scale.view(-1, 1, 1, 1), (bias - bn.running_mean.double()) * scale + bn.bias.detach().double()
 
 
-class FusedConvAct(nn.Module):
-    """conv + bias + activation.  With fuse=True, ReLU and a CUDA input, one cuDNN kernel
-    (torch.cudnn_convolution_relu); otherwise conv2d then the activation (same maths)."""
+class FoldedConv(nn.Module):
+    """act(maxpool(conv(x, W) + b)): one layer of folded_spec.  pool(z + b) = pool(z) + b, and for
+    ReLU act-then-pool equals pool-then-act, so with fuse=True, ReLU and a CUDA input the conv,
+    bias and ReLU run as one cuDNN kernel (torch.cudnn_convolution_relu) and the pool follows."""
 
-    def __init__(self, weight, bias, stride, padding, act, fuse):
+    def __init__(self, weight, bias, padding, pool, act, fuse):
         super().__init__()
         self.weight = nn.Parameter(weight.float(), requires_grad=False)
         self.bias = nn.Parameter(bias.float(), requires_grad=False)
-        self.stride, self.padding, self.act, self.fuse = tuple(stride), tuple(padding), act, fuse
+        self.padding, self.pool, self.act, self.fuse = (padding, padding), pool, act, fuse
 
     def forward(self, x):
         if self.fuse and self.act == "relu" and x.is_cuda:
-            return torch.cudnn_convolution_relu(x, self.weight, self.bias, self.stride, self.padding, (1, 1), 1)
-        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
-        return F.relu(x) if self.act == "relu" else F.gelu(x)
+            x = torch.cudnn_convolution_relu(x, self.weight, self.bias, (1, 1), self.padding, (1, 1), 1)
+            return F.max_pool2d(x, self.pool) if self.pool else x
+        x = F.conv2d(x, self.weight, self.bias, 1, self.padding)
+        if self.pool:
+            x = F.max_pool2d(x, self.pool)
+        return act_fn(self.act)(x)
 
 
 class GlobalMaxLinear(nn.Module):
-    def __init__(self, fc):
+    """Global max over H, W then the (folded) linear head."""
+
+    def __init__(self, head):
         super().__init__()
-        self.fc = fc
+        self.weight = nn.Parameter(head["weight"].float(), requires_grad=False)
+        self.bias = nn.Parameter(head["bias"].float(), requires_grad=False)
 
     def forward(self, x):
-        return self.fc(torch.amax(x, dim=(2, 3)))
+        return F.linear(torch.amax(x, dim=(2, 3)), self.weight, self.bias)
 
 
 def build_model(name, cfg=None):
@@ -396,8 +518,36 @@ def param_bytes(module):
 
 
 # ============================================================================= checkpoints
+_TMP_RE = re.compile(r"\.tmp(\d+)$")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def sweep_stale_temps(folder):
+    """Remove '<name>.tmp<PID>' files (ours, see atomic_write_bytes) whose writer is dead: a kill
+    mid-write would otherwise leave a full-size checkpoint copy behind forever."""
+    for name in os.listdir(folder):
+        m = _TMP_RE.search(name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:  # another sweeper got there first
+                pass
+
+
 def atomic_write_bytes(path, data):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Write to '<path>.tmp<PID>', fsync, rename: readers see the old file or the new, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    sweep_stale_temps(folder)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -429,15 +579,25 @@ def save_checkpoint(path, model, name, cfg, **meta):
     return path
 
 
+def _load_error_words(e):
+    """torch.load's many-line error in the kit's words, whole (no cut)."""
+    text = str(e)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"(GLOBAL [\w.]+)", text)
+    if "weights_only" in text or found:
+        what = f" ({found.group(1)})" if found else ""
+        return (f"refused: the file holds code objects{what}, not plain tensors; the kit loads with "
+                "weights_only=True and never runs code from a checkpoint")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__]
+    return f"not a readable checkpoint ({type(e).__name__}: {lines[0]})"
+
+
 def load_checkpoint(path):
     if not os.path.isfile(path):
         raise KitError(f"checkpoint not found: {path}")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types on a bad file; report it in one line
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        msg = next((ln for ln in lines if "Unpickler error" in ln), lines[0])[:200]
-        raise KitError(f"{path}: not a readable checkpoint ({msg})") from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on a bad file; one line each
+        raise KitError(f"{path}: {_load_error_words(e)}") from None
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT or "state_dict" not in ck:
         raise KitError(f"{path}: not a checkpoint of this kit (no '{CKPT_FORMAT}' format tag)")
     return ck
@@ -450,7 +610,8 @@ def load_model(path, expected_model=None, cfg=None):
     if expected_model and name != expected_model:
         raise KitError(f"{path} holds a '{name}' model, not '{expected_model}'")
     if name == "fastnet":
-        model = FastNet(**ck.get("model_kwargs", {}))
+        kw = {k: v for k, v in ck.get("model_kwargs", {}).items() if k != "head"}  # v1 files carry an unused 'head'
+        model = FastNet(**kw)
     else:
         model = build_model(name, cfg)
     try:
@@ -507,13 +668,18 @@ def update_manifest(cfg, tag, entry):
 def resolve_checkpoint(cfg, spec):
     """'@final' -> paths.final_model; '@tag' -> the manifest's newest checkpoint of that tag;
     otherwise a path (relative to the config file's folder)."""
-    if spec == "@final":
-        return resolve_path(cfg, cfg.paths.final_model)
+    if spec in ("@final", "@f85"):
+        path = resolve_path(cfg, cfg.paths.final_model if spec == "@final" else cfg.paths.f85_model)
+        if not os.path.isfile(path):
+            raise KitError(f"no checkpoint at {path} ('{spec}'): make it with `sh reproduce.sh front` "
+                           "(train.py --front, bench.py --variant front, front.py)")
+        return path
     if spec.startswith("@"):
         tag = spec[1:]
         entry = read_manifest(cfg).get(tag)
         if entry is None:
-            hint = f"python train.py --model {tag}" if tag in MODEL_NAMES else "python distill.py"
+            hint = f"python train.py --model {tag}" if tag in MODEL_NAMES else \
+                "python train.py --front" if tag.startswith("front_") else "python distill.py"
             raise KitError(f"no checkpoint for '{spec}' in {cfg.paths.manifest}: make it first ({hint})")
         return resolve_path(cfg, entry["path"])
     return resolve_path(cfg, spec)
@@ -549,6 +715,45 @@ def time_calls(fn, device, warmup, iters):
     return out
 
 
+def time_gpu_events(fn, iters):
+    """GPU-side time per call (ms) from CUDA events recorded around each call, the device
+    synchronised between calls: the span from the call's first to its last GPU work, without
+    the host's launch-and-wait overhead outside it (but with any launch gaps inside it)."""
+    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    torch.cuda.synchronize()
+    for s, e in ev:
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+    return np.array([s.elapsed_time(e) for s, e in ev], dtype=np.float64)
+
+
+def time_pipelined(fn, n):
+    """GPU time per call (ms) of n calls enqueued back to back (CUDA-graph replays), one sync."""
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    s.record()
+    for _ in range(n):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / n
+
+
+def speedup_interval(ref_runs, runs, n_boot=2000, seed=0):
+    """Speedup from p50s: median of the reference's run medians / median of the variant's run
+    medians, and a bootstrap 95 % interval (runs resampled with replacement, both sides)."""
+    a = np.array([np.percentile(r, 50) for r in ref_runs])
+    b = np.array([np.percentile(r, 50) for r in runs])
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a), (n_boot, len(a)))
+    ib = rng.integers(0, len(b), (n_boot, len(b)))
+    boot = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(np.median(a) / np.median(b)), float(lo), float(hi)
+
+
 def latency_stats(ms):
     ms = np.asarray(ms, dtype=np.float64)
     return {"mean": float(ms.mean()), "std": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
@@ -564,7 +769,8 @@ def summarize_runs(runs):
     pooled = latency_stats(np.concatenate(runs))
     std = float(means.std(ddof=1)) if len(means) > 1 else 0.0
     return {"mean": float(means.mean()), "std": std, "cv_pct": 100.0 * std / float(means.mean()),
-            "p50": pooled["p50"], "p95": pooled["p95"], "p99": pooled["p99"],
+            "p50": float(np.median(p50s)),  # median of the run medians: one slow run cannot move it
+            "p50_pooled": pooled["p50"], "p95": pooled["p95"], "p99": pooled["p99"],
             "run_means": [float(m) for m in means], "run_p50s": [float(p) for p in p50s]}
 
 
@@ -578,8 +784,25 @@ RESULT_COLUMNS = [
     "invocation", "label", "fold_bn", "fuse", "cv_pct", "run_means_ms", "run_p50s_ms",
     "e2e_mean_ms", "e2e_p50_ms", "e2e_p95_ms", "val_acc", "per_class_acc", "batch1_check",
     "epochs", "train_time_s", "n_params", "cpu", "notes",
+    # v2 (issues 8-10): TTA, the front, seed statistics, GPU-side time, speedup intervals
+    "tta", "front", "acc_mean", "acc_std", "acc_seeds", "compile_s", "gpu_lat_mean_ms", "gpu_lat_p50_ms",
+    "gpu_pipelined_ms", "speedup_p50", "speedup_ci_low", "speedup_ci_high", "kernels",
 ]
 HEADER_LINE = ",".join(RESULT_COLUMNS)
+
+
+def _upgrade_results_file(path, first):
+    """A results.csv of an earlier schema whose columns are a prefix of today's gets the new
+    columns (empty in old rows), rewritten atomically; nothing is lost."""
+    old = first.split(",")
+    if old != RESULT_COLUMNS[:len(old)]:
+        return False
+    with open(path, newline="") as f:
+        lines = f.read().splitlines()
+    pad = "," * (len(RESULT_COLUMNS) - len(old))
+    body = "".join(ln + pad + "\n" for ln in lines[1:] if ln)
+    atomic_write_bytes(path, (HEADER_LINE + "\n" + body).encode())
+    return True
 
 
 def check_results_file(path):
@@ -587,7 +810,7 @@ def check_results_file(path):
     if os.path.isfile(path) and os.path.getsize(path) > 0:
         with open(path, newline="") as f:
             first = f.readline().rstrip("\r\n")
-        if first != HEADER_LINE:
+        if first != HEADER_LINE and not _upgrade_results_file(path, first):
             raise KitError(f"{path}: its header differs from this kit's schema ({len(first.split(','))} vs "
                            f"{len(RESULT_COLUMNS)} columns); move the file aside or fix its header")
 

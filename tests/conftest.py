@@ -14,8 +14,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-TINY_FASTNET = {"stem_width": 8, "stem_kernel": 3, "widths": [8, 16], "depths": [1, 2], "act": "relu",
-                "head": "pool_linear"}
+TINY_FASTNET = {"stem_width": 8, "stem_kernel": 3, "widths": [8, 16], "depths": [1, 2], "act": "relu"}
 
 
 def make_tiny_npz(path, n_train=96, n_test=40, seed=0):
@@ -45,7 +44,12 @@ def tiny_config(tmp, tiny_fastnet=True, **extra):
     raw["paths"] = {"checkpoints": os.path.join(tmp, "ckpt"), "manifest": os.path.join(tmp, "ckpt", "manifest.json"),
                     "results": os.path.join(tmp, "results.csv"),
                     "final_model": os.path.join(tmp, "ckpt", "final_model.pth"),
+                    "f85_model": os.path.join(tmp, "ckpt", "f85_model.pth"),
+                    "front_selection": os.path.join(tmp, "front_selection.json"),
                     "data_npz": npz, "download_root": os.path.join(tmp, "tv")}
+    # a tiny front: two shapes x two seeds, thresholds any tiny net reaches
+    raw["front"].update(seeds=[42, 1], f_min_acc=0.0, f85_min_acc=0.0,
+                        shapes={"ta": {"widths": [8, 16], "depths": [1, 1]}, "tb": {"widths": [8], "depths": [1]}})
     raw["data"]["val_size"] = 16
     if tiny_fastnet:
         raw["models"]["fastnet"] = dict(TINY_FASTNET)

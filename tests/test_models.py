@@ -25,23 +25,28 @@ def test_unknown_model_lists_the_valid_names():
     assert "vgg16" in str(e.value) and all(n in str(e.value) for n in MODEL_NAMES)
 
 
-def _randomize_bn(m):
+def _randomize_bn(m, keep_weight=False):
     g = torch.Generator().manual_seed(1)
     for mod in m.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.3)
             mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-            mod.weight.data.copy_(torch.randn(mod.num_features, generator=g))  # negative scales too
+            if not keep_weight:  # negative scales too (a frozen BN weight stays 1)
+                mod.weight.data.copy_(torch.randn(mod.num_features, generator=g))
             mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
     return m.eval()
 
 
 @pytest.mark.parametrize("fuse", [False, True])
-@pytest.mark.parametrize("kw", [TINY_FASTNET, dict(TINY_FASTNET, act="gelu"), dict(TINY_FASTNET, stem_kernel=2)])
+@pytest.mark.parametrize("kw", [TINY_FASTNET, dict(TINY_FASTNET, stem_kernel=2),
+                                dict(TINY_FASTNET, act="gelu", order="pool_bn", bn_frozen=True),
+                                dict(TINY_FASTNET, act="gelu", order="pool_bn", bn_frozen=True, stem="whiten",
+                                     stem_kernel=2, head_bias=False, logit_scale=0.25, dirac=True)])
 def test_fastnet_folding_matches_the_plain_model_in_fp32(kw, fuse):
     cfg = load_config()
     torch.manual_seed(0)
-    m = _randomize_bn(utils.FastNet(**kw))
+    m = _randomize_bn(utils.FastNet(**kw), keep_weight=kw.get("bn_frozen", False))
+    utils.init_whitening(m, torch.randn(20, 3, 32, 32))
     x_u8 = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         ref = m(utils.normalize(x_u8, cfg.data.mean, cfg.data.std))
@@ -49,6 +54,25 @@ def test_fastnet_folding_matches_the_plain_model_in_fp32(kw, fuse):
         got = folded(x_u8.float())  # raw pixels: the normalisation is inside the first conv
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4), (got - ref).abs().max()
     assert not any(isinstance(x, nn.BatchNorm2d) for x in folded.modules())
+
+
+def test_fastnet_refuses_shapes_that_cannot_fold_exactly():
+    with pytest.raises(utils.KitError, match="act_pool"):
+        utils.FastNet(**dict(TINY_FASTNET, act="gelu"))  # gelu is not monotone: pool and act do not commute
+    cfg = load_config()
+    m = _randomize_bn(utils.FastNet(**dict(TINY_FASTNET, order="pool_bn")))  # BN scales of both signs
+    with pytest.raises(utils.KitError, match="bn_frozen"):
+        m.fold_for_inference(cfg.data.mean, cfg.data.std)
+
+
+def test_whitening_stem_whitens_its_patches():
+    m = utils.FastNet(**dict(TINY_FASTNET, stem="whiten", stem_kernel=2))
+    x = torch.randn(64, 3, 32, 32) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    utils.init_whitening(m, x)
+    assert not m.features[0].conv.weight.requires_grad and m.features[0].conv.weight.shape == (24, 3, 2, 2)
+    out = torch.nn.functional.conv2d(x, m.features[0].conv.weight[:12]).permute(1, 0, 2, 3).reshape(12, -1)
+    cov = torch.cov(out)  # whitened: unit variance, no correlation (up to eps)
+    assert torch.allclose(cov, torch.eye(12), atol=0.05), cov.diag()
 
 
 def test_folding_does_not_touch_the_original_model():
