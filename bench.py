@@ -80,6 +80,8 @@ def parse_args():
              e2e_iters=0 if a.no_e2e else (a.e2e_iters if a.e2e_iters is not None else b.e2e_iters))
     if p["runs"] < 1 or p["iters"] < 2 or p["warmup"] < 0 or p["e2e_iters"] < 0:
         raise utils.KitError("need --runs >= 1, --iters >= 2, --warmup >= 0, --e2e-iters >= 0")
+    if a.raw:  # found now, not after the rows were appended
+        utils.check_writable(a.raw if a.raw.endswith(".npz") else a.raw + ".npz", "give --raw a writable .npz path")
     return a, cfg, p
 
 
@@ -145,7 +147,7 @@ def seed_checkpoints(cfg, im):
     """{seed: path} of every front seed of this variant's shape (a front point, or F/F85 whose
     checkpoint came from one), or {} when it is no front net or a seed is missing."""
     shape = cfg.variants[im.variant].front or im.ck_meta.get("front") or ""
-    if not shape or shape not in cfg.front.shapes:
+    if im.kernels or not shape or shape not in cfg.front.shapes:
         return {}
     try:
         return {s: utils.resolve_checkpoint(cfg, "@" + front_tag(shape, s)) for s in cfg.front.seeds}

@@ -128,6 +128,7 @@ VARIANT = {
     # | ckpt (the mode front.py selected, stored in the checkpoint)
     "tta": Field(str, "none", choices=TTA_MODES + ("ckpt",)),
     "front": Field(str, ""),     # set on generated front points: the shape's name
+    "kernels": Field(bool, False),  # fastnet through our Triton kernels (kernels.py) instead of cuDNN
 }
 
 # A front shape: widths/depths, and optionally other models.fastnet keys it changes.
@@ -162,10 +163,12 @@ SCHEMA = {
     },
     "models": {
         "fastnet": {
-            "stem_width": Field(int, lo=1),
-            "stem_kernel": Field(int, lo=1),
-            "widths": Field(list, item=int, min_len=1, lo=1),
-            "depths": Field(list, item=int, min_len=1, lo=1),
+            # upper bounds too: a checkpoint's model_kwargs are checked against this schema, and
+            # widths of 200000 would be a 1.4 TB allocation, not an error
+            "stem_width": Field(int, lo=1, hi=4096),
+            "stem_kernel": Field(int, lo=1, hi=31),
+            "widths": Field(list, item=int, min_len=1, lo=1, hi=4096),
+            "depths": Field(list, item=int, min_len=1, lo=1, hi=64),
             "act": Field(str, "relu", choices=("relu", "gelu")),
             "stem": Field(str, "conv", choices=("conv", "whiten")),
             "order": Field(str, "act_pool", choices=("act_pool", "pool_bn")),
@@ -310,6 +313,16 @@ def _validate(node, schema, prefix):
         else:
             out[k] = _validate({}, sub, key)
     return out
+
+
+def check_model_kwargs(model, kw):
+    """A checkpoint's model_kwargs against models.<model>: known keys, types and bounds (keys
+    left out take the builder's defaults).  Raises ConfigError naming the key."""
+    schema = SCHEMA["models"].get(model, {})
+    for k, v in kw.items():
+        if k not in schema:
+            raise ConfigError(f"unknown key '{k}' (valid: {', '.join(schema) or 'none'})")
+        _check_leaf(k, v, schema[k])
 
 
 def validate(raw):

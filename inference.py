@@ -40,6 +40,32 @@ def make_view(x, flip, dy, dx):
     return x
 
 
+class KernelPath(nn.Module):
+    """The folded net run by our Triton kernels (kernels.py): NCHW channels_last FP16 raw pixels
+    in (a free view as NHWC), float32 logits out; the logits buffer is the same every call."""
+
+    def __init__(self, kn):
+        super().__init__()
+        self.kn = kn
+
+    def forward(self, x):
+        return self.kn(x.permute(0, 2, 3, 1))
+
+
+def kernel_net(cfg, model, a):
+    """KernelNet over folded_spec, sized for the TTA views of one image; wrapped in the views."""
+    import kernels  # Triton is needed only here
+    ok, why = kernels.available(str(a["device"]))
+    if not ok:
+        raise RuntimeError(f"Triton kernels unavailable: {why}")  # not a KitError: bench goes on without it
+    if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
+        raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
+    layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    n_views = len(TTA_VIEWS[a["tta"]])
+    net = KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
+    return TTANet(net, a["tta"]).eval() if a["tta"] != "none" else net
+
+
 class TTANet(nn.Module):
     """net over all views as ONE batch (V*N images), then the weighted mean of the logits:
     at batch 1 the GPU is mostly idle, so extra views cost little (all inside the same graph)."""
@@ -103,8 +129,13 @@ class InferenceModel:
         self.mem = torch.channels_last if v.memory_format == "channels_last" else torch.contiguous_format
         self.memory_format = v.memory_format
         self.fold_norm = v.fold_bn and isinstance(model, FastNet)
+        self.kernels = bool(v.kernels) and cuda
+        if v.kernels and not (v.fold_bn and isinstance(model, FastNet)):
+            raise KitError(f"variant {variant}: kernels need a fastnet checkpoint and fold_bn: true")
+        if not cuda and v.kernels:
+            self.notes.append("cpu fallback: torch ops instead of the Triton kernels")
         self._cfg, self._fold_args = cfg, dict(fold_bn=v.fold_bn, fuse=v.fuse, device=device, dtype=self.dtype,
-                                               mem=self.mem, tta=self.tta)
+                                               mem=self.mem, tta=self.tta, kernels=self.kernels)
         self.net = net = InferenceModel.folded_net(cfg, model, self._fold_args)
         self.size_mb = param_bytes(net) / 1e6
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -132,6 +163,8 @@ class InferenceModel:
     def folded_net(cfg, model, a):
         """The eval-mode net of a path: BN (and, for fastnet, the input normalisation) folded if
         asked, moved to the device, dtype and memory format, wrapped in the TTA views."""
+        if a.get("kernels"):
+            return kernel_net(cfg, model, a)
         net = model.eval()
         if a["fold_bn"]:
             net = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=a["fuse"]) \
@@ -178,18 +211,20 @@ class InferenceModel:
                 "precision": self.precision, "memory_format": self.memory_format, "fold_bn": self.fold_bn,
                 "fuse": self.fuse, "compile": self.compile, "cuda_graph": self.cuda_graph,
                 "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params,
-                "tta": self.tta}
+                "tta": self.tta, "kernels": self.kernels}
 
     @torch.no_grad()
     def swap_weights(self, ckpt_path):
         """Copy another checkpoint of the same architecture into this path's weights, in place:
         the compiled code and the CUDA graph read the same memory, so the next calls run the
         new weights through exactly the timed path (bench.py uses it for every seed's accuracy)."""
+        if self.kernels:  # KernelNet keeps repacked weights of its own: no in-place swap
+            raise KitError(f"variant {self.variant}: swap_weights is not supported on the Triton-kernel path")
         other = InferenceModel.folded_net(self._cfg, load_model(ckpt_path, self.model_name, cfg=self._cfg)[0],
                                           self._fold_args)
         mine = list(self.net.parameters()) + list(self.net.buffers())
         theirs = list(other.parameters()) + list(other.buffers())
-        if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+        if not mine or len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
             raise KitError(f"{ckpt_path}: not the same architecture as {self.ckpt_path}")
         for a, b in zip(mine, theirs):
             a.copy_(b)
