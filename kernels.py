@@ -341,7 +341,7 @@ def _candidates(m, batch, n_sm):
         for bn in (16, 32, 64):
             if bn > max(16, _pow2(m["COUT"])):
                 continue
-            for tgt in (n_sm // 2, n_sm, 2 * n_sm):
+            for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):  # 1: no split-K (saves 2 L2 round trips)
                 t = dict(h, BP=h["BP"] * bp_mul, BN=bn)
                 t = _with_split(m, t, batch, tgt)
                 if t not in out:

@@ -275,20 +275,22 @@ def main():
     bench_variant("kernels heuristic", net_h, x, res, ref)
     log("heuristic tiles", net_h.tiles())
     nets = {"kernels heuristic": net_h}
+    pdl = K.pdl_available()[0]
+    if pdl:
+        net_hp = K.KernelNet(layers, head, batch=1, pdl=True, tiles=net_h.tiles())
+        bench_variant("kernels heuristic +PDL", net_hp, x, res, ref)
+        nets["kernels heuristic +PDL"] = net_hp
     if not args.no_autotune:
         t0 = time.time()
-        net_a = K.KernelNet(layers, head, batch=1, autotune=True)
-        log(f"autotune {time.time() - t0:.1f}s tiles {net_a.tiles()}")
-        bench_variant("kernels autotuned", net_a, x, res, ref)
-        nets["kernels autotuned"] = net_a
-    best = min(nets, key=lambda k: res[k]["p50"])
-    if K.pdl_available()[0]:
-        try:
-            net_p = K.KernelNet(layers, head, batch=1, pdl=True, tiles=nets[best].tiles())
-            bench_variant(best + " +PDL", net_p, x, res, ref)
-            nets[best + " +PDL"] = net_p
-        except Exception as e:  # reported: PDL under graph capture may be unsupported
-            log(f"PDL variant failed: {type(e).__name__}: {e}")
+        net_a = K.KernelNet(layers, head, batch=1, autotune=True, pdl=pdl)
+        log(f"autotune (pdl={pdl}) {time.time() - t0:.1f}s tiles {net_a.tiles()}")
+        name = "kernels autotuned" + (" +PDL" if pdl else "")
+        bench_variant(name, net_a, x, res, ref)
+        nets[name] = net_a
+    # the same graphs again, in reverse order: the run-to-run spread of these numbers
+    for name in list(nets)[::-1] + ["cudnn graph"]:
+        fn = nets.get(name) or cudnn_path(layers, head)
+        bench_variant(name + " (again)", fn, x, res, ref)
     for name, net in nets.items():
         log(f"per-kernel alone (graph of 50 launches each), {name}:")
         for kname, us in net.time_kernels(x):
