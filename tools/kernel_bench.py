@@ -258,8 +258,14 @@ def main():
             all_ok &= check_net("default, PDL", layers, head, 1, torch.uint8, pdl=True)
         except Exception as e:  # reported; the timing part then says PDL failed too
             log(f"PDL check failed to run: {type(e).__name__}: {e}")
+    folded = None
     if os.path.exists(args.ckpt):
-        layers, head, acc = fold_checkpoint(args.ckpt)
+        try:
+            folded = fold_checkpoint(args.ckpt)
+        except KeyError as e:  # said, not hidden: a checkpoint of another layout (not conv->BN->ReLU->pool)
+            log(f"{args.ckpt}: not the FastNet v1 layout this folder knows (missing {e}); random weights")
+    if folded:
+        layers, head, acc = folded
         log(f"checkpoint {args.ckpt} folded: {len(layers)} convs, pools {[L['pool'] for L in layers]}, "
             f"test_acc {acc}")
         all_ok &= check_net("final_model.pth folded", layers, head, 1, torch.uint8)
