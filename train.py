@@ -50,15 +50,19 @@ def lr_lambda(total_steps, warmup_steps, start=0.0):
 
 
 def make_optimizer(model, tcfg):
-    """Nesterov SGD, two groups.  Weights (ndim > 1) at lr with weight_decay; BN biases and other
-    vectors at lr * bias_lr_scale (airbench's idea: BN biases learn much faster), decayed by
-    weight_decay / bias_lr_scale when decay_biases (same decay per step), else not at all."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Nesterov SGD, three groups.  Weights (ndim > 1) at lr with weight_decay; biases at
+    lr * bias_lr_scale (airbench's idea: BN biases learn much faster), decayed by
+    weight_decay / bias_lr_scale when decay_biases (the same decay per step), else not at all;
+    learnt BN weights at lr without decay (a 64x lr on a scale would blow the net up)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     s = tcfg.bias_lr_scale
-    groups = [{"params": [p for p in params if p.ndim > 1], "lr": tcfg.lr, "weight_decay": tcfg.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "lr": tcfg.lr * s,
-               "weight_decay": tcfg.weight_decay / s if tcfg.decay_biases else 0.0}]
-    return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=tcfg.momentum > 0)
+    groups = [{"params": [p for _, p in named if p.ndim > 1], "lr": tcfg.lr, "weight_decay": tcfg.weight_decay},
+              {"params": [p for n, p in named if p.ndim <= 1 and n.endswith("bias")], "lr": tcfg.lr * s,
+               "weight_decay": tcfg.weight_decay / s if tcfg.decay_biases else 0.0},
+              {"params": [p for n, p in named if p.ndim <= 1 and not n.endswith("bias")], "lr": tcfg.lr,
+               "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=tcfg.lr, momentum=tcfg.momentum,
+                           nesterov=tcfg.momentum > 0)
 
 
 class Lookahead:

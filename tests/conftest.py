@@ -15,6 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TINY_FASTNET = {"stem_width": 8, "stem_kernel": 3, "widths": [8, 16], "depths": [1, 2], "act": "relu"}
+# the tiny v2 shape (whitening stem, pool -> BN -> GELU, frozen BN weight), as config.yaml's fastnet
+TINY_FASTNET_V2 = dict(TINY_FASTNET, stem="whiten", stem_width=24, stem_kernel=2, act="gelu", order="pool_bn",
+                       bn_frozen=True, bn_momentum=0.4, bn_eps=1e-12, head_bias=False, logit_scale=0.1111, dirac=True)
 
 
 def make_tiny_npz(path, n_train=96, n_test=40, seed=0):
@@ -52,7 +55,7 @@ def tiny_config(tmp, tiny_fastnet=True, **extra):
                         shapes={"ta": {"widths": [8, 16], "depths": [1, 1]}, "tb": {"widths": [8], "depths": [1]}})
     raw["data"]["val_size"] = 16
     if tiny_fastnet:
-        raw["models"]["fastnet"] = dict(TINY_FASTNET)
+        raw["models"]["fastnet"] = dict(TINY_FASTNET_V2)
     for m in raw["train"].values():
         m.update(epochs=1, batch_size=32, warmup_epochs=0.5)
     raw["eval"] = {"batch_size": 16, "batch1_check": 4}
