@@ -80,3 +80,61 @@ def test_relative_paths_resolve_next_to_the_config(tmp_path):
     cfg = load_config()
     assert resolve_path(cfg, "checkpoints").endswith("/checkpoints")
     assert resolve_path(cfg, "/abs/x") == "/abs/x"
+
+
+# ---- issue 8 item e: ranges and lengths are in the schema (each was a traceback, or worse,
+# exit 0 with an untrained model registered) ----
+@pytest.mark.parametrize("override, words", [
+    ("train.fastnet.epochs=0", ["train.fastnet.epochs", "0", ">= 1"]),
+    ("train.fastnet.epochs=-3", ["train.fastnet.epochs", ">= 1"]),
+    ("train.fastnet.batch_size=0", ["train.fastnet.batch_size", ">= 1"]),
+    ("train.fastnet.batch_size=-1", ["train.fastnet.batch_size", ">= 1"]),
+    ("train.resnet18.lr=0", ["train.resnet18.lr", "> 0"]),
+    ("eval.batch_size=0", ["eval.batch_size", ">= 1"]),
+    ("data.mean=[0.5, 0.5]", ["data.mean", "of 3", "2 item"]),
+    ("data.std=[0.2, 0.2, 0.2, 0.2]", ["data.std", "of 3"]),
+    ("data.std=[0.2, 0, 0.2]", ["data.std[1]", "> 0"]),
+    ("models.fastnet.stem_kernel=0", ["models.fastnet.stem_kernel", ">= 1"]),
+    ("models.fastnet.widths=[64, -8, 256]", ["models.fastnet.widths[1]", ">= 1"]),
+    ("models.fastnet.depths=[]", ["models.fastnet.depths", ">= 1"]),
+    ("bench.runs=0", ["bench.runs", ">= 1"]),
+    ("distill.alpha=1.5", ["distill.alpha", "<= 1"]),
+    ("train.fastnet.lr=nan", ["train.fastnet.lr", "> 0"]),
+])
+def test_out_of_range_values_stop_with_the_key_and_the_bound(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert all(w in msg for w in words), msg
+    assert "\n" not in msg
+
+
+# ---- item h: what float() accepts (YAML reads 1e-3, without a dot, as a string) ----
+@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("2E-4", 2e-4), ("5", 5.0), (".5", 0.5)])
+def test_float_keys_take_what_float_takes(text, value):
+    cfg = load_config(None, [f"train.fastnet.lr={text}", f"data.std=[{text}, 0.2, 0.2]"])
+    assert cfg.train.fastnet.lr == value and isinstance(cfg.train.fastnet.lr, float)
+    assert cfg.data.std[0] == value and isinstance(cfg.data.std[0], float)
+
+
+def test_int_keys_do_not_take_float_text():
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config(None, ["train.fastnet.epochs=1e1"])
+
+
+# ---- item m: a config whose top level is not a mapping: one line, even with overrides ----
+@pytest.mark.parametrize("body", ["- seed: 1\n- paths: {}\n", "42\n", "just text\n"])
+def test_top_level_must_be_a_mapping(tmp_path, body):
+    p = tmp_path / "c.yaml"
+    p.write_text(body)
+    with pytest.raises(ConfigError, match="top level must be a mapping") as e:
+        load_config(str(p), ["seed=1"])
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+# ---- section 2: the hash names the study, not where its files go ----
+def test_hash_does_not_depend_on_paths(tmp_path):
+    a = load_config()
+    b = load_config(None, [f"paths.results={tmp_path}/r.csv", f"paths.checkpoints={tmp_path}/ck"])
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(load_config(None, ["train.fastnet.epochs=3"])) != config_hash(a)
