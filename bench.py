@@ -59,6 +59,21 @@ def select_variants(cfg, spec, reference):
     return [reference] + list(dict.fromkeys(n for n in chosen if n != reference))
 
 
+def drop_missing_reference(cfg, names, spec):
+    """A clean clone ships F but not B1: bench what is there and say in one line what is missing,
+    instead of stopping (unless the reference itself was asked for).  Returns (names, reference
+    or None)."""
+    ref = cfg.bench.reference
+    try:
+        utils.resolve_checkpoint(cfg, cfg.variants[ref].checkpoint)
+        return names, ref
+    except utils.KitError as e:
+        if ref in [s.strip() for s in spec.split(",")] or len(names) == 1:
+            raise
+        utils.log(f"bench: no speedups this time: reference {ref} is missing ({e})")
+        return [n for n in names if n != ref], None
+
+
 def parse_args():
     ap = utils.ArgParser(__doc__)
     ap.add_argument("--variant", default="table",
@@ -125,7 +140,7 @@ def e2e_run(im, data, device, warmup, iters, offset):
 def time_interleaved(ims, data, device, p):
     """runs x (every variant in turn): host-clock batch-1 calls, end to end, and GPU events."""
     t = {n: {"lat": [], "e2e": [], "e2e_ok": 0, "gpu": [], "pipe": []} for n in ims}
-    for r in range(p["runs"]):
+    for r in utils.progress(range(p["runs"]), f"bench {len(ims)} variant(s)", "run"):
         for n, im in ims.items():
             x = im.static_in
             t[n]["lat"].append(utils.time_calls(lambda: im(x), device, p["warmup"], p["iters"]))
@@ -178,7 +193,7 @@ def evaluate_all(cfg, ims, data):
 def make_row(cfg, device, im, t, acc, ref_t, ctx):
     """One results.csv row for a variant."""
     s = utils.summarize_runs(t["lat"])
-    sp, lo, hi = utils.speedup_interval(ref_t["lat"], t["lat"])
+    sp, lo, hi = utils.speedup_interval(ref_t["lat"], t["lat"]) if ref_t else (None, None, None)
     row = utils.base_row(cfg, "bench", device)
     row.update(im.info())
     notes = list(im.notes) + [f"cudnn.benchmark={cfg.bench.cudnn_benchmark}", f"build {im.build_s:.1f}s"]
@@ -186,7 +201,8 @@ def make_row(cfg, device, im, t, acc, ref_t, ctx):
                lat_p50_ms=s["p50"], lat_p95_ms=s["p95"], lat_p99_ms=s["p99"],
                run_means_ms=";".join(f"{m:.5f}" for m in s["run_means"]),
                run_p50s_ms=";".join(f"{m:.5f}" for m in s["run_p50s"]),
-               speedup=ctx["ref_mean"] / s["mean"], speedup_p50=sp, speedup_ci_low=lo, speedup_ci_high=hi,
+               speedup=ctx["ref_mean"] / s["mean"] if ref_t else None,
+               speedup_p50=sp, speedup_ci_low=lo, speedup_ci_high=hi,
                runs=len(t["lat"]), iters=len(t["lat"][0]), train_time_s=im.ck_meta.get("train_time_s"),
                compile_s=im.ck_meta.get("compile_s"), front=cfg.variants[im.variant].front)
     if im.ck_meta.get("front") and not cfg.variants[im.variant].front:
@@ -223,7 +239,8 @@ def print_table(rows, ctx, results):
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
     for r in rows:
-        ci = f"{r['speedup_p50']:.2f}x [{r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f}]"
+        ci = f"{r['speedup_p50']:.2f}x [{r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f}]" \
+            if r["speedup_p50"] is not None else "no reference"
         print(f"{r['variant']:<14s} {f(r.get('acc'), '6.2f'):>6s} {f(r.get('acc_mean'), '6.2f'):>6s} "
               f"{r['lat_p50_ms']:8.4f} {r['lat_p95_ms']:8.4f} {f(r.get('gpu_lat_p50_ms'), '8.4f'):>8s} "
               f"{f(r.get('gpu_pipelined_ms'), '7.4f'):>7s} {r['lat_mean_ms']:8.4f} {r['cv_pct']:5.2f} {ci:>22s}")
@@ -235,7 +252,7 @@ def main():
     results = resolve_path(cfg, cfg.paths.results)
     utils.check_results_file(results)
     device = utils.resolve_device(a.device or cfg.bench.device)
-    names = select_variants(cfg, a.variant, cfg.bench.reference)
+    names, ref = drop_missing_reference(cfg, select_variants(cfg, a.variant, cfg.bench.reference), a.variant)
     utils.set_seed(cfg.seed)
     torch.backends.cudnn.deterministic = False                  # inference: let cuDNN choose freely ...
     torch.backends.cudnn.benchmark = cfg.bench.cudnn_benchmark  # ... and autotune the fixed shapes
@@ -256,9 +273,8 @@ def main():
     t = time_interleaved(ims, data, device, p)
     ctx["clocks"] = (clocks0, smi()) if clocks0 else None
     accs = {} if a.no_acc else evaluate_all(cfg, ims, data)
-    ref = cfg.bench.reference
-    ctx["ref_mean"] = utils.summarize_runs(t[ref]["lat"])["mean"]
-    rows = [make_row(cfg, device, ims[n], t[n], accs.get(n), t[ref], ctx) for n in ims]
+    ctx["ref_mean"] = utils.summarize_runs(t[ref]["lat"])["mean"] if ref else None
+    rows = [make_row(cfg, device, ims[n], t[n], accs.get(n), t[ref] if ref else None, ctx) for n in ims]
     for row in rows:
         utils.append_result(results, row)
     if a.raw:

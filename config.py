@@ -151,10 +151,11 @@ SCHEMA = {
         "f85_model": Field(str, "checkpoints/f85_model.pth"),
         "front_selection": Field(str, "results/front_selection.json"),
         "data_npz": Field(str),
+        "data_bundle": Field(str, "../shared/cifar10"),  # the offline bundle, unpacked into data_npz if missing
         "download_root": Field(str),
     },
     "data": {
-        "download": Field(bool, False),
+        "download": Field(bool, True),
         "val_size": Field(int, lo=0),
         "mean": Field(list, item=float, length=3),         # one per RGB channel
         "std": Field(list, item=float, length=3, gt=0),

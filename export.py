@@ -22,7 +22,7 @@ import warnings
 import torch
 import torch.nn as nn
 
-from config import add_config_args, load_config, resolve_path
+from config import add_config_args, load_config
 import utils
 
 
@@ -50,6 +50,10 @@ def main():
     ap.add_argument("--no-onnx", action="store_true", help="TorchScript only")
     add_config_args(ap)
     a = ap.parse_args()
+    if a.n_check < 1:  # 0 crashed in max(), -5 sliced to 9,995 images without a word
+        raise utils.KitError(f"--n-check {a.n_check}: give the number of test images to check, >= 1")
+    if a.out_dir and os.path.exists(a.out_dir) and not os.path.isdir(a.out_dir):
+        raise utils.KitError(f"--out-dir {a.out_dir} is a file, not a folder")
     cfg = load_config(a.config, a.overrides)
     path = utils.resolve_checkpoint(cfg, a.ckpt)
     model, ck = utils.load_model(path, cfg=cfg)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import (FastNet, KitError, fold_bn_generic, load_model, norm_consts, normalize, param_bytes,
+from utils import (FastNet, KitError, fold_bn_generic, load_model, norm_consts, normalize, param_bytes, progress,
                    resolve_checkpoint, sync_fn)
 
 # ============================================================================= test-time augmentation
@@ -264,12 +264,12 @@ def evaluate_inference(im, data, batch_size=500, batch1_check=500):
     n = len(y)
     preds = torch.empty(n, dtype=torch.long, device=y.device)
     if im.batch1_only:
-        for i in range(n):
+        for i in progress(range(n), f"eval {im.variant}", "img"):
             x = im.prepare(x_u8[i:i + 1])
             preds[i:i + 1].copy_(torch.argmax(im(x), dim=1))
         checked = mismatch = 0
     else:
-        for i in range(0, n, batch_size):
+        for i in progress(range(0, n, batch_size), f"eval {im.variant}", "batch"):
             preds[i:i + batch_size] = torch.argmax(im(im.prepare(x_u8[i:i + batch_size])), dim=1)
         checked = min(batch1_check, n)
         p1 = torch.cat([torch.argmax(im(im.prepare(x_u8[i:i + 1])), dim=1) for i in range(checked)]) \

@@ -21,6 +21,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import ConfigError, MODEL_NAMES, config_hash, resolve_path
+from config import ConfigError, MODEL_NAMES, check_model_kwargs, config_hash, resolve_path
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CKPT_FORMAT = "cifar10-latency-kit/1"
@@ -82,6 +83,13 @@ def resolve_device(name):
 
 def log(msg):
     print(msg, flush=True)
+
+
+def progress(it, desc, unit="it"):
+    """A tqdm bar on stderr for a step longer than a few seconds; only on a terminal (disable=None),
+    so logs, pipes and tests get no bar."""
+    from tqdm import tqdm
+    return tqdm(it, desc=desc, unit=unit, disable=None, leave=False, dynamic_ncols=True)
 
 
 # ============================================================================= seeding & environment
@@ -163,20 +171,59 @@ def env_info():
 
 # ============================================================================= data
 def load_cifar10_arrays(cfg, need_train=True):
-    """CIFAR-10 as uint8 NHWC numpy arrays (keras layout): the offline .npz, else torchvision."""
+    """CIFAR-10 as uint8 NHWC numpy arrays (keras layout), found without a manual step, first of:
+    paths.data_npz; the offline bundle beside the project (paths.data_bundle), unpacked once into
+    paths.data_npz; torchvision's download (data.download), cached in paths.download_root.
+    The log says which one was used."""
     npz = resolve_path(cfg, cfg.paths.data_npz)
+    if not os.path.isfile(npz) and os.path.isfile(os.path.join(resolve_path(cfg, cfg.paths.data_bundle), "unpack.py")):
+        unpack_bundle(resolve_path(cfg, cfg.paths.data_bundle), npz)
     if os.path.isfile(npz):
+        log(f"data: {npz}")
+        return read_npz(npz, need_train, cfg)
+    return torchvision_arrays(cfg, need_train, npz)
+
+
+def read_npz(npz, need_train, cfg):
+    try:
+        with np.load(npz) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # a truncated file: BadZipFile
+        raise KitError(f"{npz}: not a readable CIFAR-10 .npz ({type(e).__name__}: {e}); "
+                       "delete it and run again to rebuild it") from None
+    if need_train and "x_train" not in arrays:
+        raise KitError(f"{npz} holds the test split only; delete it and run again (the kit rebuilds it "
+                       f"whole from {cfg.paths.data_bundle})")
+    check_cifar10_arrays(arrays, npz, ("train", "test") if need_train else ("test",))
+    return arrays
+
+
+def unpack_bundle(bundle, npz):
+    """Decode the offline bundle into npz, once: under a lock (a second process waits, then finds
+    the file), into a temporary name renamed at the end, so an interrupted unpack is never read."""
+    with file_lock(npz):
+        if os.path.isfile(npz):
+            return
+        log(f"data: no {npz}; unpacking the offline bundle {bundle} into it, once (~5-20 s)")
+        tmp = f"{npz}.part{os.getpid()}"
+        t0 = time.time()
         try:
-            with np.load(npz) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # a truncated file: BadZipFile
-            raise KitError(f"{npz}: not a readable CIFAR-10 .npz ({type(e).__name__}: {e}); "
-                           "delete it and run again to rebuild it") from None
-        if need_train and "x_train" not in arrays:
-            raise KitError(f"{npz} holds the test split only; rebuild it without --test-only "
-                           f"(python ../shared/cifar10/unpack.py {cfg.paths.data_npz})")
-        check_cifar10_arrays(arrays, npz, ("train", "test") if need_train else ("test",))
-        return arrays
+            r = subprocess.run([sys.executable, os.path.join(bundle, "unpack.py"), tmp], capture_output=True,
+                               text=True)
+            if r.returncode != 0:
+                last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+                raise KitError(f"unpacking {bundle} failed ({last}); or fetch with --set data.download=true")
+            os.replace(tmp, npz)
+        finally:
+            for leftover in (tmp, tmp + ".tmp.npz"):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+        log(f"data: unpacked in {time.time() - t0:.1f}s")
+
+
+def torchvision_arrays(cfg, need_train, npz):
+    """torchvision's CIFAR-10 (downloaded with its progress bar if data.download; it checks the
+    archive's MD5, so a partial download is fetched again, never used)."""
     root = resolve_path(cfg, cfg.paths.download_root)
     try:
         from torchvision.datasets import CIFAR10
@@ -187,12 +234,13 @@ def load_cifar10_arrays(cfg, need_train=True):
             ds = CIFAR10(root, train=train, download=cfg.data.download)
             arrays[f"x_{split}"] = np.asarray(ds.data, dtype=np.uint8)
             arrays[f"y_{split}"] = np.asarray(ds.targets, dtype=np.int64)
+        log(f"data: torchvision's CIFAR-10 in {root}")
         return arrays
     except (RuntimeError, OSError) as e:
-        how = "set --set data.download=true to fetch it (needs internet)" if not cfg.data.download else f"download failed: {e}"
-        raise KitError(f"CIFAR-10 not found: no {npz} (make it offline with "
-                       f"`python ../shared/cifar10/unpack.py {cfg.paths.data_npz}`) and no torchvision copy "
-                       f"in {root} ({how})") from None
+        how = "data.download is off" if not cfg.data.download else f"the download failed: {' '.join(str(e).split())}"
+        raise KitError(f"CIFAR-10 not found: no {npz}, no offline bundle at {resolve_path(cfg, cfg.paths.data_bundle)} "
+                       f"and no torchvision copy in {root} ({how}); get it offline with `python "
+                       f"<bundle>/unpack.py {npz}` or online with --set data.download=true") from None
 
 
 def check_cifar10_arrays(arrays, where, splits):
@@ -582,13 +630,14 @@ def save_checkpoint(path, model, name, cfg, **meta):
 def _load_error_words(e):
     """torch.load's many-line error in the kit's words, whole (no cut)."""
     text = str(e)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"(GLOBAL [\w.]+)", text)
-    if "weights_only" in text or found:
-        what = f" ({found.group(1)})" if found else ""
-        return (f"refused: the file holds code objects{what}, not plain tensors; the kit loads with "
-                "weights_only=True and never runs code from a checkpoint")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"refused: the file holds code objects ({found.group(1)}), not plain tensors; the kit loads "
+                "checkpoints with weights_only=True and never runs code from one")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)  # the reason, not the advice
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__]
-    return f"not a readable checkpoint ({type(e).__name__}: {lines[0]})"
+    reason = " ".join(detail.group(1).split()) if detail else lines[0]
+    return f"not a readable checkpoint ({type(e).__name__}: {reason})"
 
 
 def load_checkpoint(path):
@@ -611,6 +660,10 @@ def load_model(path, expected_model=None, cfg=None):
         raise KitError(f"{path} holds a '{name}' model, not '{expected_model}'")
     if name == "fastnet":
         kw = {k: v for k, v in ck.get("model_kwargs", {}).items() if k != "head"}  # v1 files carry an unused 'head'
+        try:  # against the models.fastnet schema: an extra key or widths of 200000 stop here, in one line
+            check_model_kwargs("fastnet", kw)
+        except ConfigError as e:
+            raise KitError(f"{path}: bad model_kwargs: {e}") from None
         model = FastNet(**kw)
     else:
         model = build_model(name, cfg)
@@ -628,8 +681,21 @@ def load_model(path, expected_model=None, cfg=None):
 
 
 def checkpoint_name(tag, epoch, acc):
-    """The plan's J5-06 naming: <model>_e<epoch>_acc<accuracy>.pth."""
-    return f"{tag}_e{epoch}_acc{acc:.2f}.pth"
+    """The plan's J5-06 naming, <model>_e<epoch>_acc<accuracy>, then a run id (time, pid and a
+    random part): two runs reaching the same epoch and accuracy must not replace each other."""
+    run = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{random.SystemRandom().getrandbits(16):04x}"
+    return f"{tag}_e{epoch}_acc{acc:.2f}_{run}.pth"
+
+
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_tag(tag):
+    """A manifest tag is also a file-name prefix in paths.checkpoints: a name, never a path."""
+    if not isinstance(tag, str) or not TAG_RE.fullmatch(tag) or ".." in tag:
+        raise KitError(f"tag {tag!r}: use letters, digits, '_', '-' and '.' only (a name, not a path), "
+                       "starting with a letter or digit, at most 64 characters")
+    return tag
 
 
 @contextmanager
@@ -651,9 +717,16 @@ def read_manifest(cfg):
         return {}
     try:
         with open(path) as f:
-            return json.load(f)
+            m = json.load(f)
     except (OSError, ValueError) as e:
         raise KitError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(m, dict):
+        raise KitError(f"{path}: the manifest must be a mapping tag -> entry, not a {type(m).__name__}; "
+                       "move it aside (train.py rebuilds it)")
+    for tag, entry in m.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise KitError(f"{path}: manifest entry '{tag}' has no 'path' (a checkpoint file); fix or delete it")
+    return m
 
 
 def update_manifest(cfg, tag, entry):
@@ -805,8 +878,24 @@ def _upgrade_results_file(path, first):
     return True
 
 
+def check_writable(path, hint="set another file with --set paths.results=FILE"):
+    """Can path be written (appended to)?  Found before any work, not after a full evaluation."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.path.exists(path):
+            with open(path, "a"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+    except OSError as e:
+        raise KitError(f"cannot write {path} ({e.strerror or e}); {hint}") from None
+
+
 def check_results_file(path):
-    """Fail early (before any work) if an existing results.csv has another header."""
+    """Fail early (before any work) if results.csv cannot be written or has another header."""
+    check_writable(path)
     if os.path.isfile(path) and os.path.getsize(path) > 0:
         with open(path, newline="") as f:
             first = f.readline().rstrip("\r\n")
@@ -825,6 +914,27 @@ def _fmt(v):
     return str(v)
 
 
+def _set_torn_line_aside(path):
+    """A row cut by a kill has no newline; the next append would glue onto it and make the file
+    unreadable.  Move the torn bytes to '<path>.torn-<time>' (kept, said once) and cut the file
+    back to its last whole line.  Called under the file lock."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        aside = f"{path}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        with open(aside, "wb") as t:
+            t.write(data[keep:])
+        f.truncate(keep)
+    print(f"warning: {path} ended in a torn row (a write was cut); its {len(data) - keep} bytes were moved to "
+          f"{aside}", file=sys.stderr, flush=True)
+
+
 def append_result(path, row):
     """Append one row to results.csv: one schema, locked, one write (rows never tear)."""
     unknown = set(row) - set(RESULT_COLUMNS)
@@ -835,6 +945,7 @@ def append_result(path, row):
     line = buf.getvalue()
     with file_lock(path):
         check_results_file(path)
+        _set_torn_line_aside(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             data = (line if os.fstat(fd).st_size > 0 else HEADER_LINE + "\n" + line).encode()

@@ -30,8 +30,24 @@ FIG = os.path.join(ROOT, "report", "figures")
 
 
 # ============================================================================= data
+def read_results(results_csv):
+    """results.csv as a DataFrame, or one line and exit 2 (not a pandas traceback)."""
+    try:
+        d = pd.read_csv(results_csv)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: cannot read {results_csv} ({type(e).__name__}: {msg}); point --results at the kit's "
+              "results.csv", file=sys.stderr)
+        sys.exit(2)
+    missing = [c for c in ("script", "device", "invocation", "variant", "timestamp") if c not in d.columns]
+    if missing:
+        print(f"error: {results_csv} is not a results.csv of this kit (no column {missing[0]})", file=sys.stderr)
+        sys.exit(2)
+    return d
+
+
 def load(results_csv):
-    d = pd.read_csv(results_csv)
+    d = read_results(results_csv)
     bench = d[(d.script == "bench") & (d.device == "cuda")]
     if bench.empty:
         sys.exit(f"error: {results_csv} has no GPU bench rows: run `sh reproduce.sh` on a GPU first")
@@ -91,12 +107,34 @@ def final_table(b, inv, cfg):
             lines.append(f"| {v} | {r.label} | {fmt(r.acc)} | {fmt(r.lat_mean_ms, 4)} | {fmt(r.lat_std_ms, 4)} | "
                          f"{fmt(r.lat_p50_ms, 4)} | {fmt(r.lat_p95_ms, 4)} | {fmt(r.cv_pct, 1)} | "
                          f"{fmt(r.e2e_p50_ms, 4)} | {fmt(r.speedup)}× |")
+    lines += host_vs_gpu_lines(b, list(TABLE_IDS) + others)
     lines += ["", "Inference path of each variant (config.yaml):", ""]
     for v in list(TABLE_IDS) + others:
         r = b.loc[v]
         lines.append(f"- {v}: {r.model}, {r.precision}, {r.memory_format}, BN folded={str(r.fold_bn).lower()}, "
                      f"cuDNN fused={str(r.fuse).lower()}, compile={r.compile}, CUDA graph={str(r.cuda_graph).lower()}")
     return "\n".join(lines) + "\n"
+
+
+def host_vs_gpu_lines(b, ids):
+    """Host clock vs GPU-side time per call (CUDA events): how much of a call is launch and
+    host.  Rows of a run before these columns existed (the v1 results.csv) say "not measured"."""
+    def col(r, c):
+        v = r.get(c) if hasattr(r, "get") else None
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+    lines = ["", "## Host vs GPU time per call (batch 1)", "",
+             "Host p50: wall clock between two synchronisations (what a caller waits). GPU p50: CUDA events "
+             "around the call. Pipelined: GPU time per call of back-to-back CUDA-graph replays. "
+             "Launch + host = 1 - GPU / host.", "",
+             "| ID | Host p50 (ms) | GPU p50 (ms) | Pipelined (ms) | Launch + host (%) |",
+             "|----|--------------:|-------------:|---------------:|------------------:|"]
+    for v in ids:
+        r = b.loc[v]
+        host, gpu, pipe = col(r, "lat_p50_ms"), col(r, "gpu_lat_p50_ms"), col(r, "gpu_pipelined_ms")
+        share = fmt(100.0 * (1.0 - gpu / host), 0) if gpu is not None and host else "not measured"
+        lines.append(f"| {v} | {fmt(host, 4)} | {fmt(gpu, 4) if gpu is not None else 'not measured'} | "
+                     f"{fmt(pipe, 4) if pipe is not None else ('not measured' if gpu is None else '–')} | {share} |")
+    return lines
 
 
 # ============================================================================= checkpoints/README.md
@@ -327,10 +365,6 @@ class Doc:
 
 
 # ============================================================================= the report
-def pct(a, b):
-    return 100.0 * (a - b) / b
-
-
 def report(path, d, b, train, evals, inv, figs, cfg, pages_dir):
     r = {v: b.loc[v] for v in b.index}
     F, B1, B2 = r["F"], r["B1"], r["B2"]

@@ -60,9 +60,6 @@ def tiny_config(tmp, tiny_fastnet=True, **extra):
         m.update(epochs=1, batch_size=32, warmup_epochs=0.5)
     raw["eval"] = {"batch_size": 16, "batch1_check": 4}
     raw["bench"].update(device="cpu", warmup=1, iters=3, runs=2, e2e_iters=2)
-    for v in raw["variants"].values():
-        if v["checkpoint"] == "checkpoints/final_model.pth":
-            v["checkpoint"] = raw["paths"]["final_model"]
     for k, v in extra.items():
         raw[k] = v
     path = os.path.join(tmp, "config.yaml")

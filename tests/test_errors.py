@@ -83,7 +83,8 @@ def test_config_errors(trained):
 
 
 def test_missing_data(trained):
-    check(trained, "train.py", ["--model", "fastnet", "--set", "paths.data_npz=/nonexistent/c.npz"],
+    check(trained, "train.py", ["--model", "fastnet", "--set", "paths.data_npz=/nonexistent/c.npz",
+                                "--set", "data.download=false"],
           "CIFAR-10 not found", "unpack.py", "data.download=true")
 
 
@@ -103,3 +104,50 @@ def test_results_file_with_another_header(trained):
     finally:
         with open(p, "w") as f:
             f.write(good)
+
+
+# ---- issue 8, section 3 (script level) ----
+def test_final_model_is_not_replaced_without_force(trained):
+    # b. one CPU epoch once silently replaced the shipped 92.35 % model with a 47.35 % one
+    check(trained, "train.py", ["--model", "fastnet", "--final"], "exists", "--force", "final_model.pth")
+
+
+def test_tag_is_a_name_not_a_path(trained):
+    # l. --tag ../.. wrote outside checkpoints/
+    check(trained, "train.py", ["--model", "fastnet", "--tag", "../.."], "tag '../..'", "not a path")
+
+
+def test_unwritable_results_path_stops_before_the_work(trained):
+    # d. was found after a full evaluation (PermissionError traceback), or after training
+    afile = os.path.join(os.path.dirname(trained), "afile")
+    open(afile, "w").close()
+    for script, args in (("eval.py", ["--variant", "F"]), ("train.py", ["--model", "fastnet"])):
+        r = check(trained, script, [*args, "--set", f"paths.results={afile}/r.csv"], "cannot write", "paths.results")
+        assert "epoch" not in r.stdout + r.stderr.split("error:")[0]
+
+
+def test_export_arguments(trained):
+    # m. --n-check 0 was a traceback, -5 checked 9,995 images silently; --out-dir <a file> a traceback
+    check(trained, "export.py", ["--n-check", "0"], "--n-check 0", ">= 1")
+    check(trained, "export.py", ["--n-check", "-5"], "--n-check -5")
+    check(trained, "export.py", ["--out-dir", trained], "is a file, not a folder")
+
+
+def test_bench_raw_to_a_bad_path_stops_before_any_row(trained):
+    # m. bench.py --raw to a bad path failed after the rows were appended
+    bad = os.path.join(trained, "raw.npz")  # under a file
+    check(trained, "bench.py", ["--variant", "F", "--raw", bad], "cannot write", "--raw")
+
+
+def test_bench_without_the_reference_checkpoint_benches_what_is_there(trained):
+    # c. on a clean clone B1 is never trained: bench.py --variant F stopped; now it times F,
+    # says in one line that no speedup was measured and why, and writes F's row alone
+    import csv
+    results = os.path.join(os.path.dirname(trained), "results.csv")
+    n0 = len(list(csv.DictReader(open(results))))
+    r = run_script("bench.py", "--variant", "F", "--no-acc", "--no-e2e", "--config", trained)
+    assert r.returncode == 0, r.stderr
+    assert "no speedups this time: reference B1 is missing" in r.stdout and "train.py --model mobilenetv3" in r.stdout
+    new = list(csv.DictReader(open(results)))[n0:]
+    assert [x["variant"] for x in new] == ["F"] and new[0]["speedup_p50"] == "" and float(new[0]["lat_p50_ms"]) > 0
+    check(trained, "bench.py", ["--variant", "B1,F"], "no checkpoint for '@mobilenetv3'")  # asked for: an error

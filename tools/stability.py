@@ -117,7 +117,7 @@ def main():
             print(f"{cond:<9s} {k:<8s} run means {', '.join(f'{m:.4f}' for m in s['run_means'])}  "
                   f"cv {s['cv_pct']:.2f}%  p50 {s['p50']:.4f}  p95 {s['p95']:.4f}  cpu MHz {mhz0:.0f}", flush=True)
     os.sched_setaffinity(0, all_cores)
-    res["gpu_clocks_end"] = utils._nvidia_smi("clocks.sm,clocks.mem,temperature.gpu,power.draw")
+    res["gpu_clocks_end"] = utils.nvidia_smi("clocks.sm,clocks.mem,temperature.gpu,power.draw")
     print(res["gpu_clocks_end"])
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -1,0 +1,87 @@
+"""On a CUDA GPU only (skipped elsewhere): is the kit's timer right, and does F's path predict
+as its FP32 reference?  The lead runs this on the lent GPU; CI (CPU-only) skips it.
+
+- The kit's batch-1 timer (utils.time_calls: sync, call, sync on the host clock) is compared
+  with torch.utils.benchmark.Timer timing the same statement (call + sync), alternately, for F
+  (CUDA graph, ~0.1 ms, where a timer's own overhead would show) and B1 (eager, host-bound).
+- F's path (folded, fused, FP16, channels_last, compiled, graphed) is compared with the same
+  checkpoint run unfolded in FP32 eager, on 1000 real test images.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.utils.benchmark
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+from conftest import ROOT  # noqa: E402
+
+ROUNDS = 3  # kit, Timer, kit, Timer, ...: a slow drift of the card hits both sides alike
+
+
+@pytest.fixture(scope="module")
+def gpu_cfg(tmp_path_factory):
+    """The committed config, writing into a temp dir; B1 = a random-weight MobileNetV3 (its
+    latency does not depend on the weights), F = the committed final model."""
+    from config import load_config
+    import utils
+    tmp = tmp_path_factory.mktemp("gpu")
+    final = os.path.join(ROOT, "checkpoints", "final_model.pth")
+    if not os.path.isfile(final):
+        pytest.skip(f"no {final}")
+    base = load_config()
+    b1 = utils.save_checkpoint(str(tmp / "b1.pth"), utils.build_model("mobilenetv3", base), "mobilenetv3", base)
+    return load_config(None, [f"paths.results={tmp}/r.csv", f"paths.checkpoints={tmp}",
+                              f"paths.manifest={tmp}/manifest.json", f"variants.B1.checkpoint={b1}"])
+
+
+def _kit_ms(im, device):
+    import utils
+    return float(np.median(utils.time_calls(lambda: im(im.static_in), device, 50, 300)))
+
+
+def _timer_ms(im):
+    timer = torch.utils.benchmark.Timer(stmt="im(x); torch.cuda.synchronize()",
+                                        globals={"im": im, "x": im.static_in, "torch": torch})
+    return timer.blocked_autorange(min_run_time=0.5).median * 1e3
+
+
+@pytest.mark.parametrize("variant", ["F", "B1"])
+def test_kit_timer_agrees_with_torch_benchmark_timer(gpu_cfg, variant):
+    from inference import InferenceModel
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    im = InferenceModel(gpu_cfg, variant, device)
+    kit, ref = [], []
+    for _ in range(ROUNDS):
+        kit.append(_kit_ms(im, device))
+        ref.append(_timer_ms(im))
+    k, r = float(np.median(kit)), float(np.median(ref))
+    assert abs(k - r) / r <= 0.10, f"{variant}: kit {kit} ms vs torch.utils.benchmark {ref} ms"
+
+
+def test_f_path_predicts_as_the_fp32_reference(gpu_cfg):
+    import utils
+    from inference import InferenceModel
+    device = torch.device("cuda")
+    try:
+        data = utils.load_data(gpu_cfg, device, need_train=False)
+    except utils.KitError as e:
+        pytest.skip(str(e))
+    data = {"test_u8": data["test_u8"][:1000], "y_test": data["y_test"][:1000]}
+    im = InferenceModel(gpu_cfg, "F", device)
+    model, _ = utils.load_model(im.ckpt_path, "fastnet", cfg=gpu_cfg)
+    ref_net = InferenceModel.folded_net(gpu_cfg, model, dict(fold_bn=False, fuse=False, device=device,
+                                                             dtype=torch.float32, mem=torch.contiguous_format,
+                                                             tta=im.tta))
+    mean, std = utils.norm_consts(gpu_cfg.data.mean, gpu_cfg.data.std, device)
+    with torch.inference_mode():
+        ref_pred = ref_net(utils.normalize(data["test_u8"], mean, std)).argmax(1)
+        fast_pred = torch.cat([im(im.prepare(data["test_u8"][i:i + 1])).argmax(1) for i in range(1000)])
+    differ = int((ref_pred != fast_pred).sum())
+    ref_acc, fast_acc = (100.0 * float((p == data["y_test"]).float().mean()) for p in (ref_pred, fast_pred))
+    # FP16 may flip a near-tie or two; a wrong fold or a stale graph input would flip hundreds
+    assert differ <= 3, f"F's path and the FP32 reference disagree on {differ}/1000 images"
+    assert abs(fast_acc - ref_acc) <= 0.3, (fast_acc, ref_acc)
