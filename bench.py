@@ -162,7 +162,7 @@ def seed_checkpoints(cfg, im):
     """{seed: path} of every front seed of this variant's shape (a front point, or F/F85 whose
     checkpoint came from one), or {} when it is no front net or a seed is missing."""
     shape = cfg.variants[im.variant].front or im.ck_meta.get("front") or ""
-    if im.kernels or not shape or shape not in cfg.front.shapes:
+    if not shape or shape not in cfg.front.shapes:
         return {}
     try:
         return {s: utils.resolve_checkpoint(cfg, "@" + front_tag(shape, s)) for s in cfg.front.seeds}

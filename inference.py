@@ -63,19 +63,19 @@ def kernel_net(cfg, model, a):
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
     n_views = len(TTA_VIEWS[a["tta"]])
     net = KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
-    return TTANet(net, a["tta"]).eval() if a["tta"] != "none" else net
+    return TTANet(net, a["tta"], device=a["device"]).eval() if a["tta"] != "none" else net
 
 
 class TTANet(nn.Module):
     """net over all views as ONE batch (V*N images), then the weighted mean of the logits:
     at batch 1 the GPU is mostly idle, so extra views cost little (all inside the same graph)."""
 
-    def __init__(self, net, mode):
+    def __init__(self, net, mode, device=None):
         super().__init__()
         if mode not in TTA_VIEWS:
             raise KitError(f"unknown tta mode '{mode}' (valid: {', '.join(TTA_VIEWS)})")
         self.net, self.views = net, [v for v, _ in TTA_VIEWS[mode]]
-        dev = next(net.parameters()).device
+        dev = device if device is not None else next(net.parameters()).device
         # a buffer, not a tensor made in forward: a host-to-device copy cannot be graph-captured
         self.register_buffer("w", torch.tensor([w for _, w in TTA_VIEWS[mode]], device=dev).view(-1, 1, 1))
 
@@ -218,8 +218,14 @@ class InferenceModel:
         """Copy another checkpoint of the same architecture into this path's weights, in place:
         the compiled code and the CUDA graph read the same memory, so the next calls run the
         new weights through exactly the timed path (bench.py uses it for every seed's accuracy)."""
-        if self.kernels:  # KernelNet keeps repacked weights of its own: no in-place swap
-            raise KitError(f"variant {self.variant}: swap_weights is not supported on the Triton-kernel path")
+        if self.kernels:  # KernelNet keeps repacked weights of its own: it copies them in itself
+            model = load_model(ckpt_path, self.model_name, cfg=self._cfg)[0]
+            kn = (self.net.net if isinstance(self.net, TTANet) else self.net).kn
+            try:
+                kn.load_weights(*model.eval().folded_spec(self._cfg.data.mean, self._cfg.data.std))
+            except ValueError as e:
+                raise KitError(f"{ckpt_path}: not the same architecture as {self.ckpt_path} ({e})") from None
+            return
         other = InferenceModel.folded_net(self._cfg, load_model(ckpt_path, self.model_name, cfg=self._cfg)[0],
                                           self._fold_args)
         mine = list(self.net.parameters()) + list(self.net.buffers())

@@ -404,6 +404,24 @@ class KernelNet(torch.nn.Module):
         self.out = torch.zeros(self.batch, 16, device=dev)  # rows padded to 16, logits[:, :10]
         self.logits = self.out.view(self.batch, 16)[:, :ncls]
 
+    @torch.no_grad()
+    def load_weights(self, layers, head):
+        """Copy another net of the same shapes into the packed weights, in place (a captured CUDA
+        graph then runs the new weights): how bench.py evaluates every seed through this path."""
+        if len(layers) != len(self.specs):
+            raise ValueError(f"{len(layers)} layers, this KernelNet has {len(self.specs)}")
+        for sp, L in zip(self.specs, layers):
+            wt = L["weight"].detach().float().permute(2, 3, 1, 0).reshape(-1, L["weight"].shape[0])
+            if wt.shape != sp["w"].shape or L["bias"].shape != sp["b"].shape:
+                raise ValueError(f"layer weights {tuple(L['weight'].shape)} do not fit {tuple(sp['w'].shape)}")
+            sp["w"].copy_(wt.to(sp["w"]))
+            sp["b"].copy_(L["bias"].detach().to(sp["b"]))
+        wfc = head["weight"].detach().float()
+        if wfc.shape[0] != self.ncls or wfc.shape[1] != self.specs[-1]["meta"]["COUT"]:
+            raise ValueError(f"head weight {tuple(wfc.shape)} does not fit this KernelNet")
+        self.hw[:self.ncls, :wfc.shape[1]].copy_(wfc)
+        self.hb[:self.ncls].copy_(head["bias"].detach().float())
+
     def _alloc_scratch(self, sp):
         m, t = sp["meta"], sp["tiles"]
         mt = -(-m["HO"] * m["WO"] // t["BP"])

@@ -73,7 +73,7 @@ def test_full_pipeline_on_cpu(tiny):
     assert "speedup" in out
     bench = [x for x in rows(tiny) if x["script"] == "bench" and not x["front"]]
     cfg_variants = {"B1", "B2", "O1", "O2", "O3", "D1", "F", "F85", "O2d", "F_fp32", "F_fp16", "F_cl", "F_fold",
-                    "F_fuse", "F_graph", "F_compile", "F_kern", "F85_kern"}
+                    "F_fuse", "F_graph", "F_compile", "F_kern", "F_cudnn", "F85_cudnn"}
     assert {x["variant"] for x in bench} == cfg_variants
     assert len({x["invocation"] for x in bench if x["variant"] != "B1"}) == 1
     for x in bench:
