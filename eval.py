@@ -20,7 +20,8 @@ import utils
 from inference import InferenceModel, accuracy_fields, evaluate_inference
 
 PLAIN = {"label": "plain FP32", "checkpoint": "", "tta": "none", "front": "", "precision": "fp32", "memory_format": "contiguous",
-         "fold_bn": False, "fuse": False, "compile": "none", "cuda_graph": False, "table": False, "model": ""}
+         "fold_bn": False, "fuse": False, "compile": "none", "cuda_graph": False, "table": False, "model": "",
+         "kernels": False}
 
 
 def main():
