@@ -28,7 +28,7 @@ def test_final_model_loads_with_the_readme_lines_and_is_small():
     from utils import load_model
     model, meta = load_model(FINAL)
     assert meta["model"] == "fastnet" and isinstance(model, utils.FastNet)
-    assert os.path.getsize(FINAL) < 16 * 2**20
+    assert os.path.getsize(FINAL) < 32 * 2**20  # v2's F (w7, 4.4 M params, FP32 state) is 17.7 MB
     trained_on_val = meta["config"]["train"]["fastnet"].get("train_on_val", False)  # v2: no val accuracy left
     assert (meta["val_acc"] > 0 or trained_on_val) and meta["epoch"] >= 1 and meta["config"]["models"]["fastnet"] == meta["model_kwargs"]
     with torch.no_grad():
@@ -45,7 +45,8 @@ def test_final_inference_path_equals_the_plain_model_on_cpu():
     got = torch.cat([im(im.prepare(x_u8[i:i + 1])) for i in range(8)])
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4), (got - ref).abs().max()
     assert im.fold_norm and not any(isinstance(m, torch.nn.BatchNorm2d) for m in im.net.modules())
-    assert im.notes == ["cpu fallback: fp32 eager (no CUDA graph, no torch.compile)"]
+    assert im.notes[0] == "cpu fallback: fp32 eager (no CUDA graph, no torch.compile)"
+    assert im.notes[1:] == (["cpu fallback: torch ops instead of the Triton kernels"] if cfg.variants.F.kernels else [])
 
 
 def claimed_f_accuracy():
