@@ -26,6 +26,7 @@ point (and F/F85, chosen from the front), every front seed's checkpoint is swapp
 same compiled, graphed path and evaluated: acc_mean, acc_std, acc_seeds.
 One row per variant goes to results.csv.
 """
+import os
 import sys
 import time
 
@@ -178,11 +179,16 @@ def evaluate_all(cfg, ims, data):
         r = evaluate_inference(im, data, cfg.eval.batch_size, cfg.eval.batch1_check)
         seeds = seed_checkpoints(cfg, im)
         if seeds:
-            per = {}
+            per, swapped = {}, False
             for s, path in seeds.items():
+                if os.path.realpath(path) == os.path.realpath(im.ckpt_path):
+                    per[s] = r["acc"]  # the timed weights themselves: evaluated just above
+                    continue
                 im.swap_weights(path)
+                swapped = True
                 per[s] = evaluate_inference(im, data, cfg.eval.batch_size, 0)["acc"]
-            im.swap_weights(im.ckpt_path)  # back to the timed weights
+            if swapped:
+                im.swap_weights(im.ckpt_path)  # back to the timed weights
             r["seeds"] = per
         accs[n] = r
         extra = f"  seeds {per}" if seeds else ""

@@ -53,7 +53,7 @@ class KernelPath(nn.Module):
 
 
 def kernel_net(cfg, model, a):
-    """KernelNet over folded_spec, sized for the TTA views of one image; wrapped in the views."""
+    """KernelNet over folded_spec, sized for the TTA views of one image (folded_net wraps the views)."""
     import kernels  # Triton is needed only here
     ok, why = kernels.available(str(a["device"]))
     if not ok:
@@ -62,8 +62,7 @@ def kernel_net(cfg, model, a):
         raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
     n_views = len(TTA_VIEWS[a["tta"]])
-    net = KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
-    return TTANet(net, a["tta"], device=a["device"]).eval() if a["tta"] != "none" else net
+    return KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
 
 
 class TTANet(nn.Module):
@@ -164,13 +163,14 @@ class InferenceModel:
         """The eval-mode net of a path: BN (and, for fastnet, the input normalisation) folded if
         asked, moved to the device, dtype and memory format, wrapped in the TTA views."""
         if a.get("kernels"):
-            return kernel_net(cfg, model, a)
-        net = model.eval()
-        if a["fold_bn"]:
-            net = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=a["fuse"]) \
-                if isinstance(model, FastNet) else fold_bn_generic(model)
-        net = net.to(device=a["device"], dtype=a["dtype"], memory_format=a["mem"]).eval()
-        return TTANet(net, a["tta"]).eval() if a["tta"] != "none" else net
+            net = kernel_net(cfg, model, a)
+        else:
+            net = model.eval()
+            if a["fold_bn"]:
+                net = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=a["fuse"]) \
+                    if isinstance(model, FastNet) else fold_bn_generic(model)
+            net = net.to(device=a["device"], dtype=a["dtype"], memory_format=a["mem"]).eval()
+        return TTANet(net, a["tta"], device=a["device"]).eval() if a["tta"] != "none" else net
 
     # --- preprocessing: uint8 NCHW (possibly a channels_last view) -> this variant's input
     def prepare(self, x_u8):

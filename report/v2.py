@@ -34,7 +34,7 @@ def load(path):
     fin = bench[bench.variant.isin(["F", "F_cudnn"]) & bench.gpu.notna()]
     inv_final = fin.invocation.iloc[-1]
     train = d[(d.script == "train") & d.front.notna()]
-    return bench, bench[bench.invocation == inv_front], bench[bench.invocation == inv_final], train
+    return bench[bench.invocation == inv_front], bench[bench.invocation == inv_final], train
 
 
 def pareto(df):
@@ -95,7 +95,7 @@ def tables(fr, fin, train, kern):
         k = kern[name]
         krows.append([name, len(k["kernels"]), f(k["p50"], 1), f(k["gpu"], 1), f(k["pipe"], 1),
                       ", ".join(f"{t:.1f}" for _, t in k["kernels"]), f(sum(t for _, t in k["kernels"]), 1)])
-    return rows, sel, final, krows, tr
+    return rows, sel, final, krows
 
 
 def write_md(fr, fin, rows, sel, final, krows, path):
@@ -126,11 +126,11 @@ def text_page(pdf, title, blocks):
 
 
 def main():
-    bench, fr, fin, train = load(os.path.join(RES, "results.csv"))
+    fr, fin, train = load(os.path.join(RES, "results.csv"))
     kern = json.load(open(os.path.join(RES, "kernels", "call2", "kernel_bench.json")))
     figp = os.path.join(ROOT, "report", "figures", "front.png")
     front_figure(fr, figp)
-    rows, sel, final, krows, tr = tables(fr, fin, train, kern)
+    rows, sel, final, krows = tables(fr, fin, train, kern)
     write_md(fr, fin, rows, sel, final, krows, os.path.join(RES, "v2_tables.md"))
     md = open(os.path.join(RES, "v2_tables.md")).read()
     with PdfPages(os.path.join(ROOT, "report", "rapport_v2.pdf")) as pdf:
