@@ -111,6 +111,7 @@ TRAIN = {
     "compile": Field(bool, False),            # torch.compile the training net (warm-up timed apart)
     "train_on_val": Field(bool, False),       # train on train + validation (a fixed schedule chosen before)
     "cudnn_benchmark": Field(bool, False),    # let cuDNN autotune (fast, not bit-reproducible); warm-up timed apart
+    "fused_optimizer": Field(bool, True),     # on CUDA, torch's fused SGD (same update, fewer launches)
 }
 
 VARIANT = {
