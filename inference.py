@@ -40,20 +40,28 @@ def make_view(x, flip, dy, dx):
     return x
 
 
+# TTA modes the kernel path runs inside its kernels (views made by the first layer's loads,
+# weighted mean in the fused head): no TTANet around it, no extra kernel.  The rest keep TTANet.
+KERNEL_TTA = ("none", "flip", "flip_translate")
+
+
 class KernelPath(nn.Module):
     """The folded net run by our Triton kernels (kernels.py): NCHW channels_last FP16 raw pixels
-    in (a free view as NHWC), float32 logits out; the logits buffer is the same every call."""
+    in (a free view as NHWC), float32 logits out; the logits buffer is the same every call.
+    tta_fused: the KernelNet makes the TTA views itself (folded_net must not wrap it in TTANet)."""
 
     def __init__(self, kn):
         super().__init__()
         self.kn = kn
+        self.tta_fused = bool(getattr(kn, "fused_views", False))
 
     def forward(self, x):
         return self.kn(x.permute(0, 2, 3, 1))
 
 
 def kernel_net(cfg, model, a):
-    """KernelNet over folded_spec, sized for the TTA views of one image (folded_net wraps the views)."""
+    """KernelNet over folded_spec for one image; the TTA views are fused into its kernels
+    (KERNEL_TTA), else it is sized for the views of one image and folded_net wraps them."""
     import kernels  # Triton is needed only here
     ok, why = kernels.available(str(a["device"]))
     if not ok:
@@ -61,6 +69,8 @@ def kernel_net(cfg, model, a):
     if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
         raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    if a["tta"] in KERNEL_TTA and a.get("tta_fused", True):
+        return KernelPath(kernels.KernelNet(layers, head, batch=1, device=str(a["device"]), views=TTA_VIEWS[a["tta"]]))
     n_views = len(TTA_VIEWS[a["tta"]])
     return KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
 
@@ -170,7 +180,9 @@ class InferenceModel:
                 net = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=a["fuse"]) \
                     if isinstance(model, FastNet) else fold_bn_generic(model)
             net = net.to(device=a["device"], dtype=a["dtype"], memory_format=a["mem"]).eval()
-        return TTANet(net, a["tta"], device=a["device"]).eval() if a["tta"] != "none" else net
+        if a["tta"] == "none" or getattr(net, "tta_fused", False):  # fused: the kernels make the views
+            return net
+        return TTANet(net, a["tta"], device=a["device"]).eval()
 
     # --- preprocessing: uint8 NCHW (possibly a channels_last view) -> this variant's input
     def prepare(self, x_u8):

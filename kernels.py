@@ -19,6 +19,11 @@ whole layer computes the 10 logits and resets that buffer.  So a forward is exac
 kernel per conv layer, allocates nothing, and replays in one CUDA graph.  Optionally the
 kernels use programmatic dependent launch (PDL): each waits for its predecessor with
 griddepcontrol.wait, so the next kernel's launch overlaps the current one.
+
+Test-time augmentation (views=...) costs no kernel: every layer runs one map per (image, view),
+the first layer reads view v of its image with mirrored / reflect-shifted input indices (the
+stem has no padding, so a view of the image gives exactly the view's feature maps), and the
+head returns the weighted sum of the views' logits.  No torch flip/cat/mean around it.
 """
 import math
 
@@ -148,8 +153,24 @@ if triton is not None:
         return q < HWO, oh, ow
 
     @triton.jit
+    def _view_coords(ih, iw, fl, dy, dx, H: tl.constexpr, W: tl.constexpr):
+        # TTA view (flip, dy, dx) of the image, read in place: view = shift(flip(x)) with a
+        # one-pixel reflect shift, so view[i, j] = x[r(i + dy), W-1-r(j + dx)] (flip) where
+        # r reflects -1 -> 1 and H -> H-2, as make_view in inference.py.  The caller masks on
+        # the view coordinates (the layer's zero padding is outside the view, not the image).
+        ih = ih + dy
+        ih = tl.where(ih < 0, -ih, ih)
+        ih = tl.where(ih >= H, 2 * H - 2 - ih, ih)
+        iw = iw + dx
+        iw = tl.where(iw < 0, -iw, iw)
+        iw = tl.where(iw >= W, 2 * W - 2 - iw, iw)
+        iw = tl.where(fl != 0, W - 1 - iw, iw)
+        return ih, iw
+
+    @triton.jit
     def _load_a_blocked(x_base, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
-                        CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr):
+                        CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr,
+                        VIEW: tl.constexpr, fl, dy, dx):
         # K step `it` covers one tap (ky, kx) and BK consecutive input channels: each row
         # reads BK contiguous fp16 of one NHWC pixel (coalesced); zero outside the image.
         CB: tl.constexpr = CIN // BK
@@ -160,12 +181,15 @@ if triton is not None:
         ih = oh + (ky - PAD)
         iw = ow + (kx - PAD)
         ok = rok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        if VIEW:
+            ih, iw = _view_coords(ih, iw, fl, dy, dx, H, W)
         a = tl.load(x_base + ((ih * W + iw) * CIN + c0)[:, None] + kk[None, :], mask=ok[:, None], other=0)
         return a.to(tl.float16), tap * CIN + c0 + kk
 
     @triton.jit
     def _load_a_generic(x_base, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
-                        CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr):
+                        CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr,
+                        VIEW: tl.constexpr, fl, dy, dx):
         # Any CIN (the 3-channel stem, widths not a multiple of 16): K flattened as
         # (ky, kx, ci), a gather per element.  Only the few first layers take this path.
         KTOT: tl.constexpr = KH * KH * CIN
@@ -177,32 +201,39 @@ if triton is not None:
         ih = oh[:, None] + (ky[None, :] - PAD)
         iw = ow[:, None] + (kx[None, :] - PAD)
         ok = rok[:, None] & (k < KTOT)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        if VIEW:
+            ih, iw = _view_coords(ih, iw, fl, dy, dx, H, W)
         a = tl.load(x_base + (ih * W + iw) * CIN + ci[None, :], mask=ok, other=0)
         return a.to(tl.float16), k
 
     @triton.jit
-    def _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, NB: tl.constexpr,
-                     COUT: tl.constexpr, CP: tl.constexpr):
+    def _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, NB: tl.constexpr,
+                     NV: tl.constexpr, COUT: tl.constexpr, CP: tl.constexpr):
         # Run by the last tile of the last layer: every channel max is in hmax now.  Read it
         # at L2 (atomic max with -inf changes nothing), then reset it for the next forward.
+        # Rows i*NV .. i*NV+NV-1 are the TTA views of image i: its logits are the weighted
+        # sum of theirs, sum_v w_v * (Wfc @ max_v + b), as TTANet (NV = 1, w = 1: plain).
         cc = tl.arange(0, CP)
         cls = tl.arange(0, 16)
         wfc = tl.load(hw_ptr + cls[:, None] * CP + cc[None, :])  # fp32, zero-padded [16, CP]
         bfc = tl.load(hb_ptr + cls)
-        for i in tl.static_range(NB):
-            ninf = tl.full([CP], float("-inf"), tl.float32)
-            f = tl.atomic_max(hmax_ptr + i * COUT + cc, ninf, mask=cc < COUT)  # a read at L2
-            tl.store(hmax_ptr + i * COUT + cc, ninf, mask=cc < COUT)
-            f = tl.where(cc < COUT, f, 0.0)
-            logits = tl.sum(wfc * f[None, :], axis=1) + bfc
-            tl.store(out_ptr + i * 16 + cls, logits, mask=cls < 10)  # rows padded to 16
+        for i in tl.static_range(NB // NV):
+            acc = tl.zeros([16], dtype=tl.float32)
+            for v in tl.static_range(NV):
+                row = hmax_ptr + (i * NV + v) * COUT + cc
+                ninf = tl.full([CP], float("-inf"), tl.float32)
+                f = tl.atomic_max(row, ninf, mask=cc < COUT)  # a read at L2
+                tl.store(row, ninf, mask=cc < COUT)
+                f = tl.where(cc < COUT, f, 0.0)
+                acc += tl.load(vw_ptr + v) * (tl.sum(wfc * f[None, :], axis=1) + bfc)
+            tl.store(out_ptr + i * 16 + cls, acc, mask=cls < 10)  # rows padded to 16
         tl.store(hcnt_ptr, 0)
 
     @triton.jit
     def _epilogue(acc, b_ptr, y_ptr, n, tile, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
-                  n_fin, BP: tl.constexpr, S: tl.constexpr, BN: tl.constexpr, HWO: tl.constexpr,
+                  vw_ptr, n_fin, BP: tl.constexpr, S: tl.constexpr, BN: tl.constexpr, HWO: tl.constexpr,
                   COUT: tl.constexpr, ACT: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr,
-                  CP: tl.constexpr):
+                  NV: tl.constexpr, CP: tl.constexpr):
         # pool (max of 4 consecutive rows) before bias and activation: exact for any act
         if S == 4:
             v = tl.max(tl.reshape(acc, (BP, 4, BN)), axis=1)
@@ -218,23 +249,25 @@ if triton is not None:
             tl.debug_barrier()  # all threads' atomics issued before the arrival count
             done = tl.atomic_add(hcnt_ptr, 1)
             if done == n_fin - 1:
-                _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, NB, COUT, CP)
+                _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, NB, NV, COUT, CP)
         else:
             offs = ((n * HWO + q) * COUT)[:, None] + cols[None, :]
             tl.store(y_ptr + offs, v.to(tl.float16), mask=(q < HWO)[:, None] & cmask[None, :])
 
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-                          hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
+                          hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
                           m_tiles, SPLIT, n_fin,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                           KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
                           WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
                           BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
-                          GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr, PDL: tl.constexpr):
+                          GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
+                          PDL: tl.constexpr, NV: tl.constexpr, VIEW: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD).
-        grid = (NB * m_tiles, n_tiles, SPLIT): axis 0 = (image, row tile), 1 = channel tile,
-        2 = K slice (KI K steps in all, split evenly)."""
+        grid = (NB * m_tiles, n_tiles, SPLIT): axis 0 = (map, row tile), 1 = channel tile,
+        2 = K slice (KI K steps in all, split evenly).  Map n = image n // NV, TTA view n % NV;
+        the first layer (VIEW) makes the view itself from its image's loads."""
         if PDL:  # wait for the previous layer, and let the next one start launching
             gdc_wait()
             gdc_launch_dependents()
@@ -248,23 +281,29 @@ if triton is not None:
         cols = pid_n * BN + tl.arange(0, BN)
         cmask = cols < COUT
         kk = tl.arange(0, BK)
-        x_base = x_ptr + n * (H * W * CIN)
+        if VIEW:  # the input holds NB // NV images; view (flip, dy, dx) from view_ptr
+            x_base = x_ptr + (n // NV) * (H * W * CIN)
+            vp = view_ptr + (n % NV) * 3
+            fl, dy, dx = tl.load(vp), tl.load(vp + 1), tl.load(vp + 2)
+        else:
+            x_base = x_ptr + n * (H * W * CIN)
+            fl, dy, dx = 0, 0, 0
         k_lo = sid * KI // SPLIT
         k_hi = (sid + 1) * KI // SPLIT
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         for it in range(k_lo, k_hi):
             if GENERIC:
-                a, krow = _load_a_generic(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK)
+                a, krow = _load_a_generic(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
                 kmask = krow < KH * KH * CIN
             else:
-                a, krow = _load_a_blocked(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK)
+                a, krow = _load_a_blocked(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
                 kmask = krow >= 0
             b = tl.load(w_ptr + krow[:, None] * COUT + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                         other=0.0)
             acc = tl.dot(a, b, acc)
         if SPLIT == 1:
             _epilogue(acc, b_ptr, y_ptr, n, tile, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
-                      n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, CP)
+                      vw_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP)
         else:
             # split-K: add this slice into the fp32 scratch; the last slice to arrive at the
             # tile takes the sum (and leaves zeros behind) and runs the epilogue
@@ -282,7 +321,7 @@ if triton is not None:
                 tl.store(pp, zero, mask=cmask[None, :])
                 tl.store(cnt_ptr + tid, 0)
                 _epilogue(tot, b_ptr, y_ptr, n, tile, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
-                          hcnt_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, CP)
+                          hcnt_ptr, vw_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,12 +391,17 @@ def _candidates(m, batch, n_sm):
 class KernelNet(torch.nn.Module):
     """The folded net as one Triton kernel per conv layer (head fused into the last one).
 
-    KernelNet(layers, head, batch=1, device='cuda', autotune=False, pdl=False)
+    KernelNet(layers, head, batch=1, device='cuda', autotune=False, pdl=False, views=None)
     forward(x): x N x 32 x 32 x 3 (uint8 or fp16, NHWC, contiguous, N == batch) -> float32 N x 10
     logits (the same buffer every call).  Allocates nothing per call: CUDA-graph capturable.
+
+    views: test-time augmentation fused into the kernels, [((flip, dy, dx), weight), ...] as
+    inference.TTA_VIEWS: every layer runs batch * len(views) maps, the first layer reads each
+    view straight from the image (mirrored / reflect-shifted loads), the head returns the
+    weighted sum of the views' logits.  Same kernel count as without views, no torch op.
     """
 
-    def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None):
+    def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None):
         super().__init__()
         ok, why = available(device)
         if not ok:
@@ -366,6 +410,7 @@ class KernelNet(torch.nn.Module):
             raise RuntimeError(f"KernelNet pdl=True: {pdl_available()[1]}")
         self.device = torch.device("cpu" if _interpreting() else device)
         self.batch, self.pdl = int(batch), bool(pdl)
+        self._build_views(views)
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
         self.specs = self._build_specs(layers)
@@ -375,6 +420,18 @@ class KernelNet(torch.nn.Module):
             self._alloc_scratch(sp)
 
     # -- build --------------------------------------------------------------------------------
+    def _build_views(self, views):
+        """TTA views -> (flip, dy, dx) int32 rows and fp32 weights the kernels read; nb = maps
+        per layer.  Shifts are one pixel at most (the reflect index maps -1 and H only)."""
+        views = views or [((False, 0, 0), 1.0)]
+        if any(abs(dy) > 1 or abs(dx) > 1 for (_, dy, dx), _ in views):
+            raise ValueError(f"views {views}: shifts of one pixel at most")
+        self.nv, self.nb = len(views), self.batch * len(views)
+        self.fused_views = views != [((False, 0, 0), 1.0)]
+        self.view_t = torch.tensor([[int(f), dy, dx] for (f, dy, dx), _ in views], dtype=torch.int32,
+                                   device=self.device).flatten()
+        self.view_w = torch.tensor([float(w) for _, w in views], dtype=torch.float32, device=self.device)
+
     def _build_specs(self, layers):
         specs, h, w, c = [], 32, 32, 3
         for L in layers:
@@ -382,7 +439,7 @@ class KernelNet(torch.nn.Module):
             wt = L["weight"].detach().float().permute(2, 3, 1, 0).reshape(-1, m["COUT"])  # [(ky,kx,ci), Cout]
             specs.append(dict(meta=m, w=wt.to(self.device, torch.float16).contiguous(),
                               b=L["bias"].detach().to(self.device, torch.float32).contiguous(),
-                              y=torch.empty(self.batch, m["HO"], m["WO"], m["COUT"], device=self.device,
+                              y=torch.empty(self.nb, m["HO"], m["WO"], m["COUT"], device=self.device,
                                             dtype=torch.float16)))
             h, w, c = m["HO"], m["WO"], m["COUT"]
         return specs
@@ -399,7 +456,7 @@ class KernelNet(torch.nn.Module):
         hb[:ncls] = head["bias"].detach().float()
         dev = self.device
         self.hw, self.hb = hw.to(dev), hb.to(dev)
-        self.hmax = torch.full((self.batch, c), float("-inf"), device=dev)  # reset by the kernel
+        self.hmax = torch.full((self.nb, c), float("-inf"), device=dev)  # reset by the kernel
         self.hcnt = torch.zeros(1, dtype=torch.int32, device=dev)
         self.out = torch.zeros(self.batch, 16, device=dev)  # rows padded to 16, logits[:, :10]
         self.logits = self.out.view(self.batch, 16)[:, :ncls]
@@ -426,20 +483,20 @@ class KernelNet(torch.nn.Module):
         m, t = sp["meta"], sp["tiles"]
         mt = -(-m["HO"] * m["WO"] // t["BP"])
         nt = -(-m["COUT"] // t["BN"])
-        sp["grid"] = (self.batch * mt, nt, t["SPLIT"])
+        sp["grid"] = (self.nb * mt, nt, t["SPLIT"])
         sp["m_tiles"] = mt
-        rows = self.batch * mt * t["BP"] * m["S"] if t["SPLIT"] > 1 else 1
+        rows = self.nb * mt * t["BP"] * m["S"] if t["SPLIT"] > 1 else 1
         sp["part"] = torch.zeros(rows, m["COUT"] if t["SPLIT"] > 1 else 1, device=self.device)
-        sp["cnt"] = torch.zeros(self.batch * mt * nt, dtype=torch.int32, device=self.device)
+        sp["cnt"] = torch.zeros(self.nb * mt * nt, dtype=torch.int32, device=self.device)
 
     def _choose_tiles(self, sp, autotune):
         m = sp["meta"]
-        key = (tuple(sorted(m.items())), self.batch, self.pdl, autotune)
+        key = (tuple(sorted(m.items())), self.nb, self.pdl, autotune)
         if key not in _TILE_CACHE:
             if autotune and self.device.type == "cuda":
                 _TILE_CACHE[key] = self._autotune(sp)
             else:
-                _TILE_CACHE[key] = heuristic_tiles(m, self.batch, self.n_sm)
+                _TILE_CACHE[key] = heuristic_tiles(m, self.nb, self.n_sm)
         return dict(_TILE_CACHE[key])
 
     def _autotune(self, sp):
@@ -448,7 +505,7 @@ class KernelNet(torch.nn.Module):
         i = self.specs.index(sp)
         x = self._random_input_of(i)
         best = None
-        for t in _candidates(sp["meta"], self.batch, self.n_sm):
+        for t in _candidates(sp["meta"], self.nb, self.n_sm):
             sp["tiles"] = t
             self._alloc_scratch(sp)
             us = self._time_launch(lambda: self._launch(i, x), reps=20, graphs=3)
@@ -460,7 +517,7 @@ class KernelNet(torch.nn.Module):
         m = self.specs[i]["meta"]
         if i == 0:
             return torch.randint(0, 256, (self.batch, 32, 32, 3), device=self.device, dtype=torch.uint8)
-        return torch.rand(self.batch, m["H"], m["W"], m["CIN"], device=self.device).half()
+        return torch.rand(self.nb, m["H"], m["W"], m["CIN"], device=self.device).half()
 
     # -- run ----------------------------------------------------------------------------------
     def _launch(self, i, x):
@@ -472,11 +529,12 @@ class KernelNet(torch.nn.Module):
             kw["launch_pdl"] = True
         conv_layer_kernel[sp["grid"]](
             x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"],
-            self.hmax, self.hw, self.hb, self.out, self.hcnt,
+            self.hmax, self.hw, self.hb, self.out, self.hcnt, self.view_t, self.view_w,
             sp["m_tiles"], t["SPLIT"], n_fin,
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"],
             WO=m["WO"], HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
-            GENERIC=t["GENERIC"], HEAD=last, NB=self.batch, CP=self.cp, PDL=self.pdl, **kw)
+            GENERIC=t["GENERIC"], HEAD=last, NB=self.nb, CP=self.cp, PDL=self.pdl, NV=self.nv,
+            VIEW=(i == 0 and self.fused_views), **kw)
 
     def forward(self, x):
         if x.shape != (self.batch, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16):
@@ -491,7 +549,7 @@ class KernelNet(torch.nn.Module):
         return self.logits
 
     def kernel_count(self):
-        """Kernels per forward: one per conv layer (the head is fused into the last)."""
+        """Kernels per forward: one per conv layer (the head and the TTA views are fused in)."""
         return len(self.specs)
 
     def tiles(self):

@@ -85,3 +85,46 @@ def test_f_path_predicts_as_the_fp32_reference(gpu_cfg):
     # FP16 may flip a near-tie or two; a wrong fold or a stale graph input would flip hundreds
     assert differ <= 3, f"F's path and the FP32 reference disagree on {differ}/1000 images"
     assert abs(fast_acc - ref_acc) <= 0.3, (fast_acc, ref_acc)
+
+
+# -- our Triton kernels (kernels.py): TTA views fused into the kernels ----------------------------
+def _ttanet_reference(K, layers, head, mode):
+    """TTANet (torch views, weighted mean) over the float64 reference of the folded net."""
+    from inference import TTANet
+
+    class Ref(torch.nn.Module):
+        def forward(self, x):
+            return K.reference_forward(layers, head, x.permute(0, 2, 3, 1))
+    return TTANet(Ref(), mode, device="cuda")
+
+
+@pytest.mark.parametrize("mode", ["flip", "flip_translate"])
+@pytest.mark.parametrize("pdl", [False, True])
+def test_kernels_fused_tta_vs_reference(mode, pdl):
+    """AB94's shape (whitening stem 2x2 -> 24, gelu, 64/256/256 x 2), random weights: the
+    fused-view KernelNet, eager and replayed in a CUDA graph on fresh inputs with its output
+    poisoned, vs TTANet over the float64 reference; same kernel count as without views."""
+    import kernels as K
+    from inference import TTA_VIEWS
+    if pdl and not K.pdl_available()[0]:
+        pytest.skip(K.pdl_available()[1])
+    layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=(64, 256, 256), depths=(2, 2, 2),
+                                act="gelu", seed=3, device="cuda")
+    net = K.KernelNet(layers, head, batch=1, pdl=pdl, views=TTA_VIEWS[mode])
+    assert net.kernel_count() == K.KernelNet(layers, head, batch=1).kernel_count()
+    ref = _ttanet_reference(K, layers, head, mode)
+    rel = lambda o, r: ((o.double() - r).norm() / r.norm()).item()  # noqa: E731
+    x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
+    assert rel(net(x).clone(), ref(x.permute(0, 3, 1, 2))) < 1e-2
+    xs = x.clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = net(xs)
+    for _ in range(10):
+        x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
+        xs.copy_(x)
+        out.fill_(float("nan"))  # every logit must be rewritten by the replay
+        g.replay()
+        torch.cuda.synchronize()
+        err = rel(out.clone(), ref(x.permute(0, 3, 1, 2)))
+        assert err < 1e-2, err

@@ -73,9 +73,94 @@ def _errors(K, cfg, batch, dtype, split, seed):
     return dict(errs=errs, kernels=net.kernel_count(), splits=[t["SPLIT"] for t in net.tiles()])
 
 
+def _tta_errors(K, cfg, batch, dtype, modes, seed):
+    """Fused-view KernelNet (views made by the first kernel, weighted mean in the head) vs
+    TTANet over the float64 reference (torch views, per-view logits, weighted mean), two calls
+    each; also the plain net's distance to the TTA reference (the check could fail)."""
+    from inference import TTA_VIEWS, TTANet
+    layers, head = K.random_net(seed=seed, **cfg)
+
+    class Ref(torch.nn.Module):  # NCHW pixels -> reference logits, as TTANet expects
+        def forward(self, x):
+            return K.reference_forward(layers, head, x.permute(0, 2, 3, 1))
+
+    plain = K.KernelNet(layers, head, batch=batch, tiles=_big_tiles(K, layers, head, batch, 2))
+    g = torch.Generator().manual_seed(seed + 100)
+    r = dict(plain_kernels=plain.kernel_count())
+    for mode in modes:
+        nv = len(TTA_VIEWS[mode])
+        tiles = _big_tiles(K, layers, head, batch * nv, 2)
+        net = K.KernelNet(layers, head, batch=batch, tiles=tiles, views=TTA_VIEWS[mode])
+        ref_net = TTANet(Ref(), mode, device="cpu")
+        errs = []
+        for _ in range(2):
+            x = torch.randint(0, 256, (batch, 32, 32, 3), generator=g, dtype=torch.uint8).to(dtype)
+            out = net(x).clone()
+            assert out.shape == (batch, 10) and out.dtype == torch.float32
+            ref = ref_net(x.permute(0, 3, 1, 2)).double()
+            errs.append(_rel_err(out, ref))
+        r[mode] = dict(errs=errs, kernels=net.kernel_count(), splits=[t["SPLIT"] for t in net.tiles()],
+                       plain_vs_tta=_rel_err(plain(x).clone(), ref))
+    return r
+
+
+def _small_fastnet(seed):
+    """A random v2-style FastNet (whitening stem 2x2 -> 24, gelu, pool_bn) with random BN stats."""
+    from utils import FastNet
+    torch.manual_seed(seed)
+    model = FastNet(stem="whiten", stem_width=24, stem_kernel=2, widths=(32, 16), depths=(1, 1), act="gelu",
+                    order="pool_bn", bn_frozen=True)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.normal_(0, 0.2)
+    return model.eval()
+
+
+def _inference_flip():
+    """inference.folded_net with kernels and tta flip: one KernelPath making the views itself
+    (no TTANet around it), equal to TTANet over the fp32 torch fold; load_weights (what
+    swap_weights calls) then runs another net's weights through the same path."""
+    import kernels as K
+    from config import load_config
+    from inference import InferenceModel, TTANet
+    heur = K.heuristic_tiles  # whole-map row tiles, split-K 2: few programs for the interpreter
+
+    def big(m, batch, n_sm=132, target=None):
+        t = dict(heur(m, batch, n_sm, target), BP=64 if m["S"] == 4 else 256)
+        return dict(t, SPLIT=max(1, min(2, K._k_steps(m, t) // 2)))
+    K.heuristic_tiles = big
+    cfg = load_config()
+    a = dict(fold_bn=True, fuse=False, device=torch.device("cpu"), dtype=torch.float16, mem=torch.channels_last,
+             tta="flip", kernels=True)
+    ref_a = dict(a, kernels=False, dtype=torch.float32, mem=torch.contiguous_format)
+    m1, m2 = _small_fastnet(1), _small_fastnet(2)
+    net = InferenceModel.folded_net(cfg, m1, a)
+    old = InferenceModel.folded_net(cfg, m1, dict(a, tta_fused=False))
+    r = dict(wrapped=isinstance(net, TTANet), fused=net.tta_fused, nb=net.kn.nb, kernels=net.kn.kernel_count(),
+             old_wrapped=isinstance(old, TTANet), old_batch=old.net.kn.batch)
+    x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).to(torch.float16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        r["err"] = _rel_err(net(x).clone(), InferenceModel.folded_net(cfg, m1, ref_a)(x.float()).double())
+        r["old_err"] = _rel_err(old(x).clone(), InferenceModel.folded_net(cfg, m1, ref_a)(x.float()).double())
+        net.kn.load_weights(*m2.folded_spec(cfg.data.mean, cfg.data.std))
+        r["swapped_err"] = _rel_err(net(x).clone(), InferenceModel.folded_net(cfg, m2, ref_a)(x.float()).double())
+    return r
+
+
 def _case(name):
     """The interpreter cases (run in a subprocess by _run_case)."""
     import kernels as K
+    if name == "inference_flip":
+        return _inference_flip()
+    if name == "tta_whiten":  # whitening-stem shape: 2x2 valid stem 3->24 (31x31, odd), gelu, N=1
+        cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(2, 1), act="gelu")
+        return _tta_errors(K, cfg, batch=1, dtype=torch.uint8, modes=("flip",), seed=7)
+    if name == "tta_k3_batch2":  # 3x3 stem (30x30), relu, 2 images x 2 / 6 views, fp16 pixels
+        cfg = dict(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 1), act="relu")
+        return _tta_errors(K, cfg, batch=2, dtype=torch.float16, modes=("flip", "flip_translate"), seed=8)
     if name == "relu_k3":  # stem 3->16 (gather path), 16->32 pooled (blocked, BK=16), split-K
         cfg = dict(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 1), act="relu")
         r = _errors(K, cfg, batch=1, dtype=torch.uint8, split=2, seed=1)
@@ -102,6 +187,23 @@ def test_relu_k3_stem_batch1_uint8_splitk():
 def test_gelu_k2_stem_batch3_fp16_odd_width():
     r = _run_case("gelu_k2")
     assert max(r["errs"]) < TOL, r
+
+
+@pytest.mark.parametrize("case,modes", [("tta_whiten", ["flip"]), ("tta_k3_batch2", ["flip", "flip_translate"])])
+def test_fused_tta_equals_ttanet_over_reference(case, modes):
+    # same tolerance as the plain net (fp16 activations); the views add no rounding of their own
+    r = _run_case(case)
+    for mode in modes:
+        assert max(r[mode]["errs"]) < TOL, (mode, r)
+        assert r[mode]["kernels"] == r["plain_kernels"], (mode, r)  # the views cost no kernel
+        assert r[mode]["plain_vs_tta"] > TOL, (mode, r)  # the views matter: this check can fail
+
+
+def test_inference_kernel_path_fuses_flip_once():
+    r = _run_case("inference_flip")
+    assert not r["wrapped"] and r["fused"] and r["nb"] == 2, r  # no TTANet: the kernels make the views
+    assert r["old_wrapped"] and r["old_batch"] == 2, r  # tta_fused=False: the TTANet path, kept for benches
+    assert max(r["err"], r["old_err"], r["swapped_err"]) < TOL, r
 
 
 def test_wrong_weights_are_caught():
