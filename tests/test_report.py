@@ -1,17 +1,31 @@
-"""report/build.py's input errors: one line, exit 2, nothing written."""
+"""report/: input errors (one line, exit 2, nothing written), the choice of invocation (one that
+holds everything, else the stated fallback), the config-hash check, and a whole build on a
+synthetic single invocation into a temporary folder."""
+import json
 import os
 import sys
 
+import pandas as pd
 import pytest
 
 from conftest import ROOT, run_script
 
-OUTPUTS = [os.path.join(ROOT, "results", "final_table.md"), os.path.join(ROOT, "checkpoints", "README.md")]
+sys.path.insert(0, os.path.join(ROOT, "report"))
+import build  # noqa: E402
+import facts  # noqa: E402
+import layout  # noqa: E402
+from config import config_hash, load_config  # noqa: E402
+
+OUTPUTS = [os.path.join(ROOT, "results", "final_table.md"), os.path.join(ROOT, "results", "v2_tables.md"),
+           os.path.join(ROOT, "checkpoints", "README.md")]
+KERNELS = os.path.join(ROOT, "results", "kernels", "call2", "kernel_bench.json")
+COMMITTED = os.path.join(ROOT, "results", "results.csv")
 
 
-@pytest.mark.parametrize("content", [b"", b'a,b\n1,"2\n', b"\xff\xfe\x00bad bytes\x00\n", None])
+@pytest.mark.parametrize("content", [b"", b'a,b\n1,"2\n', b"\xff\xfe\x00bad bytes\x00\n", None,
+                                     b"script,device,invocation,variant,timestamp\ntrain,cuda,,,2026\n"])
 def test_unreadable_results_csv_is_one_line_exit_2(tmp_path, content):
-    # issue 8 m: an unreadable CSV was a pandas traceback
+    # issue 8 m: an unreadable CSV was a pandas traceback; a CSV without GPU bench rows is one line too
     p = tmp_path / "r.csv"
     if content is not None:
         p.write_bytes(content)
@@ -19,28 +33,113 @@ def test_unreadable_results_csv_is_one_line_exit_2(tmp_path, content):
     r = run_script("report/build.py", "--results", str(p), "--table-only")
     err = r.stderr.strip()
     assert r.returncode == 2, (r.returncode, err)
-    assert len(err.splitlines()) == 1 and err.startswith("error:") and str(p) in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert str(p) in err or "no GPU bench rows" in err, err
     assert [os.path.getmtime(o) if os.path.exists(o) else None for o in OUTPUTS] == before
 
 
-def test_host_vs_gpu_table_builds_from_the_committed_results_without_gpu_columns():
-    # the committed v1 results.csv predates gpu_lat_*: the table must still build and say so
-    sys.path.insert(0, os.path.join(ROOT, "report"))
-    import build
-    d, b, _, _, inv = build.load(os.path.join(ROOT, "results", "results.csv"))
-    if "gpu_lat_p50_ms" in b.columns and b["gpu_lat_p50_ms"].notna().all():
-        pytest.skip("the committed results already carry GPU-side times")
-    lines = build.host_vs_gpu_lines(b, ["B1", "F"])
-    rows = [ln for ln in lines if ln.startswith("| B1 ") or ln.startswith("| F ")]
-    assert len(rows) == 2 and all("not measured" in r for r in rows)
-    assert f"{b.loc['F'].lat_p50_ms:.4f}" in rows[1]  # the host p50 is still shown
+# ============================================================================= synthetic results
+def row(inv, ts, variant, p50, acc, h, **kw):
+    """One GPU bench row with the columns the report reads."""
+    r = dict(script="bench", device="cuda", invocation=inv, timestamp=ts, variant=variant, gpu="Test GPU 80GB",
+             torch="2.x", cuda="13.0", driver="1.0", runs=10, iters=300, config_hash=h, acc=acc, lat_p50_ms=p50,
+             lat_p95_ms=p50 * 1.1, lat_mean_ms=p50 * 1.02, cv_pct=2.0, gpu_lat_p50_ms=p50 * 0.9,
+             gpu_pipelined_ms=p50 * 0.8, e2e_p50_ms=p50 + 0.04, size_mb=1.0, label=f"{variant} label", model="fastnet",
+             precision="fp16", memory_format="channels_last", fold_bn=True, fuse=False, compile="none",
+             cuda_graph=True, kernels=True, tta="none", speedup_p50=4.0 / p50, speedup_ci_low=3.0 / p50,
+             speedup_ci_high=5.0 / p50)
+    r.update(kw)
+    return r
 
 
-def test_host_vs_gpu_share_is_computed_from_the_columns():
-    sys.path.insert(0, os.path.join(ROOT, "report"))
-    import build
-    import pandas as pd
-    b = pd.DataFrame({"lat_p50_ms": [0.1, 4.0], "gpu_lat_p50_ms": [0.04, 1.0], "gpu_pipelined_ms": [0.03, None]},
-                     index=["F", "B1"])
-    rows = build.host_vs_gpu_lines(b, ["F", "B1"])[-2:]
-    assert rows[0] == "| F | 0.1000 | 0.0400 | 0.0300 | 60 |" and rows[1] == "| B1 | 4.0000 | 1.0000 | – | 75 |"
+def single_invocation(inv, ts, h, cfg):
+    """Every table variant, the ablation and both TTA modes of every configured front shape."""
+    rows = [row(inv, ts, v, p, a, h, model="mobilenetv3", cuda_graph=False, kernels=False)
+            for v, p, a in (("B1", 4.0, 88.0), ("B2", 2.0, 92.8), ("O1", 5.0, 88.0), ("O2", 0.6, 88.0),
+                            ("O3", 4.5, 88.0), ("D1", 5.5, 88.5), ("O2d", 3.0, 88.0))]
+    rows += [row(inv, ts, v, p, 94.4, h) for v, p in (("F", 0.058), ("F_fp32", 0.9), ("F_fp16", 1.1), ("F_cl", 0.87),
+                                                   ("F_fold", 0.64), ("F_fuse", 0.35), ("F_graph", 0.1),
+                                                   ("F_compile", 0.075), ("F_cudnn", 0.084), ("F_kern", 0.058))]
+    rows += [row(inv, ts, "F85", 0.030, 86.2, h), row(inv, ts, "F85_cudnn", 0.045, 86.2, h)]
+    for i, shape in enumerate(cfg.front.shapes):
+        for tta, dl, da in (("none", 0.0, 0.0), ("flip", 0.012, 0.7)):
+            acc = 86.0 + 1.7 * i + da
+            rows.append(row(inv, ts, f"P_{shape}" + ("" if tta == "none" else "_flip"), 0.030 + 0.006 * i + dl, acc, h,
+                            front=shape, tta=tta, acc_mean=acc + 0.1, acc_std=0.15, acc_seeds="42:1;1:2;2:3"))
+    rows += [dict(script="train", device="cuda", timestamp="2026-12-01T00:00:00", label=f"front_{s}_s42", front=s,
+                  acc=90.0, epochs=30, train_time_s=7.0, model="fastnet") for s in cfg.front.shapes]
+    return rows
+
+
+def write_study(tmp_path, h):
+    """results.csv: an old partial invocation, the complete one, then a newer partial one (only F);
+    and a front_selection.json naming points of the complete one."""
+    cfg = load_config()
+    old = [row("bench-old", "2026-11-30T00:00:00", v, p, 90.0, h) for v, p in (("B1", 4.0), ("F", 0.07))]
+    full = single_invocation("bench-full", "2026-12-01T01:00:00", h, cfg)
+    newer = [row("bench-newer", "2026-12-02T00:00:00", "F", 0.05, 94.4, h)]
+    cols = list(pd.read_csv(COMMITTED, nrows=0).columns)
+    csv = tmp_path / "results.csv"
+    pd.DataFrame(old + full + newer).reindex(columns=cols).to_csv(csv, index=False)
+    shapes = list(cfg.front.shapes)
+    sel = {role: {"variant": f"P_{s}", "front": s, "tta": "none", "acc": 90.0, "acc_mean": 90.0,
+                  "invocation": "bench-full"} for role, s in (("F", shapes[-1]), ("F85", shapes[0]))}
+    (tmp_path / "sel.json").write_text(json.dumps(dict(sel, F_reached_threshold=True)))
+    return str(csv), str(tmp_path / "sel.json"), shapes
+
+
+def test_single_invocation_is_chosen_and_the_whole_report_builds(tmp_path, capsys):
+    h = config_hash(load_config())
+    csv, sel, shapes = write_study(tmp_path, h)
+    out = build.outputs(str(tmp_path / "out"))
+    f = build.run(csv, KERNELS, out=out, selection=sel)
+    said = capsys.readouterr().out
+    assert f.mode == "single" and list(f.invs.invocation) == ["bench-full"]  # not the newer partial one
+    assert "ONE GPU invocation, bench-full" in said and "FALLBACK" not in said
+    assert list(f.table.index) == list(facts.TABLE_IDS) and list(f.ablation.index) == list(facts.ABLATION_IDS)
+    assert f.table.loc["AB94"].variant == "P_AB94" and len(f.front) == 2 * len(shapes)
+    assert f.table.loc["F"].sp == pytest.approx(4.0 / 0.058)  # the row's own speedup column
+    assert f.n["f_cudnn"]["x"] == pytest.approx(0.084 / 0.058) and f.n["f_cudnn"]["same"]
+    assert f.n["rule"]["F85"] == f"P_{shapes[0]}"  # front.py's rule re-applied to this front
+    assert f.hash_check["ok"] and "Config check: every row carries" in said
+    table = open(out["table"]).read()
+    assert "bench-full" in table and "(a)" not in table  # one invocation: no tags
+    assert f"| F | fastnet {shapes[-1]} | 94.40 |" in table and "0.0580" in table
+    assert "NOT committed" in open(out["ckpt"]).read() or "NOT in the repository" in open(out["ckpt"]).read()
+    assert os.path.getsize(out["pdf"]) > 10_000 and os.path.isfile(os.path.join(out["figs"], "front.png"))
+
+
+def test_config_hash_mismatch_warns(tmp_path, capsys):
+    csv, sel, _ = write_study(tmp_path, "0123456789ab")
+    out = build.outputs(str(tmp_path / "out"))
+    f = build.run(csv, KERNELS, table_only=True, out=out, selection=sel)
+    said = capsys.readouterr().out
+    assert not f.hash_check["ok"]
+    line = "warning: config hash differs: config.yaml hashes to"
+    assert line in said and "carry 0123456789ab" in said and line in open(out["table"]).read()
+
+
+def test_committed_results_fall_back_to_several_invocations_and_say_so():
+    f = facts.gather(COMMITTED, KERNELS)
+    if f.mode == "single":
+        pytest.skip("results.csv now holds one invocation with every row")
+    t = f.table
+    assert t.loc["B1"].invocation == t.loc["O1"].invocation  # the baselines stay together
+    assert t.loc["F"].invocation == t.loc["F85"].invocation != t.loc["B1"].invocation
+    assert t.loc["AB94"].variant in ("AB94", "P_AB94") and f.front_inv is not None
+    assert layout.provenance(f)[0].startswith("FALLBACK") and len(f.invs) >= 2
+    assert pd.isna(t.loc["F"].sp) or t.loc["F"].invocation == t.loc["B1"].invocation  # never across invocations
+
+
+def test_host_vs_gpu_cells():
+    # rows benched before the GPU-side columns existed say so; others give the launch + host share
+    new = pd.Series({"lat_p50_ms": 0.1, "gpu_lat_p50_ms": 0.04, "gpu_pipelined_ms": 0.03})
+    old = pd.Series({"lat_p50_ms": 4.0, "gpu_lat_p50_ms": float("nan"), "gpu_pipelined_ms": float("nan")})
+    assert layout.host_gpu_cells(new) == ["0.1000", "0.0400", "0.0300", "60"]
+    assert layout.host_gpu_cells(old) == ["4.0000", "not measured", "not measured", "–"]
+
+
+def test_pareto_keeps_only_undominated_points():
+    fr = pd.DataFrame({"lat_p50_ms": [0.03, 0.031, 0.04, 0.05], "acc_mean": [86.0, 85.0, 90.0, 89.0]},
+                      index=["a", "b", "c", "d"])
+    assert facts.pareto(fr) == ["a", "c"]

@@ -1,0 +1,119 @@
+"""The report's figures (matplotlib only), drawn from facts.gather()'s frames; nothing computed here
+beyond placing points."""
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+
+MARKED = ("B1", "B2", "O2", "D1")  # baselines drawn beside the front
+TAG_COLORS = ["#2c7fb8", "#d95f0e", "#31a354", "#756bb1", "#636363"]
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=160)
+    plt.close(fig)
+    return path
+
+
+def point_name(r):
+    return r.front + ("" if r.tta == "none" else f"+{r.tta}")
+
+
+def draw_front(ax, f):
+    """Front points with seed error bars, the Pareto line, F/F85 ringed, AB94 in orange."""
+    fr = f.front
+    for tta, mk in (("none", "o"), ("flip", "s")):
+        p = fr[fr.tta == tta]
+        ab = p.front == "AB94"
+        for sub, col in ((p[~ab], "#2c7fb8"), (p[ab], "#d95f0e")):
+            ax.errorbar(sub.lat_p50_ms, sub.acc_mean, yerr=sub.acc_std, fmt=mk, ms=4, capsize=2, color=col, lw=0.8,
+                        label=(f"front, TTA {tta}" if col == "#2c7fb8" else f"AB94 (airbench94 net), TTA {tta}"))
+    pf = fr[fr.on_front].sort_values("lat_p50_ms")
+    ax.step(pf.lat_p50_ms, pf.acc_mean, where="post", color="grey", lw=1, label="Pareto front")
+    for role in ("F", "F85"):
+        r = fr.loc[f.selection[role]["variant"]] if f.selection[role]["variant"] in fr.index else None
+        if r is not None:
+            ax.plot(r.lat_p50_ms, r.acc_mean, "o", ms=11, mfc="none", mec="#c0392b", mew=1.4)
+            ax.annotate(role, (r.lat_p50_ms, r.acc_mean), xytext=(-14, 6), textcoords="offset points",
+                        fontsize=8, color="#c0392b", weight="bold")
+
+
+OFFSETS = ((4, -10, "left"), (4, 4, "left"), (-4, 4, "right"), (-4, -10, "right"))
+
+
+def place_labels(ax, pts):
+    """Label each point at the first of four corners where the text overlaps no earlier label and
+    no other point's marker (measured in display space once the axes are laid out)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    marks = [ax.transData.transform((x, y)) for _, x, y in pts]
+    placed = []
+    for i, (name, x, y) in enumerate(pts):
+        for dx, dy, ha in OFFSETS:
+            a = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha=ha)
+            bb = a.get_window_extent(fig.canvas.get_renderer()).expanded(1.05, 1.1)
+            hits = any(bb.overlaps(p) for p in placed) or any(
+                bb.contains(*m) for j, m in enumerate(marks) if j != i)
+            if not hits or (dx, dy, ha) == OFFSETS[-1]:
+                placed.append(bb)
+                break
+            a.remove()
+
+
+def front_figure(f, path):
+    """Left: the front among the baselines (log p50); right: the front alone, labelled."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.6, 4.6), gridspec_kw={"width_ratios": [1, 1.35]})
+    draw_front(a1, f)
+    for v in MARKED:
+        if v in f.table.index:
+            r = f.table.loc[v]
+            a1.plot(r.lat_p50_ms, r.acc, "k^", ms=6)
+            a1.annotate(f"{v} ({r.tag})" if f.mode == "fallback" else v, (r.lat_p50_ms, r.acc),
+                        xytext=(-4, 5), ha="right", textcoords="offset points", fontsize=7)
+    draw_front(a2, f)
+    for a in (a1, a2):
+        a.set_xscale("log")
+        a.axhline(f.cfg.front.f_min_acc, ls=":", color="green", lw=0.8)
+        a.axhline(f.cfg.front.f85_min_acc, ls=":", color="red", lw=0.8)
+        a.grid(which="both", alpha=0.25)
+        a.set_xlabel("batch-1 host p50 (ms, log scale)")
+        a.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # 0.04, not 4 x 10^-2
+    a1.xaxis.set_minor_formatter(NullFormatter())  # three decades: major ticks only
+    a2.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # less than one decade: label the minors
+    a1.set_ylabel("test accuracy (%)")
+    a1.set_title("front and baselines (triangles)", fontsize=9)
+    a2.set_title(f"front only: invocation {f.front.invocation.iloc[0]}", fontsize=9)
+    a2.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()  # labels are placed in the final layout's display space
+    place_labels(a2, [(point_name(r), r.lat_p50_ms, r.acc_mean) for _, r in f.front.iterrows()])
+    return save(fig, path)
+
+
+def latency_figure(f, path):
+    """Table variants' host p50 (log), coloured by invocation, with speedup vs B1 and its interval."""
+    t = f.table.iloc[::-1]
+    tags = list(f.invs.tag)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.barh(range(len(t)), t.lat_p50_ms, color=[TAG_COLORS[tags.index(g) % len(TAG_COLORS)] for g in t.tag])
+    ax.set_yticks(range(len(t)))
+    ax.set_yticklabels([f"{v} ({r.tag})" if f.mode == "fallback" else v for v, r in t.iterrows()], fontsize=8)
+    ax.set_xscale("log")
+    for i, (v, r) in enumerate(t.iterrows()):
+        sp = f"{r.sp:.1f}× [{r.sp_lo:.1f}–{r.sp_hi:.1f}]" if pd.notna(r.sp) else "no B1 in its invocation"
+        ax.text(r.lat_p50_ms * 1.08, i, f"{r.lat_p50_ms:.4f} ms  {sp}", va="center", fontsize=7)
+    ax.set_xlim(t.lat_p50_ms.min() / 1.5, t.lat_p50_ms.max() * 30)
+    ax.set_xlabel("batch-1 host p50 (ms, log scale); speedup p50 vs B1 of the same invocation [95 % interval]")
+    ax.grid(axis="x", which="both", alpha=0.25)
+    return save(fig, path)
+
+
+def make(f, fig_dir):
+    os.makedirs(fig_dir, exist_ok=True)
+    out = {"latency": latency_figure(f, os.path.join(fig_dir, "latency_bar.png"))}
+    if len(f.front):
+        out["front"] = front_figure(f, os.path.join(fig_dir, "front.png"))
+    return out
