@@ -4,7 +4,7 @@
 # device call (started in its own process session: the lent machine keeps it while it is warm),
 # so no stage is cut by the 10-min command limit.  Outputs live under /root/study.
 #
-#   bash tools/study_gpu.sh start            # copy the repo to /root/study/repo, start the job, return
+#   bash tools/study_gpu.sh start [TAR.GZ]   # the repo (or that git archive) to /root/study/repo, start the job
 #   bash tools/study_gpu.sh wait SECONDS     # follow the job up to SECONDS (or its end), then pack
 #                                            # what exists into $OUT (results, logs, checkpoints)
 #   bash tools/study_gpu.sh job              # (what start runs) the stages in order
@@ -52,8 +52,9 @@ pack() {  # at most 8 files of <= 16 MB come back through $OUT
 }
 
 case "$cmd" in
-  start)
-    rm -rf "$R" && mkdir -p "$R" && cp -r "$PWD" "$R/repo"
+  start)  # [TARBALL]: a `git archive` of the commit to run (else this working copy as it is)
+    rm -rf "$R" && mkdir -p "$R/repo"
+    if [ -n "$1" ]; then tar xzf "$1" -C "$R/repo"; else cp -r "$PWD/." "$R/repo"; fi
     setsid nohup bash "$R/repo/tools/study_gpu.sh" job > "$R/job.out" 2>&1 < /dev/null &
     sleep 2; echo "study job started (pid $!), log $R/progress" ;;
   job) job ;;
