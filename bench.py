@@ -271,14 +271,19 @@ def main():
               f"{', '.join(names)}; {p['runs']} runs x ({p['warmup']} warm-up + {p['iters']} timed), e2e {p['e2e_iters']}")
     smi = (lambda: utils.nvidia_smi(SMI_FIELDS)) if device.type == "cuda" else (lambda: "")
     clocks0 = smi()
+    t0 = time.time()
     ims, failed = build_variants(cfg, names, device)
     data = utils.load_data(cfg, device, need_train=False) if (not a.no_acc or p["e2e_iters"]) else {}
     if p["e2e_iters"]:
         data["host_imgs"] = data["test_u8"].permute(0, 2, 3, 1).contiguous().cpu().numpy()
         data["host_lbls"] = data["y_test"].cpu().numpy()
+    t1 = time.time()
     t = time_interleaved(ims, data, device, p)
     ctx["clocks"] = (clocks0, smi()) if clocks0 else None
+    t2 = time.time()
     accs = {} if a.no_acc else evaluate_all(cfg, ims, data)
+    utils.log(f"bench: wall {time.time() - t0:.0f} s = build + data {t1 - t0:.0f} s, timed runs {t2 - t1:.0f} s, "
+              f"accuracies {time.time() - t2:.0f} s")
     ctx["ref_mean"] = utils.summarize_runs(t[ref]["lat"])["mean"] if ref else None
     rows = [make_row(cfg, device, ims[n], t[n], accs.get(n), t[ref] if ref else None, ctx) for n in ims]
     for row in rows:
