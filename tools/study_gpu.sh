@@ -11,7 +11,7 @@
 #
 # Stages and their logs (results/logs/ once committed): train.log, front.log, bench.log
 # (`sh reproduce.sh <stage>`, each with its wall time on its last line), kernels.log
-# (tools/kernel_bench.py on F's checkpoint), test_gpu.log.
+# (tools/kernel_profile.py: F's per-kernel table, ours vs cuDNN), test_gpu.log.
 set -o pipefail
 R=/root/study
 cmd=$1; shift
@@ -34,8 +34,8 @@ job() {
   done
   cp "$R/final_model.pth" checkpoints/final_model.pth && cp "$R/f85_model.pth" checkpoints/f85_model.pth
   echo "stage kernels started $(date -u +%H:%M:%S)" >> "$R/progress"
-  python3 tools/kernel_bench.py --out "$R/kernels" --ckpt "$R/final_model.pth" > "$R/logs/kernels.log" 2>&1
-  echo "kernel_bench exit $?" >> "$R/progress"
+  python3 tools/kernel_profile.py --out "$R/kernels" "${S[@]}" > "$R/logs/kernels.log" 2>&1
+  echo "kernel_profile exit $?" >> "$R/progress"
   python3 -m pytest -q tests/test_gpu.py > "$R/logs/test_gpu.log" 2>&1
   echo "test_gpu exit $? ($(tail -1 "$R/logs/test_gpu.log"))" >> "$R/progress"
   echo 0 > "$R/done"
