@@ -255,25 +255,37 @@ if triton is not None:
             tl.store(y_ptr + offs, v.to(tl.float16), mask=(q < HWO)[:, None] & cmask[None, :])
 
     @triton.jit
-    def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-                          hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
-                          m_tiles, SPLIT, n_fin,
-                          H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
-                          KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
-                          WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
-                          BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
-                          GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
-                          PDL: tl.constexpr, NV: tl.constexpr, VIEW: tl.constexpr):
-        """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD).
-        grid = (NB * m_tiles, n_tiles, SPLIT): axis 0 = (map, row tile), 1 = channel tile,
-        2 = K slice (KI K steps in all, split evenly).  Map n = image n // NV, TTA view n % NV;
-        the first layer (VIEW) makes the view itself from its image's loads."""
-        if PDL:  # wait for the previous layer, and let the next one start launching
-            gdc_wait()
-            gdc_launch_dependents()
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        sid = tl.program_id(2)
+    def _stem_tap(x_base, ws_ptr, bs_ptr, ih, iw, rok, fl, dy, dx, H: tl.constexpr, W: tl.constexpr,
+                  KS: tl.constexpr, KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr,
+                  VIEW: tl.constexpr):
+        # Fused stem (fuse_stem): the stem's output at stem-map pixels (ih, iw), all its CSP
+        # (zero-padded) channels, computed from the image as a [rows, KSP] x [KSP, CSP] dot;
+        # zero outside the stem map (the next layer's zero padding).  Rounded to fp16 as the
+        # stem's stored output would be, so fused and unfused give the same numbers.
+        valid = rok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        ks = tl.arange(0, KSP)
+        a, k = _load_a_generic(x_base, ih, iw, valid, 0, ks, H + KS - 1, W + KS - 1, 3, KS, 0, KSP,
+                               VIEW, fl, dy, dx)
+        cs = tl.arange(0, CSP)
+        wst = tl.load(ws_ptr + k[:, None] * CSP + cs[None, :])  # fp16 [KSP, CSP], zero-padded
+        v = _act(tl.dot(a, wst) + tl.load(bs_ptr + cs)[None, :], SACT)
+        return tl.where(valid[:, None], v, 0.0).to(tl.float16)
+
+    @triton.jit
+    def _conv_work(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, ws_ptr, bs_ptr,
+                   hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
+                   pid_m, pid_n, sid, n_tiles, m_tiles, SPLIT, n_fin,
+                   H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                   KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr, WO: tl.constexpr, HWO: tl.constexpr,
+                   ACT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
+                   GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
+                   NV: tl.constexpr, VIEW: tl.constexpr, STEM: tl.constexpr, KS: tl.constexpr,
+                   KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr):
+        """One work item of a folded conv layer (+ fused 2x2 pool, bias, act; + head when
+        HEAD): row tile pid_m = (map, tile), channel tile pid_n, K slice sid of SPLIT (KI K
+        steps in all).  Map n = image n // NV, TTA view n % NV; the first layer (VIEW) makes
+        the view itself from its image's loads.  STEM: the input is the image and the stem
+        is computed per tap (_stem_tap); K step = one tap of all CIN = stem channels."""
         n = pid_m // m_tiles
         tile = pid_m - n * m_tiles
         BM: tl.constexpr = BP * S
@@ -281,18 +293,25 @@ if triton is not None:
         cols = pid_n * BN + tl.arange(0, BN)
         cmask = cols < COUT
         kk = tl.arange(0, BK)
+        IMG: tl.constexpr = (H + KS - 1) * (W + KS - 1) * 3 if STEM else H * W * CIN  # one input map
         if VIEW:  # the input holds NB // NV images; view (flip, dy, dx) from view_ptr
-            x_base = x_ptr + (n // NV) * (H * W * CIN)
+            x_base = x_ptr + (n // NV) * IMG
             vp = view_ptr + (n % NV) * 3
             fl, dy, dx = tl.load(vp), tl.load(vp + 1), tl.load(vp + 2)
         else:
-            x_base = x_ptr + n * (H * W * CIN)
+            x_base = x_ptr + n * IMG
             fl, dy, dx = 0, 0, 0
         k_lo = sid * KI // SPLIT
         k_hi = (sid + 1) * KI // SPLIT
         acc = tl.zeros([BM, BN], dtype=tl.float32)
         for it in range(k_lo, k_hi):
-            if GENERIC:
+            if STEM:
+                ky = it // KH
+                a = _stem_tap(x_base, ws_ptr, bs_ptr, oh + (ky - PAD), ow + (it - ky * KH - PAD), rok,
+                              fl, dy, dx, H, W, KS, KSP, CSP, SACT, VIEW)
+                krow = it * CIN + kk  # BK = CSP: the tap's CIN weight rows, padding masked
+                kmask = kk < CIN
+            elif GENERIC:
                 a, krow = _load_a_generic(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
                 kmask = krow < KH * KH * CIN
             else:
@@ -311,7 +330,7 @@ if triton is not None:
             pp = part_ptr + rows[:, None] * COUT + cols[None, :]
             tl.atomic_add(pp, acc, mask=cmask[None, :])
             tl.debug_barrier()  # every thread's adds issued before the arrival count
-            tid = pid_m * tl.num_programs(1) + pid_n
+            tid = pid_m * n_tiles + pid_n
             arrived = tl.atomic_add(cnt_ptr + tid, 1)
             if arrived == SPLIT - 1:
                 # read the sum at L2 (an atomic add of 0: where the other slices' adds landed),
@@ -323,12 +342,122 @@ if triton is not None:
                 _epilogue(tot, b_ptr, y_ptr, n, tile, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                           hcnt_ptr, vw_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP)
 
+    @triton.jit
+    def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, ws_ptr, bs_ptr,
+                          hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
+                          m_tiles, SPLIT, n_fin,
+                          H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                          KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
+                          WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
+                          BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
+                          GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
+                          NV: tl.constexpr, VIEW: tl.constexpr, STEM: tl.constexpr, KS: tl.constexpr,
+                          KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr, PDL: tl.constexpr):
+        """One folded conv layer, grid = (NB * m_tiles, n_tiles, SPLIT): one work item
+        (_conv_work) per program."""
+        if PDL:  # wait for the previous layer, and let the next one start launching
+            gdc_wait()
+            gdc_launch_dependents()
+        _conv_work(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, ws_ptr, bs_ptr,
+                   hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
+                   tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1), m_tiles, SPLIT, n_fin,
+                   H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP,
+                   NV, VIEW, STEM, KS, KSP, CSP, SACT)
+
+    @triton.jit
+    def _grid_barrier(bar_ptr, nprog):
+        # All programs of the grid meet here (fuse_pairs).  bar[0] counts arrivals forever
+        # (int64, never reset, so no reset can race a late spinner): the tickets of one barrier
+        # are nprog consecutive numbers, and a program waits until its group is complete.  Safe
+        # only with every program resident at once: the host keeps nprog <= the SM count (one
+        # program fits an SM) and nothing this kernel waits on needs an SM of ours.  The
+        # acq_rel atomics order each program's stores before / its loads after the barrier
+        # (the debug_barriers extend that to all threads of the program, as grid.sync does).
+        # A wait of 2^22 polls (seconds) gives up and counts in bar[1] (KernelNet.barrier_timeouts):
+        # a broken assumption then shows as an error, not as a hung GPU.
+        tl.debug_barrier()
+        t = tl.atomic_add(bar_ptr, 1)
+        target = (t // nprog + 1) * nprog
+        cur = t + 1
+        spins = 0
+        while (cur < target) & (spins < 4194304):
+            cur = tl.atomic_add(bar_ptr, 0)
+            spins += 1
+        if cur < target:
+            tl.atomic_add(bar_ptr + 1, 1)
+        tl.debug_barrier()
+
+    @triton.jit
+    def _layer_items(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, ws_ptr, bs_ptr,
+                     hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
+                     n_tiles, m_tiles, SPLIT, n_fin, n_items, pid, nprog,
+                     H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                     KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr, WO: tl.constexpr, HWO: tl.constexpr,
+                     ACT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
+                     GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
+                     NV: tl.constexpr, VIEW: tl.constexpr, STEM: tl.constexpr, KS: tl.constexpr,
+                     KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr):
+        # a persistent program's share of one layer: items pid, pid + nprog, ... of the
+        # layer's (row tile, channel tile, K slice) grid, K slice fastest
+        for w in range(pid, n_items, nprog):
+            sid = w % SPLIT
+            pid_n = (w // SPLIT) % n_tiles
+            pid_m = w // (SPLIT * n_tiles)
+            _conv_work(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, ws_ptr, bs_ptr,
+                       hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
+                       pid_m, pid_n, sid, n_tiles, m_tiles, SPLIT, n_fin,
+                       H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP,
+                       NV, VIEW, STEM, KS, KSP, CSP, SACT)
+
+    @triton.jit
+    def conv_pair_kernel(
+            a_x, a_w, a_b, a_y, a_part, a_cnt, a_ws, a_bs, a_n_tiles, a_m_tiles, a_SPLIT, a_n_fin, a_items,
+            b_x, b_w, b_b, b_y, b_part, b_cnt, b_ws, b_bs, b_n_tiles, b_m_tiles, b_SPLIT, b_n_fin, b_items,
+            hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, bar_ptr, ph_lo, ph_hi,
+            A_H: tl.constexpr, A_W: tl.constexpr, A_CIN: tl.constexpr, A_COUT: tl.constexpr, A_KH: tl.constexpr,
+            A_PAD: tl.constexpr, A_S: tl.constexpr, A_WO: tl.constexpr, A_HWO: tl.constexpr, A_ACT: tl.constexpr,
+            A_BP: tl.constexpr, A_BN: tl.constexpr, A_BK: tl.constexpr, A_KI: tl.constexpr, A_GENERIC: tl.constexpr,
+            A_HEAD: tl.constexpr, A_VIEW: tl.constexpr, A_STEM: tl.constexpr, A_KS: tl.constexpr,
+            A_KSP: tl.constexpr, A_CSP: tl.constexpr, A_SACT: tl.constexpr,
+            B_H: tl.constexpr, B_W: tl.constexpr, B_CIN: tl.constexpr, B_COUT: tl.constexpr, B_KH: tl.constexpr,
+            B_PAD: tl.constexpr, B_S: tl.constexpr, B_WO: tl.constexpr, B_HWO: tl.constexpr, B_ACT: tl.constexpr,
+            B_BP: tl.constexpr, B_BN: tl.constexpr, B_BK: tl.constexpr, B_KI: tl.constexpr, B_GENERIC: tl.constexpr,
+            B_HEAD: tl.constexpr, B_VIEW: tl.constexpr, B_STEM: tl.constexpr, B_KS: tl.constexpr,
+            B_KSP: tl.constexpr, B_CSP: tl.constexpr, B_SACT: tl.constexpr,
+            NB: tl.constexpr, CP: tl.constexpr, NV: tl.constexpr, PDL: tl.constexpr):
+        """Two consecutive layers in one persistent kernel (fuse_pairs): every program works
+        through its share of layer A, all meet at a grid barrier, then layer B.  Phases
+        [ph_lo, ph_hi) of (A, B) run; the barrier only when both do (the CPU interpreter runs
+        programs one after another, so its tests launch the phases separately or use 1 program)."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        if ph_lo == 0:
+            _layer_items(a_x, a_w, a_b, a_y, a_part, a_cnt, a_ws, a_bs, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
+                         view_ptr, vw_ptr, a_n_tiles, a_m_tiles, a_SPLIT, a_n_fin, a_items, pid, nprog,
+                         A_H, A_W, A_CIN, A_COUT, A_KH, A_PAD, A_S, A_WO, A_HWO, A_ACT, A_BP, A_BN, A_BK, A_KI,
+                         A_GENERIC, A_HEAD, NB, CP, NV, A_VIEW, A_STEM, A_KS, A_KSP, A_CSP, A_SACT)
+            if ph_hi == 2:
+                _grid_barrier(bar_ptr, nprog)
+        if ph_hi == 2:
+            _layer_items(b_x, b_w, b_b, b_y, b_part, b_cnt, b_ws, b_bs, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
+                         view_ptr, vw_ptr, b_n_tiles, b_m_tiles, b_SPLIT, b_n_fin, b_items, pid, nprog,
+                         B_H, B_W, B_CIN, B_COUT, B_KH, B_PAD, B_S, B_WO, B_HWO, B_ACT, B_BP, B_BN, B_BK, B_KI,
+                         B_GENERIC, B_HEAD, NB, CP, NV, B_VIEW, B_STEM, B_KS, B_KSP, B_CSP, B_SACT)
+
 
 # --------------------------------------------------------------------------------------------
 # host side
 # --------------------------------------------------------------------------------------------
 def _pow2(v):
     return 1 << max(0, int(v) - 1).bit_length()
+
+
+def _pack_weight(L):
+    """Conv weight [Cout, Cin, k, k] -> the kernels' [(ky, kx, ci), Cout] float32 matrix."""
+    return L["weight"].detach().float().permute(2, 3, 1, 0).reshape(-1, L["weight"].shape[0])
 
 
 def _layer_meta(L, h, w, cin):
@@ -342,11 +471,22 @@ def _layer_meta(L, h, w, cin):
     if L["pool"]:
         ho, wo = ho // 2, wo // 2
     return dict(H=h, W=w, CIN=cin, COUT=cout, KH=kh, PAD=L["padding"], S=4 if L["pool"] else 1,
-                HO=ho, WO=wo, ACT=ACTS[L["act"]])
+                HO=ho, WO=wo, ACT=ACTS[L["act"]], STEM=False, KS=0, KSP=16, CSP=16, SACT=1)
+
+
+def _stem_meta(m, stem_m):
+    """Layer meta m with the stem (meta stem_m) fused in: it reads the image and computes the
+    stem per tap (_stem_tap), KSP / CSP = the stem's K and width padded to powers of 2 >= 16."""
+    if stem_m["PAD"] or stem_m["S"] != 1:
+        raise ValueError("fuse_stem: the stem must be an unpadded, unpooled conv")
+    return dict(m, STEM=True, KS=stem_m["KH"], KSP=_pow2(max(16, stem_m["KH"] ** 2 * 3)),
+                CSP=_pow2(max(16, stem_m["COUT"])), SACT=stem_m["ACT"])
 
 
 def _k_steps(m, t):
-    """K-loop length of a layer for tile t."""
+    """K-loop length of a layer for tile t (a fused stem's layer: one K step per tap)."""
+    if m["STEM"]:
+        return m["KH"] ** 2
     if t["GENERIC"]:
         return -(-(m["KH"] ** 2 * m["CIN"]) // t["BK"])
     return m["KH"] ** 2 * (m["CIN"] // t["BK"])
@@ -355,9 +495,11 @@ def _k_steps(m, t):
 def heuristic_tiles(m, batch, n_sm=132, target=None):
     """Tiles for one layer: 16-row tiles (4 pooled pixels x 4 for a pooled layer), 16-32
     channel columns, then split K until about `target` programs run (each keeps >= 2 K steps)."""
-    generic = m["CIN"] % 16 != 0
+    generic = m["CIN"] % 16 != 0 and not m["STEM"]
     ktot = m["KH"] ** 2 * m["CIN"]
-    if generic:
+    if m["STEM"]:
+        bk = m["CSP"]
+    elif generic:
         bk = 32 if ktot <= 32 else 64
     else:
         bk = 64 if m["CIN"] % 64 == 0 else (32 if m["CIN"] % 32 == 0 else 16)
@@ -399,9 +541,16 @@ class KernelNet(torch.nn.Module):
     inference.TTA_VIEWS: every layer runs batch * len(views) maps, the first layer reads each
     view straight from the image (mirrored / reflect-shifted loads), the head returns the
     weighted sum of the views' logits.  Same kernel count as without views, no torch op.
+
+    Fewer kernels (both off by default until a GPU measurement shows they pay):
+    fuse_stem: the stem (first layer, unpadded) is computed inside the second layer's kernel,
+      per 3x3 tap of its row tile, instead of by a kernel of its own (tiles then cover layers[1:]).
+    fuse_pairs: consecutive layers, paired from the last one back, each pair one persistent
+      kernel with a grid barrier between its two layers (conv_pair_kernel).
     """
 
-    def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None):
+    def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
+                 fuse_stem=False, fuse_pairs=False):
         super().__init__()
         ok, why = available(device)
         if not ok:
@@ -413,11 +562,13 @@ class KernelNet(torch.nn.Module):
         self._build_views(views)
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
+        self.fuse_stem = bool(fuse_stem)
         self.specs = self._build_specs(layers)
         self._build_head(head)
         for i, sp in enumerate(self.specs):
             sp["tiles"] = dict(tiles[i]) if tiles else self._choose_tiles(sp, autotune)
             self._alloc_scratch(sp)
+        self._build_groups(fuse_pairs)
 
     # -- build --------------------------------------------------------------------------------
     def _build_views(self, views):
@@ -434,15 +585,50 @@ class KernelNet(torch.nn.Module):
 
     def _build_specs(self, layers):
         specs, h, w, c = [], 32, 32, 3
-        for L in layers:
+        stem_m = None
+        if self.fuse_stem:
+            if len(layers) < 2:
+                raise ValueError("fuse_stem needs a stem and at least one more layer")
+            stem_m = _layer_meta(layers[0], h, w, c)
+            h, w, c = stem_m["HO"], stem_m["WO"], stem_m["COUT"]
+        for L in layers[1:] if self.fuse_stem else layers:
             m = _layer_meta(L, h, w, c)
-            wt = L["weight"].detach().float().permute(2, 3, 1, 0).reshape(-1, m["COUT"])  # [(ky,kx,ci), Cout]
-            specs.append(dict(meta=m, w=wt.to(self.device, torch.float16).contiguous(),
-                              b=L["bias"].detach().to(self.device, torch.float32).contiguous(),
-                              y=torch.empty(self.nb, m["HO"], m["WO"], m["COUT"], device=self.device,
-                                            dtype=torch.float16)))
+            sp = dict(meta=m, w=_pack_weight(L).to(self.device, torch.float16).contiguous(),
+                      b=L["bias"].detach().to(self.device, torch.float32).contiguous(),
+                      y=torch.empty(self.nb, m["HO"], m["WO"], m["COUT"], device=self.device, dtype=torch.float16),
+                      ws=torch.zeros(1, device=self.device, dtype=torch.float16),  # unused unless STEM
+                      bs=torch.zeros(1, device=self.device))
+            if stem_m is not None and not specs:
+                sp["meta"] = m = _stem_meta(m, stem_m)
+                sp["ws"] = torch.zeros(m["KSP"], m["CSP"], device=self.device, dtype=torch.float16)
+                sp["bs"] = torch.zeros(m["CSP"], device=self.device)
+                self._load_stem(sp, layers[0])
+            specs.append(sp)
             h, w, c = m["HO"], m["WO"], m["COUT"]
         return specs
+
+    @staticmethod
+    def _load_stem(sp, L):
+        """The stem's packed weights [(ky,kx,ci), Cs] and bias into the fused layer's padded buffers."""
+        ws = _pack_weight(L)
+        if ws.shape[0] > sp["ws"].shape[0] or ws.shape[1] > sp["ws"].shape[1]:
+            raise ValueError(f"stem weight {tuple(L['weight'].shape)} does not fit {tuple(sp['ws'].shape)}")
+        sp["ws"][:ws.shape[0], :ws.shape[1]].copy_(ws.to(sp["ws"]))
+        sp["bs"][:ws.shape[1]].copy_(L["bias"].detach().to(sp["bs"]))
+
+    def _build_groups(self, fuse_pairs):
+        """Kernels of a forward: [spec index] each, or pairs of consecutive specs paired from the
+        last back (fuse_pairs), each pair with its barrier counter and a grid of <= n_sm programs."""
+        idx = list(range(len(self.specs)))
+        self.groups = []
+        while idx:
+            self.groups.insert(0, idx[-2:] if fuse_pairs and len(idx) >= 2 else idx[-1:])
+            idx = idx[:-len(self.groups[0])]
+        for g in self.groups:
+            for i in g if len(g) == 2 else ():
+                self._fit_items(i)
+        self.phases = None  # tests only: "split" launches a pair's layers as 2 kernels, "one" uses 1 program
+        self.bars = [torch.zeros(2, dtype=torch.int64, device=self.device) for _ in self.groups]  # count, timeouts
 
     def _build_head(self, head):
         wfc = head["weight"].detach().float()
@@ -465,10 +651,13 @@ class KernelNet(torch.nn.Module):
     def load_weights(self, layers, head):
         """Copy another net of the same shapes into the packed weights, in place (a captured CUDA
         graph then runs the new weights): how bench.py evaluates every seed through this path."""
-        if len(layers) != len(self.specs):
-            raise ValueError(f"{len(layers)} layers, this KernelNet has {len(self.specs)}")
+        if len(layers) != len(self.specs) + self.fuse_stem:
+            raise ValueError(f"{len(layers)} layers, this KernelNet has {len(self.specs) + self.fuse_stem}")
+        if self.fuse_stem:
+            layers = list(layers)
+            self._load_stem(self.specs[0], layers.pop(0))
         for sp, L in zip(self.specs, layers):
-            wt = L["weight"].detach().float().permute(2, 3, 1, 0).reshape(-1, L["weight"].shape[0])
+            wt = _pack_weight(L)
             if wt.shape != sp["w"].shape or L["bias"].shape != sp["b"].shape:
                 raise ValueError(f"layer weights {tuple(L['weight'].shape)} do not fit {tuple(sp['w'].shape)}")
             sp["w"].copy_(wt.to(sp["w"]))
@@ -520,21 +709,68 @@ class KernelNet(torch.nn.Module):
         return torch.rand(self.nb, m["H"], m["W"], m["CIN"], device=self.device).half()
 
     # -- run ----------------------------------------------------------------------------------
+    def _fit_items(self, i):
+        """A paired layer's work items, at most n_sm if taller row tiles allow: a persistent
+        program runs its items one after another, so a second item would double its latency."""
+        sp = self.specs[i]
+        m, t = sp["meta"], dict(sp["tiles"])
+        while math.prod(sp["grid"]) > self.n_sm and t["BP"] * m["S"] < 128:
+            t["BP"] *= 2
+            sp["tiles"] = t = _with_split(m, dict(t), self.nb, self.n_sm)
+            self._alloc_scratch(sp)
+
+    def _consts(self, i):
+        """The constexprs of spec i's layer (conv_layer_kernel / _conv_work order)."""
+        m, t = self.specs[i]["meta"], self.specs[i]["tiles"]
+        return dict(H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"],
+                    WO=m["WO"], HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"],
+                    KI=_k_steps(m, t), GENERIC=t["GENERIC"], HEAD=i == len(self.specs) - 1,
+                    VIEW=i == 0 and self.fused_views, STEM=m["STEM"], KS=m["KS"], KSP=m["KSP"], CSP=m["CSP"],
+                    SACT=m["SACT"])
+
+    def _shared(self):
+        return (self.hmax, self.hw, self.hb, self.out, self.hcnt, self.view_t, self.view_w)
+
     def _launch(self, i, x):
-        sp, last = self.specs[i], i == len(self.specs) - 1
-        m, t = sp["meta"], sp["tiles"]
-        n_fin = sp["grid"][0] * sp["grid"][1]
+        """Spec i as its own kernel, one work item per program."""
+        sp, t = self.specs[i], self.specs[i]["tiles"]
         kw = dict(num_warps=t["num_warps"], num_stages=t["num_stages"])
         if self.pdl:
             kw["launch_pdl"] = True
         conv_layer_kernel[sp["grid"]](
-            x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"],
-            self.hmax, self.hw, self.hb, self.out, self.hcnt, self.view_t, self.view_w,
-            sp["m_tiles"], t["SPLIT"], n_fin,
-            H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"],
-            WO=m["WO"], HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
-            GENERIC=t["GENERIC"], HEAD=last, NB=self.nb, CP=self.cp, PDL=self.pdl, NV=self.nv,
-            VIEW=(i == 0 and self.fused_views), **kw)
+            x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], sp["ws"], sp["bs"], *self._shared(),
+            sp["m_tiles"], t["SPLIT"], sp["grid"][0] * sp["grid"][1],
+            NB=self.nb, CP=self.cp, NV=self.nv, PDL=self.pdl, **self._consts(i), **kw)
+
+    def _pair_args(self, i, x):
+        sp, g = self.specs[i], self.specs[i]["grid"]
+        return (x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], sp["ws"], sp["bs"], g[1], sp["m_tiles"], g[2],
+                g[0] * g[1], g[0] * g[1] * g[2])
+
+    def _launch_pair(self, k, x):
+        """Group k = specs (i, i+1) as one persistent conv_pair_kernel: n_sm programs at most,
+        so all are resident at once (the grid barrier's condition); each program's warps and
+        stages are the larger of the two layers' (a program must fit both)."""
+        i, j = self.groups[k]
+        ta, tb = self.specs[i]["tiles"], self.specs[j]["tiles"]
+        items = max(self._pair_args(i, x)[-1], self._pair_args(j, x)[-1])
+        kw = dict(num_warps=max(ta["num_warps"], tb["num_warps"]), num_stages=max(ta["num_stages"], tb["num_stages"]))
+        if self.pdl:
+            kw["launch_pdl"] = True
+        consts = {f"A_{n}": v for n, v in self._consts(i).items()}
+        consts.update({f"B_{n}": v for n, v in self._consts(j).items()})
+        phases = {None: [(0, 2)], "one": [(0, 2)], "split": [(0, 1), (1, 2)]}[self.phases]
+        grid = (1,) if self.phases == "one" else (min(self.n_sm, items),)
+        for lo, hi in phases:
+            conv_pair_kernel[grid](*self._pair_args(i, x), *self._pair_args(j, self.specs[i]["y"]), *self._shared(),
+                                   self.bars[k], lo, hi, NB=self.nb, CP=self.cp, NV=self.nv, PDL=self.pdl,
+                                   **consts, **kw)
+
+    def _launch_group(self, k, x):
+        if len(self.groups[k]) == 1:
+            self._launch(self.groups[k][0], x)
+        else:
+            self._launch_pair(k, x)
 
     def forward(self, x):
         if x.shape != (self.batch, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16):
@@ -543,14 +779,19 @@ class KernelNet(torch.nn.Module):
         if not x.is_contiguous():
             raise ValueError("KernelNet input must be contiguous NHWC")
         h = x
-        for i in range(len(self.specs)):
-            self._launch(i, h)
-            h = self.specs[i]["y"]
+        for k, g in enumerate(self.groups):
+            self._launch_group(k, h)
+            h = self.specs[g[-1]]["y"]
         return self.logits
 
+    def barrier_timeouts(self):
+        """Grid-barrier waits that gave up (fuse_pairs): must be 0, else the pairs' results are wrong."""
+        return int(sum(int(b[1]) for b in self.bars))
+
     def kernel_count(self):
-        """Kernels per forward: one per conv layer (the head and the TTA views are fused in)."""
-        return len(self.specs)
+        """Kernels per forward: one per conv layer (the head and the TTA views are fused in),
+        less the stem with fuse_stem, one per pair with fuse_pairs."""
+        return len(self.groups)
 
     def tiles(self):
         return [dict(sp["tiles"]) for sp in self.specs]
@@ -582,11 +823,15 @@ class KernelNet(torch.nn.Module):
         inputs left by a full forward): the per-layer table."""
         self.forward(x)
         rows = []
-        for i, sp in enumerate(self.specs):
-            m, t = sp["meta"], sp["tiles"]
-            src = x if i == 0 else self.specs[i - 1]["y"]
-            name = (f"L{i} {m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
-                    f"{' pool' if m['S'] == 4 else ''}{' +head' if i == len(self.specs) - 1 else ''}"
-                    f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']}")
-            rows.append((name, self._time_launch(lambda: self._launch(i, src), reps=reps)))
+        for k, g in enumerate(self.groups):
+            src = x if g[0] == 0 else self.specs[g[0] - 1]["y"]
+            name = " + ".join(self._spec_name(i) for i in g)
+            rows.append((name, self._time_launch(lambda: self._launch_group(k, src), reps=reps)))
         return rows
+
+    def _spec_name(self, i):
+        sp = self.specs[i]
+        m, t = sp["meta"], sp["tiles"]
+        return (f"L{i}{' stem+' if m['STEM'] else ' '}{m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
+                f"{' pool' if m['S'] == 4 else ''}{' +head' if i == len(self.specs) - 1 else ''}"
+                f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']}")

@@ -98,21 +98,10 @@ def _ttanet_reference(K, layers, head, mode):
     return TTANet(Ref(), mode, device="cuda")
 
 
-@pytest.mark.parametrize("mode", ["flip", "flip_translate"])
-@pytest.mark.parametrize("pdl", [False, True])
-def test_kernels_fused_tta_vs_reference(mode, pdl):
-    """AB94's shape (whitening stem 2x2 -> 24, gelu, 64/256/256 x 2), random weights: the
-    fused-view KernelNet, eager and replayed in a CUDA graph on fresh inputs with its output
-    poisoned, vs TTANet over the float64 reference; same kernel count as without views."""
-    import kernels as K
-    from inference import TTA_VIEWS
-    if pdl and not K.pdl_available()[0]:
-        pytest.skip(K.pdl_available()[1])
-    layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=(64, 256, 256), depths=(2, 2, 2),
-                                act="gelu", seed=3, device="cuda")
-    net = K.KernelNet(layers, head, batch=1, pdl=pdl, views=TTA_VIEWS[mode])
-    assert net.kernel_count() == K.KernelNet(layers, head, batch=1).kernel_count()
-    ref = _ttanet_reference(K, layers, head, mode)
+def _check_kernel_net(K, layers, head, ref, replays=10, **kw):
+    """KernelNet(**kw) vs ref (NCHW pixels -> float64 logits): eager, then replayed in a CUDA
+    graph on fresh inputs with its output poisoned (every logit must be rewritten)."""
+    net = K.KernelNet(layers, head, batch=1, **kw)
     rel = lambda o, r: ((o.double() - r).norm() / r.norm()).item()  # noqa: E731
     x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
     assert rel(net(x).clone(), ref(x.permute(0, 3, 1, 2))) < 1e-2
@@ -120,11 +109,49 @@ def test_kernels_fused_tta_vs_reference(mode, pdl):
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = net(xs)
-    for _ in range(10):
-        x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
-        xs.copy_(x)
-        out.fill_(float("nan"))  # every logit must be rewritten by the replay
+    for r in range(replays):
+        if r % 10 == 0:  # a fresh input every 10 replays (the float64 reference is slow)
+            xs.copy_(torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8))
+            want = ref(xs.permute(0, 3, 1, 2))
+        out.fill_(float("nan"))
         g.replay()
         torch.cuda.synchronize()
-        err = rel(out.clone(), ref(x.permute(0, 3, 1, 2)))
-        assert err < 1e-2, err
+        err = rel(out.clone(), want)
+        assert err < 1e-2, (r, err)
+    assert net.barrier_timeouts() == 0  # a pair's grid barrier never gave up waiting
+    return net
+
+
+@pytest.mark.parametrize("mode", ["flip", "flip_translate"])
+@pytest.mark.parametrize("pdl", [False, True])
+def test_kernels_fused_tta_vs_reference(mode, pdl):
+    """AB94's shape (whitening stem 2x2 -> 24, gelu, 64/256/256 x 2), random weights: the
+    fused-view KernelNet vs TTANet over the float64 reference; same kernel count as without."""
+    import kernels as K
+    from inference import TTA_VIEWS
+    if pdl and not K.pdl_available()[0]:
+        pytest.skip(K.pdl_available()[1])
+    layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=(64, 256, 256), depths=(2, 2, 2),
+                                act="gelu", seed=3, device="cuda")
+    net = _check_kernel_net(K, layers, head, _ttanet_reference(K, layers, head, mode), pdl=pdl,
+                            views=TTA_VIEWS[mode])
+    assert net.kernel_count() == K.KernelNet(layers, head, batch=1).kernel_count()
+
+
+@pytest.mark.parametrize("widths,fuse,pdl", [((64, 256, 256), "stem", False), ((64, 256, 256), "pairs", False),
+                                              ((64, 256, 256), "stem+pairs", False), ((64, 256, 256), "stem+pairs", True),
+                                              ((96, 384, 384), "stem+pairs", False), ((96, 384, 384), "stem+pairs", True)])
+def test_kernels_fewer_kernels_vs_reference(widths, fuse, pdl):
+    """fuse_stem / fuse_pairs (off by default) on AB94 / w7 shapes with flip views: the grid
+    barrier of a pair with all its programs really running at once (the interpreter cannot),
+    200 graph replays to give a race a chance."""
+    import kernels as K
+    from inference import TTA_VIEWS
+    if pdl and not K.pdl_available()[0]:
+        pytest.skip(K.pdl_available()[1])
+    layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=widths, depths=(2, 2, 2), act="gelu",
+                                seed=4, device="cuda")
+    kw = dict(fuse_stem="stem" in fuse, fuse_pairs="pairs" in fuse)
+    net = _check_kernel_net(K, layers, head, _ttanet_reference(K, layers, head, "flip"), replays=200, pdl=pdl,
+                            views=TTA_VIEWS["flip"], **kw)
+    assert net.kernel_count() == {"stem": 6, "pairs": 4, "stem+pairs": 3}[fuse]

@@ -40,10 +40,10 @@ def K():
     return kernels
 
 
-def _big_tiles(K, layers, head, batch, split):
+def _big_tiles(K, layers, head, batch, split, **kw):
     """The heuristic tiles with whole-map row tiles (few programs: the interpreter is slow)
     and split-K forced to `split` wherever a layer has >= 2 K steps."""
-    net = K.KernelNet(layers, head, batch=batch)
+    net = K.KernelNet(layers, head, batch=batch, **kw)
     out = []
     for sp in net.specs:
         m, t = sp["meta"], dict(sp["tiles"])
@@ -150,9 +150,51 @@ def _inference_flip():
     return r
 
 
+def _fewer_kernels(K, cfg, seed):
+    """fuse_stem / fuse_pairs (goal: fewer kernels) vs TTANet over the float64 reference, with
+    and without flip views.  The interpreter runs a grid's programs one after another, so a
+    grid barrier with more than one program would wait forever: a pair runs either as its two
+    phases launched one after the other (many programs: the work split) or as 1 program (the
+    barrier itself); a GPU runs both at once (tests/test_gpu.py)."""
+    from inference import TTA_VIEWS, TTANet
+    layers, head = K.random_net(seed=seed, **cfg)
+
+    class Ref(torch.nn.Module):
+        def forward(self, x):
+            return K.reference_forward(layers, head, x.permute(0, 2, 3, 1))
+    g = torch.Generator().manual_seed(seed + 100)
+    r = dict(plain_kernels=len(layers))
+    for mode in ("none", "flip"):
+        ref_net = TTANet(Ref(), mode, device="cpu")
+        for fs, fp, phases in [(True, False, None), (True, True, "split"), (False, True, "one")]:
+            kw = dict(views=TTA_VIEWS[mode], fuse_stem=fs, fuse_pairs=fp)
+            net = K.KernelNet(layers, head, batch=1, tiles=_big_tiles(K, layers, head, len(TTA_VIEWS[mode]), 2, **kw),
+                              **kw)
+            net.phases = phases
+            errs = []
+            for _ in range(2):  # the second call sees the resets of the first
+                x = torch.randint(0, 256, (1, 32, 32, 3), generator=g, dtype=torch.uint8)
+                errs.append(_rel_err(net(x).clone(), ref_net(x.permute(0, 3, 1, 2)).double()))
+            r[f"{mode} stem={fs} pairs={fp} {phases}"] = dict(errs=errs, kernels=net.kernel_count(),
+                                                              timeouts=net.barrier_timeouts())
+    # load_weights with a fused stem: another net's weights, stem included
+    layers2, head2 = K.random_net(seed=seed + 1, **cfg)
+    net = K.KernelNet(layers, head, batch=1, tiles=_big_tiles(K, layers, head, 1, 2, fuse_stem=True), fuse_stem=True)
+    net.load_weights(layers2, head2)
+    x = torch.randint(0, 256, (1, 32, 32, 3), generator=g, dtype=torch.uint8)
+    r["swapped_err"] = _rel_err(net(x).clone(), K.reference_forward(layers2, head2, x))
+    return r
+
+
 def _case(name):
     """The interpreter cases (run in a subprocess by _run_case)."""
     import kernels as K
+    if name == "fewer_whiten":  # whitening stem 2x2 -> 24 (KSP 16, CSP 32), gelu, 5 layers
+        cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(2, 2), act="gelu")
+        return _fewer_kernels(K, cfg, seed=11)
+    if name == "fewer_k3":  # 3x3 stem -> 16 (KSP 32), relu, 4 layers (pairs (L1, L2), (L3, L4))
+        cfg = dict(stem_width=16, stem_kernel=3, widths=(32, 16), depths=(2, 1), act="relu")
+        return _fewer_kernels(K, cfg, seed=12)
     if name == "inference_flip":
         return _inference_flip()
     if name == "tta_whiten":  # whitening-stem shape: 2x2 valid stem 3->24 (31x31, odd), gelu, N=1
@@ -204,6 +246,18 @@ def test_inference_kernel_path_fuses_flip_once():
     assert not r["wrapped"] and r["fused"] and r["nb"] == 2, r  # no TTANet: the kernels make the views
     assert r["old_wrapped"] and r["old_batch"] == 2, r  # tta_fused=False: the TTANet path, kept for benches
     assert max(r["err"], r["old_err"], r["swapped_err"]) < TOL, r
+
+
+@pytest.mark.parametrize("case,kernels", [("fewer_whiten", {(True, False): 4, (True, True): 2, (False, True): 3}),
+                                          ("fewer_k3", {(True, False): 3, (True, True): 2, (False, True): 2})])
+def test_fuse_stem_and_pairs_equal_reference(case, kernels):
+    r = _run_case(case)
+    assert r["swapped_err"] < TOL, r
+    for key, v in r.items():
+        if key.startswith(("none", "flip")):
+            assert max(v["errs"]) < TOL and v["timeouts"] == 0, (key, r)
+            fs, fp = "stem=True" in key, "pairs=True" in key
+            assert v["kernels"] == kernels[(fs, fp)], (key, r)
 
 
 def test_wrong_weights_are_caught():

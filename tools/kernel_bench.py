@@ -13,6 +13,15 @@
    pipelined time (100 replays back to back / 100); per-kernel µs from torch.profiler.
 3. the answer's way back: synchronize vs the graph copying (seq << 8 | class id) into pinned
    host memory that the host polls until the sequence number arrives.
+
+    python tools/kernel_bench.py --tta-table --out DIR   (tools/kernel_gpu.sh runs it)
+
+TTA and kernel-count table: shapes AB94 (random weights) and w7 (checkpoints/final_model.pth
+folded, else random), batch 1, as InferenceModel runs the kernel path (NCHW channels_last fp16
+pixels in, one CUDA graph): tta none, flip through TTANet (torch views + batch-2 KernelNet, the
+old path), flip fused into the kernels (views=), and the fewer-kernel options fuse_stem /
+fuse_pairs (off by default; the last row also with PDL).  Every row is tried on its own: a failure
+prints one line and the table goes on.
 """
 import argparse
 import gc
@@ -105,7 +114,11 @@ def capture(fn, x):
     return g, out
 
 
-def time_graph(g, iters=2000, warm=200):
+ITERS = 2000  # host-timed replays per path (--iters)
+
+
+def time_graph(g, iters=None, warm=200):
+    iters = iters or ITERS
     gc.disable()
     try:
         for _ in range(warm):
@@ -229,13 +242,117 @@ def poll_variant(net, x, iters=2000, warm=200):
     return dict(p50=ts[len(ts) // 2], p95=ts[int(len(ts) * 0.95)], class_ok=cls_ok)
 
 
+# -- TTA and kernel-count table (--tta-table) ------------------------------------------------
+def checkpoint_spec(path):
+    """(layers, head) of a fastnet checkpoint through the kit's own fold (folded_spec), or None
+    with the reason logged (no file, another layout): the caller then times random weights."""
+    try:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import utils
+        from config import load_config
+        cfg = load_config()
+        model, _ = utils.load_model(path, "fastnet", cfg=cfg)
+        return model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    except Exception as e:  # said, not hidden
+        log(f"{path}: not usable ({type(e).__name__}: {str(e)[:160]}); random weights")
+        return None
+
+
+def tta_rows(layers, head, pdl_ok):
+    """(name, builder) of every path of the table; a builder returns (module, KernelNet or None)."""
+    from inference import TTA_VIEWS, KernelPath, TTANet
+    flip = TTA_VIEWS["flip"]
+
+    def kp(**kw):
+        kn = K.KernelNet(layers, head, batch=kw.pop("batch", 1), **kw)
+        return KernelPath(kn), kn
+
+    def old_flip():
+        path, kn = kp(batch=2)
+        return TTANet(path, "flip", device="cuda").eval(), kn
+    # inference.kernel_net's path has no PDL: the rows time it so; PDL only on the last row (each
+    # row compiles its own kernels, ~1-2 s each: the table must fit kernel_gpu.sh's 180 s)
+    rows = [("none", lambda: kp()),
+            ("flip TTANet (old)", old_flip),
+            ("flip fused", lambda: kp(views=flip))]
+    rows += [("none +stem+pairs", lambda: kp(fuse_stem=True, fuse_pairs=True)),
+             ("flip fused +stem", lambda: kp(views=flip, fuse_stem=True)),
+             ("flip fused +pairs", lambda: kp(views=flip, fuse_pairs=True)),
+             ("flip fused +stem+pairs", lambda: kp(views=flip, fuse_stem=True, fuse_pairs=True))]
+    if pdl_ok:
+        rows += [("flip fused +stem+pairs +PDL", lambda: kp(views=flip, fuse_stem=True, fuse_pairs=True, pdl=True))]
+    return rows
+
+
+def tta_table(args):
+    """Time every path of tta_rows on AB94 and w7 shapes; one line per row as it is measured."""
+    from inference import TTANet
+    shapes = [("AB94", dict(widths=(64, 256, 256)), None), ("w7", dict(widths=(96, 384, 384)), args.ckpt)]
+    pdl_ok = K.pdl_available()[0]
+    table = []
+    for shape, cfg, ckpt in shapes:
+        spec = checkpoint_spec(ckpt) if ckpt else None
+        layers, head = spec or K.random_net(stem_width=24, stem_kernel=2, depths=(2, 2, 2), act="gelu", seed=5,
+                                            device="cuda", **cfg)
+        layers = [dict(L, weight=L["weight"].cuda(), bias=L["bias"].cuda()) for L in layers]
+        head = {k: v.cuda() for k, v in head.items()}
+        weights = "checkpoint" if spec else "random"
+        u8 = torch.randint(0, 256, (1, 3, 32, 32), device="cuda", dtype=torch.uint8)
+        x = u8.half().contiguous(memory_format=torch.channels_last)  # InferenceModel.prepare's input
+
+        class Ref(torch.nn.Module):
+            def forward(self, xx):
+                return K.reference_forward(layers, head, xx.permute(0, 2, 3, 1))
+        refs = {m: TTANet(Ref(), m, device="cuda")(u8).double() for m in ("flip",)}
+        refs["none"] = Ref()(u8)
+        for name, build in tta_rows(layers, head, pdl_ok):
+            label = f"{shape} ({weights}) {name}"
+            try:
+                t0 = time.time()
+                net, kn = build()
+                r = {}
+                bench_variant(label, net, x, r, refs["flip" if "flip" in name else "none"])
+                row = r[label]
+                row.update(build_s=time.time() - t0, timeouts=kn.barrier_timeouts() if kn else 0,
+                           our_kernels=kn.kernel_count() if kn else None)
+                table.append((label, row))
+                log(f"   build+time {row['build_s']:.1f}s, KernelNet.kernel_count {row['our_kernels']}, "
+                    f"barrier timeouts {row['timeouts']}")
+            except Exception as e:  # one line, then the next row
+                log(f"FAILED {label}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    log("\n| path | host p50 us | host p95 us | GPU us (events) | pipelined us | kernels (profiler) | rel err |")
+    log("|---|---|---|---|---|---|---|")
+    for label, r in table:
+        log(f"| {label} | {r['p50']:.1f} | {r['p95']:.1f} | {r['gpu']:.1f} | {r['pipe']:.1f} | "
+            f"{len(r['kernels'])} | {r['err']:.1e} |")
+    for label, r in table:
+        if r.get("kernels"):
+            log(f"per-kernel (profiler) {label}: " + ", ".join(f"{us:.2f}" for _, us in r["kernels"])
+                + f"  sum {sum(us for _, us in r['kernels']):.1f} us")
+    with open(os.path.join(args.out, "kernel_tta.json"), "w") as f:
+        json.dump(dict(table), f, indent=1, default=str)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/kernels")
     ap.add_argument("--ckpt", default="checkpoints/final_model.pth")
     ap.add_argument("--no-autotune", action="store_true")
+    ap.add_argument("--tta-table", action="store_true", help="only the TTA / kernel-count table (kernel_gpu.sh)")
+    ap.add_argument("--iters", type=int, default=2000, help="host-timed replays per path")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    global ITERS
+    ITERS = args.iters
+    if args.tta_table:
+        ok, why = K.available()
+        log(f"torch {torch.__version__} triton {K.triton.__version__ if K.triton else None} | {why} | "
+            f"pdl: {K.pdl_available()}")
+        if not ok:
+            raise SystemExit(f"kernel_bench: {why}")
+        torch.manual_seed(0)
+        tta_table(args)
+        return
     ok, why = K.available()
     log(f"torch {torch.__version__} triton {K.triton.__version__ if K.triton else None} | {why} | "
         f"pdl: {K.pdl_available()}")
