@@ -772,7 +772,8 @@ def time_calls(fn, device, warmup, iters):
     sync()
     out = np.empty(iters, dtype=np.float64)
     clock = time.perf_counter_ns
-    gc.collect()
+    gc.collect(0)  # the young objects only: a full collection over a big heap (compiled graphs, the
+    # data) took ~0.3 s and, called ~100 times a run, made a 10-run bench 3x longer than its timed calls
     gc_was_on = gc.isenabled()
     gc.disable()  # a collection inside a timed call would be noise, not the model
     try:

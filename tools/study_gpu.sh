@@ -8,6 +8,7 @@
 #   bash tools/study_gpu.sh wait SECONDS     # follow the job up to SECONDS (or its end), then pack
 #                                            # what exists into $OUT (results, logs, checkpoints)
 #   bash tools/study_gpu.sh job              # (what start runs) the stages in order
+#   JOB=table_job bash tools/study_gpu.sh start  # instead: the table + ablation on the committed F / F85
 #
 # Stages and their logs (results/logs/ once committed): train.log, front.log, bench.log
 # (`sh reproduce.sh <stage>`, each with its wall time on its last line), kernels.log
@@ -41,6 +42,31 @@ job() {
   echo 0 > "$R/done"
 }
 
+table_job() {  # the table + ablation in one invocation, on the committed F / F85 (front already benched)
+  cd "$R/repo" || exit 2
+  mkdir -p "$R/logs" data && ln -sf /root/cifar10.npz data/cifar10.npz
+  cp results/results.csv "$R/results.csv"
+  S=(--set "paths.checkpoints=$R/ckpt" --set "paths.manifest=$R/ckpt/manifest.json" --set "paths.results=$R/results.csv")
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  step() {  # name, command...: run, log, time; stop the job on failure
+    local name=$1; shift; echo "stage $name started $(date -u +%H:%M:%S)" >> "$R/progress"; local t=$(date +%s)
+    PYTHONUNBUFFERED=1 "$@" > "$R/logs/$name.log" 2>&1; local rc=$?
+    echo "$name: wall $(( $(date +%s) - t )) s on $card (exit $rc)" | tee -a "$R/logs/$name.log" >> "$R/progress"
+    [ $rc -eq 0 ] || { echo "$rc" > "$R/done"; exit "$rc"; }
+  }
+  step train sh reproduce.sh train "${S[@]}"
+  # F's and F85's other front seeds (their seed-42 files are the committed checkpoints, registered as such)
+  step front_seeds python3 train.py --front AB94,t3 --set "front.seeds=[1,2]" "${S[@]}"
+  step register python3 -c "import sys, os, utils; from config import load_config; cfg = load_config(None, [a for a in sys.argv[1:] if a != '--set'])
+for tag, f in (('front_AB94_s42', 'checkpoints/final_model.pth'), ('front_t3_s42', 'checkpoints/f85_model.pth')):
+    utils.update_manifest(cfg, tag, {'path': os.path.abspath(f), 'model': 'fastnet', 'script': 'committed file'})
+print('registered')" "${S[@]}"
+  step eval python3 eval.py --variant F "${S[@]}"
+  step bench python3 bench.py --variant all --raw "$R/latency_raw.npz" "${S[@]}"
+  step kernels python3 tools/kernel_profile.py --out "$R/kernels" "${S[@]}"
+  echo 0 > "$R/done"
+}
+
 pack() {  # at most 8 files of <= 16 MB come back through $OUT
   cd "$R" || return
   cp ckpt/manifest.json manifest.json 2>/dev/null
@@ -55,9 +81,10 @@ case "$cmd" in
   start)  # [TARBALL]: a `git archive` of the commit to run (else this working copy as it is)
     rm -rf "$R" && mkdir -p "$R/repo"
     if [ -n "$1" ]; then tar xzf "$1" -C "$R/repo"; else cp -r "$PWD/." "$R/repo"; fi
-    setsid nohup bash "$R/repo/tools/study_gpu.sh" job > "$R/job.out" 2>&1 < /dev/null &
+    setsid nohup bash "$R/repo/tools/study_gpu.sh" "${JOB:-job}" > "$R/job.out" 2>&1 < /dev/null &
     sleep 2; echo "study job started (pid $!), log $R/progress" ;;
   job) job ;;
+  table_job) table_job ;;
   wait)
     end=$(( $(date +%s) + ${1:-540} ))
     while [ ! -f "$R/done" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
