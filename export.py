@@ -4,7 +4,8 @@
     python export.py --ckpt checkpoints/final_model.pth --out-dir checkpoints --n-check 1000
 
 The exported graph is the deployable form of F's net: BatchNorm and the input normalisation
-folded into the convolutions, FP32, and a uint8 input of shape (N, 32, 32, 3) -- the raw
+folded into the convolutions, F's test-time augmentation (the tta mode front.py stored in the
+checkpoint, e.g. flip: the mean of the image's and its mirror's logits) inside, FP32, and a uint8 input of shape (N, 32, 32, 3) -- the raw
 RGB image as decoders give it -- so no preprocessing is needed before calling it:
 
     ts = torch.jit.load("checkpoints/final_model.ts")               # logits = ts(x_uint8_nhwc)
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from config import add_config_args, load_config
+from inference import TTA_VIEWS, TTANet
 import utils
 
 
@@ -62,13 +64,19 @@ def main():
     out_dir = a.out_dir or os.path.dirname(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     os.makedirs(out_dir, exist_ok=True)
-    dep = Deployable(model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=False)).eval()
+    tta = ck.get("tta") or "none"
+    if tta not in TTA_VIEWS:
+        raise utils.KitError(f"{path}: unknown tta mode '{tta}' (valid: {', '.join(TTA_VIEWS)})")
+    cpu = torch.device("cpu")
+    folded = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=False).eval()
+    dep = Deployable(folded if tta == "none" else TTANet(folded, tta, device=cpu)).eval()
+    plain = model.eval() if tta == "none" else TTANet(model.eval(), tta, device=cpu).eval()
 
     data = utils.load_data(cfg, torch.device("cpu"), need_train=False)
     n = min(a.n_check, len(data["y_test"]))
     x_u8 = data["test_u8"][:n].permute(0, 2, 3, 1).contiguous()  # NHWC uint8, as decoded
     with torch.no_grad():
-        ref = model(data["x_test"][:n])
+        ref = plain(data["x_test"][:n])  # the unfolded model under the same TTA views
     example = x_u8[:1]
 
     ts_path = os.path.join(out_dir, stem + ".ts")
@@ -104,7 +112,7 @@ def main():
         acc = float((logits.argmax(1) == data["y_test"][:n]).float().mean()) * 100
         good = diff <= a.tol and agree == 100.0
         ok &= good
-        print(f"{name:<11s} {p}  ({os.path.getsize(p) / 1e6:.2f} MB): max |logit diff| {diff:.2e}, "
+        print(f"{name:<11s} {p}  ({os.path.getsize(p) / 1e6:.2f} MB, tta {tta}): max |logit diff| {diff:.2e}, "
               f"top-1 agreement {agree:.2f}%, accuracy {acc:.2f}% on the first {n} test images"
               + ("" if good else "  <- FAILED"))
     if not ok:
