@@ -75,6 +75,17 @@ def kernel_net(cfg, model, a):
     return KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
 
 
+def weight_bytes(net):
+    """Bytes of the weights as run: module parameters and buffers, or, for our kernel path (whose
+    weights are plain tensors of the KernelNet, not parameters), its per-layer weights and biases
+    and the head's.  (Counting parameters alone gave 0 MB for every kernel-path row.)"""
+    kn = getattr(net, "kn", None) or getattr(getattr(net, "net", None), "kn", None)
+    if kn is None:
+        return param_bytes(net)
+    ts = [t for sp in kn.specs for t in (sp["w"], sp["b"])] + [kn.hw, kn.hb]
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
 class TTANet(nn.Module):
     """net over all views as ONE batch (V*N images), then the weighted mean of the logits:
     at batch 1 the GPU is mostly idle, so extra views cost little (all inside the same graph)."""
@@ -146,7 +157,7 @@ class InferenceModel:
         self._cfg, self._fold_args = cfg, dict(fold_bn=v.fold_bn, fuse=v.fuse, device=device, dtype=self.dtype,
                                                mem=self.mem, tta=self.tta, kernels=self.kernels)
         self.net = net = InferenceModel.folded_net(cfg, model, self._fold_args)
-        self.size_mb = param_bytes(net) / 1e6
+        self.size_mb = weight_bytes(net) / 1e6
         self.n_params = sum(p.numel() for p in model.parameters())
         self.mean, self.std = norm_consts(cfg.data.mean, cfg.data.std, device)
         self.fn = torch.compile(net, mode=self.compile, dynamic=False) if self.compile != "none" else net

@@ -140,6 +140,10 @@ def _inference_flip():
     old = InferenceModel.folded_net(cfg, m1, dict(a, tta_fused=False))
     r = dict(wrapped=isinstance(net, TTANet), fused=net.tta_fused, nb=net.kn.nb, kernels=net.kn.kernel_count(),
              old_wrapped=isinstance(old, TTANet), old_batch=old.net.kn.batch)
+    from inference import weight_bytes  # the size column of the kernel path's rows (it was 0 MB)
+    layers, head = m1.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    r["bytes"], r["bytes_old"] = weight_bytes(net), weight_bytes(old)
+    r["n_weights"] = sum(L["weight"].numel() + L["bias"].numel() for L in layers) + head["weight"].numel()
     x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).to(torch.float16)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
@@ -246,6 +250,8 @@ def test_inference_kernel_path_fuses_flip_once():
     assert not r["wrapped"] and r["fused"] and r["nb"] == 2, r  # no TTANet: the kernels make the views
     assert r["old_wrapped"] and r["old_batch"] == 2, r  # tta_fused=False: the TTANet path, kept for benches
     assert max(r["err"], r["old_err"], r["swapped_err"]) < TOL, r
+    # fp16 weights, fp32 biases (the head padded): at least 2 bytes a weight, never 0
+    assert r["bytes"] == r["bytes_old"] and 2 * r["n_weights"] <= r["bytes"] < 5 * r["n_weights"], r
 
 
 @pytest.mark.parametrize("case,kernels", [("fewer_whiten", {(True, False): 4, (True, True): 2, (False, True): 3}),
