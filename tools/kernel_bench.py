@@ -344,21 +344,15 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     global ITERS
     ITERS = args.iters
-    if args.tta_table:
-        ok, why = K.available()
-        log(f"torch {torch.__version__} triton {K.triton.__version__ if K.triton else None} | {why} | "
-            f"pdl: {K.pdl_available()}")
-        if not ok:
-            raise SystemExit(f"kernel_bench: {why}")
-        torch.manual_seed(0)
-        tta_table(args)
-        return
     ok, why = K.available()
     log(f"torch {torch.__version__} triton {K.triton.__version__ if K.triton else None} | {why} | "
         f"pdl: {K.pdl_available()}")
     if not ok:
         raise SystemExit(f"kernel_bench: {why}")
     torch.manual_seed(0)
+    if args.tta_table:
+        tta_table(args)
+        return
     all_ok = True
     # 1. correctness on 3 random shapes, then the real checkpoint
     shapes = [("default 32/k3 [64,192,256]x[2,2,2] relu", dict(), 1, torch.uint8),

@@ -20,6 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import utils  # noqa: E402
 from config import add_config_args, load_config  # noqa: E402
 from inference import InferenceModel  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kernel_bench import profile_kernels  # noqa: E402  (the profiler's kernels of one graph replay)
 
 LOG = []
 
@@ -29,23 +31,6 @@ def log(s):
     LOG.append(s)
 
 
-def per_kernel(graph, n_rep=20):
-    """[(kernel name, mean µs per call)] of one graph replay, from the profiler's kernel records."""
-    from torch.profiler import ProfilerActivity, profile
-    graph.replay()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n_rep):
-            graph.replay()
-        torch.cuda.synchronize()
-    ev = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
-    per = len(ev) // n_rep
-    if per == 0 or len(ev) % n_rep:
-        raise RuntimeError(f"the profiler saw {len(ev)} kernels for {n_rep} replays (not a multiple)")
-    return [(ev[j].name[:60], float(np.mean([ev[r * per + j].time_range.elapsed_us() for r in range(n_rep)])))
-            for j in range(per)]
-
-
 def measure(im, dev):
     """Host p50/p95, GPU-event and pipelined time (µs) and the per-kernel list of one path."""
     fn = lambda: im(im.static_in)  # noqa: E731
@@ -53,7 +38,7 @@ def measure(im, dev):
     return {"p50": 1e3 * float(np.median([np.median(r) for r in runs])),
             "p95": 1e3 * float(np.percentile(np.concatenate(runs), 95)),
             "gpu": 1e3 * float(np.median(utils.time_gpu_events(fn, 200))),
-            "pipe": 1e3 * utils.time_pipelined(fn, 200), "kernels": per_kernel(im._graph)}
+            "pipe": 1e3 * utils.time_pipelined(fn, 200), "kernels": profile_kernels(im._graph)}
 
 
 def main():
