@@ -26,7 +26,6 @@ prints one line and the table goes on.
 import argparse
 import gc
 import json
-import math
 import os
 import sys
 import time

@@ -5,7 +5,6 @@ record only) and training time.  Usage: python tools/recipe_explore.py OUT.json 
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
