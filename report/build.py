@@ -6,9 +6,11 @@ checkpoints/README.md, report/figures/*.png and report/rapport.pdf.
     python report/build.py --pages /tmp/pages    # also every PDF page as a PNG (to look at)
     python report/build.py --kernels results/kernels/study/kernel_bench.json
 
-It uses the newest GPU bench invocation of results.csv that holds every table variant
-(B1 B2 O1 O2 O3 D1 F F85 AB94) and front points, and says which; when none does, it falls
-back to several invocations and says so, on the terminal and on the PDF's first page.
+Complete rows come from the invocation front.py chose F and F85 from (results/front_selection.json):
+F, F85 and AB94 are its front points P_<shape>[_flip], never rows named "F" of other invocations.
+When that invocation does not hold every table and ablation variant, the timing of a cut bench that
+did is recovered from results/bench_cut_runs.csv (tools/bench_log.py) and shown apart, labelled;
+the PDF's first page says so, once.
 Modules: facts.py (rows read once, invocation chosen, every number), figures.py (matplotlib),
 layout.py / doc.py / pages.py / analysis.py (markdown writers, the A4 layout, the PDF's sections).
 """
@@ -42,11 +44,9 @@ def pdf(f, figs, path, pages_dir=None):
     import pages
     from doc import Doc
     doc = Doc(path, "CIFAR-10 batch-1 latency study, v2")
-    for section in (pages.title, pages.summary, pages.method):
+    for section in (pages.title, pages.summary, pages.method, pages.results):
         section(doc, f)
-    pages.results(doc, f, figs)
-    pages.ablation(doc, f)
-    pages.host_gpu(doc, f)
+    pages.recovered(doc, f, figs)
     pages.front(doc, f, figs)
     pages.kernels(doc, f)
     pages.anchors(doc, f)
@@ -60,13 +60,15 @@ def say_source(f):
     import layout
     for s in layout.provenance(f) + layout.hash_lines(f):
         print(s)
-    print(f"kernels: {f.kernels.get('path', 'none found')}")
+    print(f"kernels: {f.kernels.get('path', 'none found')}; F's shape: {f.tta_kernels.get('path', 'none found')}")
+    print(f"recovered cut bench: {f.recovered.get('used') or 'none'}")
 
 
-def run(results, kernels=None, table_only=False, pages_dir=None, out=None, selection=None):
+def run(results, kernels=None, table_only=False, pages_dir=None, out=None, selection=None, cut_runs=None,
+        tta_kernels=None):
     import layout
     out = out or outputs()
-    f = facts.gather(results, kernels, selection)
+    f = facts.gather(results, kernels, selection, cut_runs_path=cut_runs, tta_kernels_path=tta_kernels)
     say_source(f)
     write(out["table"], layout.final_table_md(f))
     write(out["v2"], layout.v2_tables_md(f))

@@ -6,6 +6,7 @@ The only figures typed here are the published anchors (ANCHORS), each with its s
 import glob
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -40,6 +41,11 @@ ANCHORS = [
      "source": "github stanford-futuredata/dawn-bench-entries (CIFAR10/inference)"},
 ]
 
+# Goals the study set itself (not measurements): the report says how far the data are from them.
+GOALS = {"lat_ms": {"value": 0.040, "what": "F's batch-1 host p50",
+                    "source": "issue 10 (README.md: 'the 0.040 ms goal')"},
+         "halfwidth_pct": {"value": 3.0, "what": "speedup interval half-width", "source": "issue 8"}}
+
 
 class ReportError(Exception):
     """A one-line reason the report cannot be built (build.py prints it and exits 2)."""
@@ -49,16 +55,22 @@ class ReportError(Exception):
 class Facts:
     rows: pd.DataFrame                 # results.csv, as read (once)
     cfg: object                        # config.yaml, loaded
-    mode: str                          # "single" (one invocation holds everything) or "fallback"
-    invs: pd.DataFrame                 # the invocations used: tag, invocation, timestamp, gpu, roles, ...
+    mode: str                          # "single" (the front invocation holds every row) or "partial"
+    invs: pd.DataFrame                 # the front invocation (one line): timestamp, gpu, torch, ...
     table: pd.DataFrame                # TABLE_IDS rows (index = ID), results.csv columns + computed ones
     ablation: pd.DataFrame
     front: pd.DataFrame                # the front points of the front invocation
     front_inv: str
     selection: dict
     train: pd.DataFrame                # train/distill rows up to the baselines' invocation (newest per label)
-    kernels: dict
+    kernels: dict                      # the cuDNN vs ours per-kernel json (kernel_bench.py)
     hash_check: dict
+    older: pd.DataFrame = None         # the other GPU invocations of results.csv (not used)
+    tta_kernels: dict = field(default_factory=dict)  # F's shape through our kernels (kernel_tta.json)
+    recovered: dict = field(default_factory=dict)    # cut benches' timing from their logs
+    rec: pd.DataFrame = None           # the used cut invocation's table + ablation rows
+    timing: pd.DataFrame = None        # what the prose compares latencies on: rec, else the complete rows
+    timing_src: str = ""
     n: dict = field(default_factory=dict)  # derived quantities for the prose (None when not measurable)
     sources: list = field(default_factory=list)  # files read besides results.csv
 
@@ -97,42 +109,33 @@ def inv_summary(bench):
     """One line per GPU bench invocation, oldest first: what it holds."""
     out = []
     for inv, g in bench.groupby("invocation", sort=False):
-        names = set(g.variant)
-        table_ok = set(BASELINES + ("F", "F85")) <= names and bool({"AB94", "P_AB94"} & names)
-        out.append({"invocation": inv, "timestamp": g.timestamp.min(), "variants": names, "table": table_ok,
-                    "front": bool((is_front(g.variant) & g.acc_mean.notna()).any()), "gpu": g.gpu.iloc[0],
-                    "torch": g.torch.iloc[0], "cuda": g.cuda.iloc[0], "driver": g.driver.iloc[0],
+        out.append({"invocation": inv, "timestamp": g.timestamp.min(), "variants": set(g.variant),
+                    "gpu": g.gpu.iloc[0], "torch": g.torch.iloc[0], "cuda": g.cuda.iloc[0], "driver": g.driver.iloc[0],
                     "runs": g.runs.max(), "iters": g.iters.max(), "hashes": sorted(set(g.config_hash.dropna()))})
     return pd.DataFrame(out).sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
-def choose_sources(s):
-    """(mode, {ID: invocation}, front invocation).  The newest invocation holding every table
-    variant and front points wins; else each ID from the newest invocation holding it, the
-    baselines kept together (their speedups are against one B1), the front from the newest
-    invocation with front points."""
-    full = s[s.table & s.front]
-    if len(full):
-        inv = full.invocation.iloc[-1]
-        return "single", {v: inv for v in TABLE_IDS + ABLATION_IDS}, inv
-    src = {}
-    base = s[s.variants.apply(lambda x: set(BASELINES) <= x)]
-    for v in TABLE_IDS + ABLATION_IDS:
-        pool = base if v in BASELINES + ("O2d",) and len(base) else s
-        has = pool[pool.variants.apply(lambda x, v=v: v in x)]
-        if len(has):
-            src[v] = has.invocation.iloc[-1]
-    fr = s[s.front]
-    front_inv = fr.invocation.iloc[-1] if len(fr) else None
-    if "AB94" not in src and front_inv:  # the airbench94 net = the front's AB94 point
-        src["AB94"] = front_inv
-    return "fallback", src, front_inv
+def row_names(sel):
+    """ID -> the results.csv variant that holds it in the front invocation: F and F85 are front.py's
+    points (P_<shape>[_flip]), AB94 the front's AB94 point.  Rows named "F" / "F85" of other
+    invocations benched other files (an older F) and are never used."""
+    return {"F": sel["F"]["variant"], "F85": sel["F85"]["variant"], "AB94": "P_AB94"}
 
 
-def pick_row(bench, inv, v):
-    g = bench[(bench.invocation == inv) & (bench.variant == v)]
-    if v == "AB94" and g.empty:
-        g = bench[(bench.invocation == inv) & (bench.variant == "P_AB94")]
+def front_invocation(sel, s):
+    """The invocation front.py chose F and F85 from (results/front_selection.json)."""
+    inv = sel["F"].get("invocation")
+    if inv != sel["F85"].get("invocation"):
+        raise ReportError(f"front_selection.json names two invocations (F: {inv}, F85: {sel['F85'].get('invocation')})")
+    if inv not in set(s.invocation):
+        raise ReportError(f"front_selection.json's invocation {inv} has no GPU bench rows in results.csv: "
+                          "run `python front.py` on the results.csv the report reads")
+    return inv
+
+
+def pick_row(bench, inv, v, names=None):
+    """The newest row of ID v in invocation inv, looked up under names[v] when given."""
+    g = bench[(bench.invocation == inv) & (bench.variant == (names or {}).get(v, v))]
     return g.iloc[-1] if len(g) else None
 
 
@@ -156,19 +159,130 @@ def speedup(bench, r):
     return sp, lo, hi, "recomputed"
 
 
-def frame(bench, src, ids, tags):
-    """The chosen row of each ID, results.csv columns plus ID, tag, speedup and its origin."""
+def half_width(sp, lo, hi):
+    """The interval's larger side as a percentage of the speedup (tools/bench_log.py's 'CI half-width')."""
+    return 100 * max(sp - lo, hi - sp) / sp if pd.notna(sp) and sp else np.nan
+
+
+def frame(bench, inv, ids, names):
+    """The row of each ID present in invocation inv: results.csv columns plus ID and speedup."""
     out = []
     for v in ids:
-        r = pick_row(bench, src[v], v) if v in src else None
+        r = pick_row(bench, inv, v, names)
         if r is None:
             continue
         r = r.copy()
         r["sp"], r["sp_lo"], r["sp_hi"], r["sp_how"] = speedup(bench, r)
-        r["id"], r["tag"] = v, tags[r.invocation]
+        r["hw"] = half_width(r.sp, r.sp_lo, r.sp_hi)
+        r["id"] = v
         r["size_mb"] = r.size_mb if r.get("size_mb", 0) > 0 else np.nan  # the kernel path records 0
         out.append(r)
     return pd.DataFrame(out).set_index("id") if out else pd.DataFrame()
+
+
+# ============================================================================= recovered timing
+def bench_log_module():
+    """tools/bench_log.py: the recovered tables use its statistic, not a copy of it."""
+    tools = os.path.join(ROOT, "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import bench_log
+    return bench_log
+
+
+def read_cut_runs(path):
+    """results/bench_cut_runs.csv (one line per finished timed run of a cut bench), or None."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        d = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ReportError(f"cannot read {path} ({type(e).__name__})") from None
+    missing = {"invocation", "gpu", "run", "variant", "mean_ms", "p50_ms", "p95_ms"} - set(d.columns)
+    if missing:
+        raise ReportError(f"{path} is not a bench_cut_runs.csv (no column {sorted(missing)[0]})")
+    return d
+
+
+def cut_summary(g):
+    """One cut invocation's runs through bench_log.summary: per variant the complete runs, the
+    median of run p50s and the speedup vs B1 with its bootstrap interval over those runs."""
+    bl = bench_log_module()
+    b = {"planned_runs": int(g.run.max()), "variants": list(dict.fromkeys(g.variant)), "acc": {},
+         "runs": list(zip(g.run.astype(int), g.variant, g.mean_ms, g.p50_ms, g.p95_ms))}
+    rows, n_full = bl.summary(b)
+    t = pd.DataFrame(rows).set_index("variant")
+    t["hw"] = [half_width(r.speedup_p50, r.ci_low, r.ci_high) for r in t.itertuples()]
+    return t, n_full
+
+
+def recovered(path, cfg):
+    """Every cut invocation of bench_cut_runs.csv summarised; the one used is the newest (invocation
+    ids carry their start time) that holds every table and ablation variant."""
+    d = read_cut_runs(path)
+    if d is None:
+        return {}
+    invs = {inv: cut_summary(g) for inv, g in d.groupby("invocation", sort=True)}
+    need = set(TABLE_IDS + ABLATION_IDS)
+    ok = [inv for inv, (t, n) in invs.items() if need <= set(t.index) and n > 0]
+    if not ok:
+        return {"path": os.path.relpath(path, ROOT), "used": None, "invs": invs}
+    used = ok[-1]
+    return {"path": os.path.relpath(path, ROOT), "used": used, "invs": invs, "gpu": d[d.invocation == used].gpu.iloc[0],
+            "n_full": invs[used][1], "planned": cfg.bench.runs}
+
+
+def ckpt_tag(cfg, sel, v):
+    """The train-row label of variant v's checkpoint: '@tag' as written, '@final' / '@f85' the
+    selected front point's first seed (front.py ships that seed's file)."""
+    spec = str(cfg.variants[v].checkpoint) if v in cfg.variants else ""
+    role = {"@final": "F", "@f85": "F85"}.get(spec)
+    if role:
+        return f"front_{sel[role]['front']}_s{cfg.front.seeds[0]}"
+    return spec[1:] if spec.startswith("@") else None
+
+
+def recovered_frame(f):
+    """The used cut invocation's table + ablation rows, each with an accuracy and where it comes from:
+    'path' = all test images through the timed path (a complete row of the front invocation),
+    'ckpt' = the checkpoint's FP32 test accuracy at training (results.csv train row), never
+    through the timed path."""
+    rec = f.recovered
+    if not rec.get("used"):
+        return pd.DataFrame()
+    t = rec["invs"][rec["used"]][0].loc[list(TABLE_IDS + ABLATION_IDS)].copy()
+    others = [i for i in rec["invs"] if i != rec["used"]]
+    t["other_p50"] = [rec["invs"][others[-1]][0].p50_ms.get(v, np.nan) for v in t.index] if others else np.nan
+    acc, src, tag = [], [], []
+    for v in t.index:
+        # through the path only for the front points behind F / F85 / AB94: the cut bench timed those
+        # very files; the baselines it timed were retrained files (same seed), not the front's
+        r = row(f, v) if v in row_names(f.selection) else None
+        k = ckpt_tag(f.cfg, f.selection, v)
+        tr = f.train.loc[k] if k in f.train.index else None
+        if r is not None and pd.notna(r.acc):
+            acc.append(r.acc), src.append("path"), tag.append(r.variant)
+        elif tr is not None:
+            acc.append(tr.acc), src.append("ckpt"), tag.append(k)
+        else:
+            acc.append(np.nan), src.append(""), tag.append(k)
+    t["acc"], t["acc_src"], t["acc_of"] = acc, src, tag
+    t["label"] = [f.cfg.variants[v].label if v in f.cfg.variants else "" for v in t.index]
+    return t
+
+
+def retrain_check(log_path, train):
+    """The table job retrained the baselines' checkpoints before its bench (same seeds): does its
+    log print the test accuracies of results.csv's train rows?  {label: (row acc, log acc)}."""
+    if not os.path.isfile(log_path):
+        return None
+    pat = re.compile(r"^(?:train|distill): (\S+) best epoch .* test ([\d.]+)%")
+    out = {}
+    for line in open(log_path):
+        m = pat.match(line)
+        if m and m[1] in train.index:
+            out[m[1]] = (float(train.loc[m[1]].acc), float(m[2]))
+    return out
 
 
 # ============================================================================= front
@@ -189,8 +303,10 @@ def front_frame(bench, inv, cfg, train):
     fr["widths"] = [list(shapes[s].widths) if s in shapes else None for s in fr.front]
     fr["depths"] = [list(shapes[s].depths) if s in shapes else None for s in fr.front]
     fr["n_seeds"] = [len(str(x).split(";")) if isinstance(x, str) else 1 for x in fr.acc_seeds]
+    # the timed checkpoint's own training time (the first seed's file, the one shipped); the seed
+    # mean of the train rows only where the bench row does not carry it
     t = train[train.front.notna()].groupby("front").train_time_s.mean()
-    fr["train_s"] = [t.get(s, np.nan) for s in fr.front]
+    fr["train_s"] = [r.train_time_s if pd.notna(r.train_time_s) else t.get(r.front, np.nan) for r in fr.itertuples()]
     fr["on_front"] = fr.index.isin(pareto(fr))
     return fr
 
@@ -239,13 +355,61 @@ def kernel_facts(path):
             "weights": weights[0].strip() if weights else None}
 
 
+def default_tta_kernels_path():
+    """Newest results/kernels/*/kernel_tta.json (tools/kernel_gpu.sh's TTA / kernel-count table)."""
+    c = sorted(glob.glob(os.path.join(RES, "kernels", "*", "kernel_tta.json")), key=os.path.getmtime)
+    return c[-1] if c else None
+
+
+def option_deltas(paths, prefix):
+    """Each fewer-kernel option (fuse_stem '+stem', fuse_pairs '+pairs', both) against the same path
+    without it: host p50, GPU and pipelined µs, option minus base (negative = the option is faster)."""
+    out = []
+    for name, r in paths.items():
+        if not name.startswith(prefix) or " +" not in name or "PDL" in name:
+            continue
+        base, opt = name.split(" +", 1)
+        if base in paths:
+            b = paths[base]
+            out.append({"shape": prefix, "base": base[len(prefix) + 1:], "opt": "+" + opt, "kernels": len(r["kern"]),
+                        "d_host": r["p50"] - b["p50"], "d_gpu": r["gpu"] - b["gpu"], "d_pipe": r["pipe"] - b["pipe"]})
+    return out
+
+
+def tta_kernel_facts(path, sel):
+    """F's shape through our kernels (kernel_tta.json): no TTA, TTA through the old TTANet path and
+    TTA fused into the kernels (F's path); the fused TTA's gain and the fewer-kernel options for
+    every shape in the file."""
+    if not path:
+        return {}
+    try:
+        k = json.load(open(path))
+    except (OSError, ValueError) as e:
+        raise ReportError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+    paths = {n: {"p50": r["p50"], "p95": r["p95"], "gpu": r.get("gpu"), "pipe": r.get("pipe"),
+                 "kern": r.get("kernels") or [], "sum": sum(t for _, t in r.get("kernels") or [])}
+             for n, r in k.items()}
+    prefixes = [n[:-len(" none")] for n in paths if n.endswith(" none")]  # "AB94 (random)", "w7 (checkpoint)"
+    tta = sel["F"]["tta"] if sel["F"]["tta"] != "none" else "flip"
+    gains = [{"shape": p, "old": paths[f"{p} {tta} TTANet (old)"]["p50"], "fused": paths[f"{p} {tta} fused"]["p50"]}
+             for p in prefixes if f"{p} {tta} TTANet (old)" in paths and f"{p} {tta} fused" in paths]
+    mine = [p for p in prefixes if p.split(" ")[0] == sel["F"]["front"]]
+    out = {"path": os.path.relpath(path, ROOT), "paths": paths, "tta": tta, "gains": gains,
+           "options": [o for p in prefixes for o in option_deltas(paths, p)], "prefix": mine[0] if mine else None}
+    if mine:
+        p = mine[0]
+        out["rows"] = [n for n in (f"{p} none", f"{p} {tta} TTANet (old)", f"{p} {tta} fused") if n in paths]
+        out["random"] = "random" in p  # the log's own words: random weights or a checkpoint
+    return out
+
+
 # ============================================================================= checks
 def check_hashes(invs, cfg_hash):
     """Rows measured under another configuration than config.yaml's are named, not hidden."""
     bad = invs[invs.hashes.apply(lambda h: h != [cfg_hash])]
     by = {}
     for r in bad.itertuples():
-        by.setdefault(", ".join(r.hashes) or "no hash", []).append(r.tag if len(invs) > 1 else r.invocation)
+        by.setdefault(", ".join(r.hashes) or "no hash", []).append(r.invocation)
     lines = [f"warning: config hash differs: config.yaml hashes to {cfg_hash}; the rows of invocation "
              f"{', '.join(t)} carry {h}" for h, t in by.items()]
     return {"config": cfg_hash, "ok": not lines, "warnings": lines, "n_bad": len(bad)}
@@ -279,32 +443,35 @@ def rule_check(fr, sel, cfg):
 
 
 # ============================================================================= gather
-def gather(results_csv, kernels_path=None, selection_path=None, config_path=None):
+def gather(results_csv, kernels_path=None, selection_path=None, config_path=None, cut_runs_path=None,
+           tta_kernels_path=None):
     d = read_results(results_csv)
     cfg = load_config(config_path) if config_path else load_config()
     bench = gpu_bench(d)
     s = inv_summary(bench)
-    mode, src, front_inv = choose_sources(s)
-    used = sorted(set(src.values()) | ({front_inv} if front_inv else set()), key=list(s.invocation).index)
-    invs = s[s.invocation.isin(used)].reset_index(drop=True)
-    invs["tag"] = [chr(ord("a") + i) for i in range(len(invs))]
-    tags = dict(zip(invs.invocation, invs.tag))
-    invs["roles"] = [", ".join(v for v in TABLE_IDS + ABLATION_IDS if src.get(v) == i)
-                     + (" + front points" if i == front_inv else "") for i in invs.invocation]
-    table, abl = frame(bench, src, TABLE_IDS, tags), frame(bench, src, ABLATION_IDS, tags)
-    last = max(invs.timestamp)
-    base_ts = invs.set_index("invocation").timestamp.get(src.get("B1"), last)
-    train = study_train(d, base_ts)  # the checkpoints the baselines were benched from
-    ft = d[(d.script == "train") & d.front.notna() & (d.device == "cuda")]
-    front_ts = s.set_index("invocation").timestamp.get(front_inv, last)
-    fr = front_frame(bench, front_inv, cfg, ft[ft.timestamp <= front_ts].groupby("label").tail(1)) \
-        if front_inv else pd.DataFrame()
     sel_path = selection_path or os.path.join(RES, "front_selection.json")
     sel = load_selection(sel_path)
+    front_inv = front_invocation(sel, s)
+    names = row_names(sel)
+    invs = s[s.invocation == front_inv].reset_index(drop=True)
+    table, abl = frame(bench, front_inv, TABLE_IDS, names), frame(bench, front_inv, ABLATION_IDS, names)
+    mode = "single" if len(table) == len(TABLE_IDS) and len(abl) == len(ABLATION_IDS) else "partial"
+    train = study_train(d, d.timestamp.max())  # newest train row per label: the checkpoints benched last
+    ft = d[(d.script == "train") & d.front.notna() & (d.device == "cuda")]
+    fr = front_frame(bench, front_inv, cfg, ft[ft.timestamp <= invs.timestamp.iloc[0]].groupby("label").tail(1))
     kp = kernels_path or default_kernels_path()
+    tp = tta_kernels_path or default_tta_kernels_path()
+    cut = cut_runs_path or os.path.join(RES, "bench_cut_runs.csv")
     f = Facts(rows=d, cfg=cfg, mode=mode, invs=invs, table=table, ablation=abl, front=fr, front_inv=front_inv,
               selection=sel, train=train, kernels=kernel_facts(kp), hash_check=check_hashes(invs, config_hash(cfg)),
-              sources=[os.path.relpath(p, ROOT) for p in (sel_path, kp) if p])
+              older=s[s.invocation != front_inv].reset_index(drop=True), tta_kernels=tta_kernel_facts(tp, sel),
+              recovered=recovered(cut, cfg) if mode == "partial" else {},
+              sources=[os.path.relpath(p, ROOT) for p in (sel_path, kp, tp) if p])
+    f.rec = recovered_frame(f)
+    f.timing = f.rec if len(f.rec) else complete_timing(f)
+    f.timing_src = f"the cut bench {f.recovered['used']}" if len(f.rec) else f"invocation {front_inv}"
+    if f.recovered.get("path"):
+        f.sources.append(f.recovered["path"])
     f.n = derive(f, ft)
     return f
 
@@ -319,11 +486,10 @@ def row(f, v):
 
 
 def ratio(a, b, col="lat_p50_ms"):
-    """a / b on a column, with whether both rows come from one invocation."""
+    """a / b on a column of two rows of one frame (one invocation)."""
     if a is None or b is None or pd.isna(a.get(col)) or pd.isna(b.get(col)):
         return None
-    return {"x": float(a[col] / b[col]), "a": float(a[col]), "b": float(b[col]), "same": a.invocation == b.invocation,
-            "tags": (a.tag, b.tag)}
+    return {"x": float(a[col] / b[col]), "a": float(a[col]), "b": float(b[col])}
 
 
 def tta_effect(fr):
@@ -363,14 +529,58 @@ def cluster(fr, tta="none", within=1.1):
             "acc_lo": float(c.acc_mean.min()), "acc_hi": float(c.acc_mean.max()), "within": within}
 
 
-def cv_groups(f):
-    """Run-to-run CV of CUDA-graph paths vs eager paths, over the rows of the report."""
-    rows = pd.concat([f.table, f.ablation])
-    rows = rows[rows.cv_pct.notna()]
-    graph = rows.cuda_graph.astype(str).str.lower().eq("true") | rows.compile.astype(str).eq("reduce-overhead")
-    g, e = rows[graph].cv_pct, rows[~graph].cv_pct
-    return {"graph_max": float(g.max()) if len(g) else None, "eager_min": float(e.min()) if len(e) else None,
-            "eager_max": float(e.max()) if len(e) else None, "eager_ids": list(e.index)}
+def rec_row(f, v):
+    """A row of the timing frame (the recovered cut bench, else the complete rows) by ID, or None."""
+    return f.timing.loc[v] if f.timing is not None and v in f.timing.index else None
+
+
+def complete_timing(f):
+    """The complete rows in the recovered frame's columns, for a front invocation that holds every
+    variant (then no cut bench is read and the prose compares these)."""
+    t = pd.concat([f.table, f.ablation])
+    if t.empty:
+        return t
+    return pd.DataFrame({"p50_ms": t.lat_p50_ms, "speedup_p50": t.sp, "ci_low": t.sp_lo, "ci_high": t.sp_hi,
+                         "hw": t.hw, "label": t.label, "acc": t.acc}, index=t.index)
+
+
+def halfwidths(f, ids=("B2", "O2")):
+    """Speedup interval half-widths (%) in the timing frame against issue 8's goal."""
+    goal = GOALS["halfwidth_pct"]["value"]
+    out = {}
+    for v in ids:
+        r = rec_row(f, v)
+        if r is not None and pd.notna(r.hw):
+            out[v] = {"hw": float(r.hw), "over": float(r.hw - goal), "x": float(r.hw / goal)}
+    return out
+
+
+def goal_miss(f):
+    """F's host p50 (front invocation) against the latency goal: how far above, in %."""
+    F, goal = row(f, "F"), GOALS["lat_ms"]["value"]
+    if F is None:
+        return None
+    F85 = row(f, "F85")
+    return {"p50": float(F.lat_p50_ms), "goal": goal, "pct": float(100 * (F.lat_p50_ms / goal - 1)),
+            "f85_p50": float(F85.lat_p50_ms) if F85 is not None else None}
+
+
+def b1_spread(f):
+    """B1's speedup-interval half-width in every invocation the report reads: the eager noise."""
+    out = [(f.front_inv, float(r.hw)) for r in [row(f, "B1")] if r is not None and pd.notna(r.hw)]
+    for inv, (t, _) in (f.recovered.get("invs") or {}).items():
+        if "B1" in t.index:
+            out.append((inv, float(t.loc["B1"].hw)))
+    return out
+
+
+def params_ratio(f, a="B2", b="B1"):
+    """Parameter count of a's checkpoint / b's, from their train rows."""
+    ka, kb = ckpt_tag(f.cfg, f.selection, a), ckpt_tag(f.cfg, f.selection, b)
+    t = f.train
+    if ka in t.index and kb in t.index and pd.notna(t.loc[ka].n_params) and pd.notna(t.loc[kb].n_params):
+        return float(t.loc[ka].n_params / t.loc[kb].n_params)
+    return None
 
 
 def shipped(f):
@@ -400,28 +610,21 @@ def shipped(f):
     return out
 
 
-def tuning_gain(k):
-    """Host p50 gained by the best kernel path over the plain one, first pass and repeat."""
-    a = {name: (x, y) for name, x, y in k["again"]}
-    if k["best"] == k["ours"] or k["best"] not in a or k["ours"] not in a:
-        return None
-    (b1, b2), (p1, p2) = a[k["best"]], a[k["ours"]]
-    return p1 - b1, p2 - b2
-
-
 def derive(f, ft):
-    """Every number the prose quotes, computed here once."""
-    n = {}
-    F, F85 = row(f, "F"), row(f, "F85")
-    n["f_cudnn"] = ratio(row(f, "F_cudnn"), F)
-    n["f_cudnn_gpu"] = ratio(row(f, "F_cudnn"), F, "gpu_lat_p50_ms")
-    n["f85_cudnn"] = ratio(row(f, "F85_cudnn"), F85)
-    n["steps"] = [(a, b, ratio(row(f, a), row(f, b))) for a, b in zip(STEP_CHAIN, STEP_CHAIN[1:])
-                  if row(f, a) is not None and row(f, b) is not None]
-    n["b2_b1"] = ratio(row(f, "B1"), row(f, "B2"))
-    n["b2_b1_size"] = ratio(row(f, "B2"), row(f, "B1"), "size_mb")
-    n["d1_o1_acc"] = (float(row(f, "D1").acc - row(f, "O1").acc)
-                      if row(f, "D1") is not None and row(f, "O1") is not None else None)
+    """Every number the prose quotes, computed here once.  Latency comparisons between variants use
+    one invocation each: the front invocation's complete rows, or the recovered cut bench."""
+    n, R = {}, lambda v: rec_row(f, v)  # noqa: E731
+    n["steps"] = [(a, b, ratio(R(a), R(b), "p50_ms")) for a, b in zip(STEP_CHAIN, STEP_CHAIN[1:])
+                  if R(a) is not None and R(b) is not None]
+    n["f_cudnn"] = ratio(R("F_cudnn"), R("F_kern"), "p50_ms")  # same weights, same invocation
+    n["f85_cudnn"] = ratio(R("F85_cudnn"), R("F85"), "p50_ms")
+    n["b2_b1"] = ratio(R("B1"), R("B2"), "p50_ms")
+    n["b2_b1_params"] = params_ratio(f)
+    kd, st = (f.train.loc[k] if k in f.train.index else None
+              for k in (ckpt_tag(f.cfg, f.selection, "D1"), ckpt_tag(f.cfg, f.selection, "O1")))
+    n["d1_o1_acc"] = float(kd.acc - st.acc) if kd is not None and st is not None else None
+    n["halfwidths"], n["goal"], n["b1_spread"] = halfwidths(f), goal_miss(f), b1_spread(f)
+    n["retrain"] = retrain_check(os.path.join(RES, "logs", "table_train.log"), f.train) if f.recovered else None
     fr = f.front
     n["tta"] = tta_effect(fr) if len(fr) else None
     n["cluster"] = cluster(fr) if len(fr) else None
@@ -432,13 +635,15 @@ def derive(f, ft):
     n["rule"] = rule_check(fr, sel, f.cfg)
     n["host_gap_us"] = {v: (float(r.lat_p50_ms - r.gpu_lat_p50_ms) * 1000, float(r.gpu_lat_p50_ms - r.gpu_pipelined_ms) * 1000)
                         for v in ("F", "F85") if (r := row(f, v)) is not None and pd.notna(r.get("gpu_pipelined_ms"))}
-    n["cv"] = cv_groups(f)
     n["shipped"] = shipped(f)
     k = f.kernels
     if k.get("cudnn") and k.get("ours"):
-        c, o, b = k["paths"][k["cudnn"]], k["paths"][k["ours"]], k["paths"][k["best"]]
+        c, o = k["paths"][k["cudnn"]], k["paths"][k["ours"]]
         n["kern"] = {"n_cudnn": len(c["kern"]), "n_ours": len(o["kern"]), "sum_cudnn": c["sum"], "sum_ours": o["sum"],
-                     "p50_cudnn": c["p50"], "p50_best": b["p50"], "best": k["best"], "pipe_cudnn": c["pipe"],
-                     "pipe_best": b["pipe"], "tail3_ours": sum(t for _, t in o["kern"][-3:]),
-                     "max_spread": max((abs(x - y) for _, x, y in k["again"]), default=None), "gain": tuning_gain(k)}
+                     "spread": max((abs(x - y) for name, x, y in k["again"] if name.startswith("kernels")), default=None)}
+    t = f.tta_kernels
+    if t.get("rows"):
+        fused = t["paths"][t["rows"][-1]]
+        n["f_kernels"] = {"n": len(fused["kern"]), "sum": fused["sum"], "tail3": sum(x for _, x in fused["kern"][-3:]),
+                          "p50": fused["p50"], "gpu": fused["gpu"], "pipe": fused["pipe"]}
     return n

@@ -5,11 +5,11 @@ import os
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
+from facts import BASELINES, TABLE_IDS  # noqa: E402
+
 MARKED = ("B1", "B2", "O2", "D1")  # baselines drawn beside the front
-TAG_COLORS = ["#2c7fb8", "#d95f0e", "#31a354", "#756bb1", "#636363"]
 
 
 def save(fig, path):
@@ -55,7 +55,7 @@ def place_labels(ax, pts):
     for i, (name, x, y) in enumerate(pts):
         for dx, dy, ha in OFFSETS:
             a = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, ha=ha)
-            bb = a.get_window_extent(fig.canvas.get_renderer()).expanded(1.05, 1.1)
+            bb = a.get_window_extent(fig.canvas.get_renderer()).expanded(1.2, 1.1)  # a gap between labels
             hits = any(bb.overlaps(p) for p in placed) or any(
                 bb.contains(*m) for j, m in enumerate(marks) if j != i)
             if not hits or (dx, dy, ha) == OFFSETS[-1]:
@@ -64,16 +64,29 @@ def place_labels(ax, pts):
             a.remove()
 
 
+def draw_baselines(ax, f):
+    """Filled: B1 of the front invocation (complete row).  Open: B1, B2, O2, D1 of the recovered cut
+    bench at their checkpoints' FP32 accuracy: another invocation, so drawn apart from the front."""
+    if "B1" in f.table.index:
+        r = f.table.loc["B1"]
+        ax.plot(r.lat_p50_ms, r.acc, "k^", ms=6)
+        ax.annotate("B1", (r.lat_p50_ms, r.acc), xytext=(0, -11), ha="center", textcoords="offset points", fontsize=7)
+    if f.rec is None or not len(f.rec):
+        return
+    for v in MARKED:
+        if v in f.rec.index:
+            r = f.rec.loc[v]
+            ax.plot(r.p50_ms, r.acc, "^", ms=6, mfc="none", mec="#555555")
+            # B1 and D1 sit close together: B1's label below, the others above
+            ax.annotate(f"{v} (cut)", (r.p50_ms, r.acc), xytext=(0, -11 if v == "B1" else 5), ha="right" if v == "B1"
+                        else "center", textcoords="offset points", fontsize=6.5, color="#555555")
+
+
 def front_figure(f, path):
     """Left: the front among the baselines (log p50); right: the front alone, labelled."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.6, 4.6), gridspec_kw={"width_ratios": [1, 1.35]})
     draw_front(a1, f)
-    for v in MARKED:
-        if v in f.table.index:
-            r = f.table.loc[v]
-            a1.plot(r.lat_p50_ms, r.acc, "k^", ms=6)
-            a1.annotate(f"{v} ({r.tag})" if f.mode == "fallback" else v, (r.lat_p50_ms, r.acc),
-                        xytext=(-4, 5), ha="right", textcoords="offset points", fontsize=7)
+    draw_baselines(a1, f)
     draw_front(a2, f)
     for a in (a1, a2):
         a.set_xscale("log")
@@ -82,11 +95,13 @@ def front_figure(f, path):
         a.grid(which="both", alpha=0.25)
         a.set_xlabel("batch-1 host p50 (ms, log scale)")
         a.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # 0.04, not 4 x 10^-2
+    lo, hi = a1.get_xlim()
+    a1.set_xlim(lo, hi * 1.6)  # room for the rightmost baseline's label (log axis: a factor)
     a1.xaxis.set_minor_formatter(NullFormatter())  # three decades: major ticks only
     a2.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # less than one decade: label the minors
     a1.set_ylabel("test accuracy (%)")
     a1.set_title("front and baselines (triangles)", fontsize=9)
-    a2.set_title(f"front only: invocation {f.front.invocation.iloc[0]}", fontsize=9)
+    a2.set_title(f"front only: invocation {f.front_inv}", fontsize=9)
     a2.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()  # labels are placed in the final layout's display space
     place_labels(a2, [(point_name(r), r.lat_p50_ms, r.acc_mean) for _, r in f.front.iterrows()])
@@ -94,26 +109,27 @@ def front_figure(f, path):
 
 
 def latency_figure(f, path):
-    """Table variants' host p50 (log), coloured by invocation, with speedup vs B1 and its interval."""
-    t = f.table.iloc[::-1]
-    tags = list(f.invs.tag)
+    """The table variants' host p50 (log) in the recovered cut bench, with speedup vs its B1 and interval."""
+    t = f.rec.loc[[v for v in TABLE_IDS if v in f.rec.index]].iloc[::-1]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.barh(range(len(t)), t.lat_p50_ms, color=[TAG_COLORS[tags.index(g) % len(TAG_COLORS)] for g in t.tag])
+    ax.barh(range(len(t)), t.p50_ms, color=["#2c7fb8" if v in BASELINES else "#d95f0e" for v in t.index])
     ax.set_yticks(range(len(t)))
-    ax.set_yticklabels([f"{v} ({r.tag})" if f.mode == "fallback" else v for v, r in t.iterrows()], fontsize=8)
+    ax.set_yticklabels(list(t.index), fontsize=8)
     ax.set_xscale("log")
     for i, (v, r) in enumerate(t.iterrows()):
-        sp = f"{r.sp:.1f}× [{r.sp_lo:.1f}–{r.sp_hi:.1f}]" if pd.notna(r.sp) else "no B1 in its invocation"
-        ax.text(r.lat_p50_ms * 1.08, i, f"{r.lat_p50_ms:.4f} ms  {sp}", va="center", fontsize=7)
-    ax.set_xlim(t.lat_p50_ms.min() / 1.5, t.lat_p50_ms.max() * 30)
-    ax.set_xlabel("batch-1 host p50 (ms, log scale); speedup p50 vs B1 of the same invocation [95 % interval]")
+        ax.text(r.p50_ms * 1.08, i, f"{r.p50_ms:.4f} ms  {r.speedup_p50:.1f}× [{r.ci_low:.1f}–{r.ci_high:.1f}]",
+                va="center", fontsize=7)
+    ax.set_xlim(t.p50_ms.min() / 1.5, t.p50_ms.max() * 30)
+    ax.set_xlabel(f"batch-1 host p50 (ms, log scale), cut bench {f.recovered['used']}; speedup p50 vs its B1 [95 %]")
     ax.grid(axis="x", which="both", alpha=0.25)
     return save(fig, path)
 
 
 def make(f, fig_dir):
     os.makedirs(fig_dir, exist_ok=True)
-    out = {"latency": latency_figure(f, os.path.join(fig_dir, "latency_bar.png"))}
+    out = {}
+    if f.rec is not None and len(f.rec):
+        out["latency"] = latency_figure(f, os.path.join(fig_dir, "latency_bar.png"))
     if len(f.front):
         out["front"] = front_figure(f, os.path.join(fig_dir, "front.png"))
     return out

@@ -1,10 +1,11 @@
-"""report/: input errors (one line, exit 2, nothing written), the choice of invocation (one that
-holds everything, else the stated fallback), the config-hash check, and a whole build on a
-synthetic single invocation into a temporary folder."""
+"""report/: input errors (one line, exit 2, nothing written), F / F85 taken from the invocation
+front.py chose them from (never newer rows named "F"), the config-hash check, a whole build on a
+synthetic single invocation, and the table recovered from a synthetic cut bench's run lines."""
 import json
 import os
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -94,17 +95,22 @@ def test_single_invocation_is_chosen_and_the_whole_report_builds(tmp_path, capsy
     out = build.outputs(str(tmp_path / "out"))
     f = build.run(csv, KERNELS, out=out, selection=sel)
     said = capsys.readouterr().out
-    assert f.mode == "single" and list(f.invs.invocation) == ["bench-full"]  # not the newer partial one
-    assert "ONE GPU invocation, bench-full" in said and "FALLBACK" not in said
+    assert f.mode == "single" and list(f.invs.invocation) == ["bench-full"]  # not the newer one
+    assert "ONE GPU invocation, bench-full" in said and "No single bench invocation" not in said
     assert list(f.table.index) == list(facts.TABLE_IDS) and list(f.ablation.index) == list(facts.ABLATION_IDS)
     assert f.table.loc["AB94"].variant == "P_AB94" and len(f.front) == 2 * len(shapes)
-    assert f.table.loc["F"].sp == pytest.approx(4.0 / 0.058)  # the row's own speedup column
-    assert f.n["f_cudnn"]["x"] == pytest.approx(0.084 / 0.058) and f.n["f_cudnn"]["same"]
+    # F / F85 are the selection's front points, not the rows named "F" / "F85" (nor bench-newer's F)
+    assert f.table.loc["F"].variant == f"P_{shapes[-1]}" and f.table.loc["F85"].variant == f"P_{shapes[0]}"
+    p_f = 0.030 + 0.006 * (len(shapes) - 1)
+    assert f.table.loc["F"].lat_p50_ms == pytest.approx(p_f) and f.table.loc["F"].sp == pytest.approx(4.0 / p_f)
+    assert f.n["f_cudnn"]["x"] == pytest.approx(0.084 / 0.058)  # F_cudnn vs F_kern, complete rows
     assert f.n["rule"]["F85"] == f"P_{shapes[0]}"  # front.py's rule re-applied to this front
-    assert f.hash_check["ok"] and "Config check: every row carries" in said
+    assert f.hash_check["ok"] and "Config check: the rows used carry" in said
+    assert f.rec.empty and not f.recovered  # nothing recovered when the invocation holds every row
     table = open(out["table"]).read()
-    assert "bench-full" in table and "(a)" not in table  # one invocation: no tags
-    assert f"| F | fastnet {shapes[-1]} | 94.40 |" in table and "0.0580" in table
+    assert "bench-full" in table and "bench-newer" not in table
+    acc_f = 86.0 + 1.7 * (len(shapes) - 1)
+    assert f"| F | fastnet {shapes[-1]} | {acc_f:.2f} |" in table and f"{p_f:.4f}" in table
     assert "NOT committed" in open(out["ckpt"]).read() or "NOT in the repository" in open(out["ckpt"]).read()
     assert os.path.getsize(out["pdf"]) > 10_000 and os.path.isfile(os.path.join(out["figs"], "front.png"))
 
@@ -119,16 +125,21 @@ def test_config_hash_mismatch_warns(tmp_path, capsys):
     assert line in said and "carry 0123456789ab" in said and line in open(out["table"]).read()
 
 
-def test_committed_results_fall_back_to_several_invocations_and_say_so():
+def test_committed_results_take_f_from_the_front_invocation_and_recover_the_cut_bench():
     f = facts.gather(COMMITTED, KERNELS)
     if f.mode == "single":
         pytest.skip("results.csv now holds one invocation with every row")
-    t = f.table
-    assert t.loc["B1"].invocation == t.loc["O1"].invocation  # the baselines stay together
-    assert t.loc["F"].invocation == t.loc["F85"].invocation != t.loc["B1"].invocation
-    assert t.loc["AB94"].variant in ("AB94", "P_AB94") and f.front_inv is not None
-    assert layout.provenance(f)[0].startswith("FALLBACK") and len(f.invs) >= 2
-    assert pd.isna(t.loc["F"].sp) or t.loc["F"].invocation == t.loc["B1"].invocation  # never across invocations
+    sel = json.load(open(os.path.join(ROOT, "results", "front_selection.json")))
+    inv = sel["F"]["invocation"]
+    assert list(f.invs.invocation) == [inv] and f.front_inv == inv
+    for role in ("F", "F85"):  # the selected P_ rows, not the newest rows named F / F85
+        assert f.table.loc[role].variant == sel[role]["variant"] and f.table.loc[role].invocation == inv
+    assert f.table.loc["B1"].invocation == inv and pd.notna(f.table.loc["F"].sp)
+    assert layout.provenance(f)[0].startswith("No single bench invocation holds every row")
+    rec = f.recovered
+    assert rec["used"] in rec["invs"] and list(f.rec.index) == list(facts.TABLE_IDS + facts.ABLATION_IDS)
+    assert set(f.rec.loc[["F", "F85", "AB94"]].acc_src) == {"path"} and f.rec.loc["B2"].acc_src == "ckpt"
+    assert f.rec.loc["F"].acc == f.table.loc["F"].acc
 
 
 def test_host_vs_gpu_cells():
@@ -143,3 +154,47 @@ def test_pareto_keeps_only_undominated_points():
     fr = pd.DataFrame({"lat_p50_ms": [0.03, 0.031, 0.04, 0.05], "acc_mean": [86.0, 85.0, 90.0, 89.0]},
                       index=["a", "b", "c", "d"])
     assert facts.pareto(fr) == ["a", "c"]
+
+
+# ============================================================================= recovered cut bench
+def cut_runs(inv, variants, p50, runs, drop=()):
+    """Run lines of one cut bench: variant v's run r has p50 p50[v] * (1 + r / 100); (r, v) in drop is
+    missing (the run was cut there)."""
+    return [dict(invocation=inv, gpu="Test GPU 80GB", run=r, variant=v, mean_ms=p50[v] * (1 + r / 100) * 1.1,
+                 p50_ms=p50[v] * (1 + r / 100), p95_ms=p50[v] * 1.5) for r in range(1, runs + 1) for v in variants
+            if (r, v) not in drop]
+
+
+def test_recovered_table_from_a_synthetic_cut_bench(tmp_path):
+    import utils
+    h = config_hash(load_config())
+    csv, sel, shapes = write_study(tmp_path, h)
+    d = pd.read_csv(csv)  # keep only B1 and the front points of the complete invocation: a front stage
+    d = d[(d.invocation != "bench-full") | d.variant.isin(["B1"]) | d.variant.str.startswith("P_", na=False)
+          | (d.script != "bench")]
+    d.to_csv(csv, index=False)
+    ids = list(facts.TABLE_IDS + facts.ABLATION_IDS)
+    p50 = {v: 4.0 if v in facts.BASELINES else 0.05 + 0.001 * i for i, v in enumerate(ids)}
+    old = cut_runs("bench-20990101-000000-aaaa", ids[:-1], p50, 3)  # lacks F85_cudnn: not usable
+    new = cut_runs("bench-20990101-010000-bbbb", ids, p50, 4, drop={(4, "F_kern")})  # run 4 incomplete
+    runs = tmp_path / "cut.csv"
+    pd.DataFrame(old + new).to_csv(runs, index=False)
+    out = build.outputs(str(tmp_path / "out"))
+    f = build.run(csv, KERNELS, out=out, selection=sel, cut_runs=str(runs))
+    assert f.mode == "partial" and f.recovered["used"] == "bench-20990101-010000-bbbb"
+    assert f.recovered["n_full"] == 3 and list(f.rec.index) == ids
+    r = f.rec.loc["F_fp32"]
+    expect = [p50["F_fp32"] * (1 + k / 100) for k in (1, 2, 3)]  # complete runs only
+    assert r.runs == 3 and r.p50_ms == pytest.approx(np.median(expect))
+    sp = utils.speedup_interval([[p50["B1"] * (1 + k / 100)] for k in (1, 2, 3)], [[x] for x in expect])
+    assert (r.speedup_p50, r.ci_low, r.ci_high) == pytest.approx(sp)
+    assert r.hw == pytest.approx(100 * max(sp[0] - sp[1], sp[2] - sp[0]) / sp[0])
+    assert r.other_p50 == pytest.approx(np.median([p50["F_fp32"] * (1 + k / 100) for k in (1, 2, 3)]))
+    # accuracy: through the path for the selected points, the checkpoint's train row otherwise
+    assert f.rec.loc["F"].acc_src == "path" and f.rec.loc["F"].acc == f.table.loc["F"].acc
+    assert f.rec.loc["F_fp32"].acc_src == "ckpt" and f.rec.loc["F_fp32"].acc_of == f"front_{shapes[-1]}_s42"
+    assert f.rec.loc["B2"].acc_src in ("ckpt", "")  # no resnet18 train row in the synthetic study: left empty
+    table = open(out["table"]).read()
+    assert "timing only, recovered from the log of a cut bench" in table and "bench-20990101-010000-bbbb" in table
+    assert "No single bench invocation holds every row" in table
+    assert os.path.getsize(out["pdf"]) > 10_000 and os.path.isfile(os.path.join(out["figs"], "latency_bar.png"))
