@@ -72,7 +72,7 @@ def test_full_pipeline_on_cpu(tiny):
     out = ok(run_script("bench.py", "--variant", "all", "--config", tiny, "--raw", os.path.join(d, "raw.npz"))).stdout
     assert "speedup" in out
     bench = [x for x in rows(tiny) if x["script"] == "bench" and not x["front"]]
-    cfg_variants = {"B1", "B2", "O1", "O2", "O3", "D1", "F", "F85", "O2d", "F_fp32", "F_fp16", "F_cl", "F_fold",
+    cfg_variants = {"B1", "B2", "O1", "O2", "O3", "D1", "F", "F85", "AB94", "O2d", "F_fp32", "F_fp16", "F_cl", "F_fold",
                     "F_fuse", "F_graph", "F_compile", "F_kern", "F_cudnn", "F85_cudnn"}
     assert {x["variant"] for x in bench} == cfg_variants
     assert len({x["invocation"] for x in bench if x["variant"] != "B1"}) == 1
