@@ -409,8 +409,9 @@ def checkpoints_md(f):
             "both and checks them against the PyTorch logits on the first `--n-check` test images (default 1000)."]
     tta = f.n["shipped"]["F"].get("tta", "none")
     if tta != "none":
-        out.append(f"The exports hold the plain net: F's timed path adds TTA '{tta}' (fused into our kernels), they "
-                   "do not.")
+        out.append(f"They also hold F's TTA '{tta}' (the mode stored in the checkpoint; export.py wraps the views "
+                   "and their weighted mean around the net and checks against the unfolded model under the same "
+                   "views): the same function as F's timed path, in FP32.")
     out += ["", "## Rebuilt, not committed", "", "Other checkpoints are rebuilt by `sh reproduce.sh train` (B2, B1, "
             "D1) and `sh reproduce.sh front` (every front shape x seed, then front.py). Their newest training rows:", ""]
     out += md_table(["tag", "FP32 test acc %", "epochs", "train s", "file (as trained)"], train_rows(f))
