@@ -327,18 +327,24 @@ def default_kernels_path(slack_s=120):
     return max(p for p in c if os.path.getmtime(p) >= newest - slack_s)
 
 
+def kernel_paths(path):
+    """{path name: p50, p95, gpu, pipe, kern [(kernel, µs)], sum µs} of a kernel_bench.json or a
+    kernel_tta.json (the same per-path format), or one line naming the file it cannot read."""
+    try:
+        k = json.load(open(path))
+    except (OSError, ValueError) as e:
+        raise ReportError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+    return {n: {"p50": r["p50"], "p95": r["p95"], "gpu": r.get("gpu"), "pipe": r.get("pipe"),
+                "kern": r.get("kernels") or [], "sum": sum(t for _, t in r.get("kernels") or [])}
+            for n, r in k.items()}
+
+
 def kernel_facts(path):
     """Per-path timings (µs) of tools/kernel_bench.py's json, with the lines of its log that say
     which machine and which weights."""
     if not path:
         return {}
-    try:
-        k = json.load(open(path))
-    except (OSError, ValueError) as e:
-        raise ReportError(f"cannot read {path} ({type(e).__name__}: {e})") from None
-    paths = {n: {"p50": r["p50"], "p95": r["p95"], "gpu": r.get("gpu"), "pipe": r.get("pipe"),
-                 "kern": r.get("kernels") or [], "sum": sum(t for _, t in r.get("kernels") or [])}
-             for n, r in k.items()}
+    paths = kernel_paths(path)
     timed = [n for n, r in paths.items() if r["gpu"] is not None and "again" not in n]
     ours = [n for n in timed if n.startswith("kernels")]
     # profiler durations under PDL include the wait for the previous kernel: per-kernel µs from a
@@ -382,13 +388,7 @@ def tta_kernel_facts(path, sel):
     every shape in the file."""
     if not path:
         return {}
-    try:
-        k = json.load(open(path))
-    except (OSError, ValueError) as e:
-        raise ReportError(f"cannot read {path} ({type(e).__name__}: {e})") from None
-    paths = {n: {"p50": r["p50"], "p95": r["p95"], "gpu": r.get("gpu"), "pipe": r.get("pipe"),
-                 "kern": r.get("kernels") or [], "sum": sum(t for _, t in r.get("kernels") or [])}
-             for n, r in k.items()}
+    paths = kernel_paths(path)
     prefixes = [n[:-len(" none")] for n in paths if n.endswith(" none")]  # "AB94 (random)", "w7 (checkpoint)"
     tta = sel["F"]["tta"] if sel["F"]["tta"] != "none" else "flip"
     gains = [{"shape": p, "old": paths[f"{p} {tta} TTANet (old)"]["p50"], "fused": paths[f"{p} {tta} fused"]["p50"]}
