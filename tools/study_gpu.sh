@@ -17,43 +17,36 @@ set -o pipefail
 R=/root/study
 cmd=$1; shift
 
-job() {
+setup() {  # the repo copy, the data, the results file and the card; S = the path overrides
   cd "$R/repo" || exit 2
   mkdir -p "$R/logs" data && ln -sf /root/cifar10.npz data/cifar10.npz
   cp results/results.csv "$R/results.csv"          # earlier rows kept; the header is upgraded
-  S=(--set "paths.checkpoints=$R/ckpt" --set "paths.manifest=$R/ckpt/manifest.json"
-     --set "paths.results=$R/results.csv" --set "paths.final_model=$R/final_model.pth"
-     --set "paths.f85_model=$R/f85_model.pth" --set "paths.front_selection=$R/front_selection.json")
+  S=(--set "paths.checkpoints=$R/ckpt" --set "paths.manifest=$R/ckpt/manifest.json" --set "paths.results=$R/results.csv")
   card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+}
+
+step() {  # name, command...: run, log, time; on failure stop the job (unless GO_ON is set)
+  local name=$1; shift; echo "stage $name started $(date -u +%H:%M:%S)" >> "$R/progress"; local t=$(date +%s)
+  PYTHONUNBUFFERED=1 "$@" > "$R/logs/$name.log" 2>&1; local rc=$?
+  echo "$name: wall $(( $(date +%s) - t )) s on $card (exit $rc)" | tee -a "$R/logs/$name.log" >> "$R/progress"
+  [ $rc -eq 0 ] || [ -n "${GO_ON:-}" ] || { echo "FAILED $name" >> "$R/progress"; echo "$rc" > "$R/done"; exit "$rc"; }
+}
+
+job() {  # every reproduce.sh stage, then F's per-kernel table and the GPU tests
+  setup
+  S+=(--set "paths.final_model=$R/final_model.pth" --set "paths.f85_model=$R/f85_model.pth"
+      --set "paths.front_selection=$R/front_selection.json")
   for stage in train front bench; do
-    echo "stage $stage started $(date -u +%H:%M:%S)" >> "$R/progress"
-    start=$(date +%s)
-    LATENCY_RAW=$R/latency_raw.npz PYTHONUNBUFFERED=1 sh reproduce.sh "$stage" "${S[@]}" > "$R/logs/$stage.log" 2>&1
-    rc=$?
-    echo "reproduce.sh $stage: wall $(( $(date +%s) - start )) s on $card (exit $rc)" | tee -a "$R/logs/$stage.log" >> "$R/progress"
-    [ $rc -eq 0 ] || { echo "FAILED $stage" >> "$R/progress"; echo "$rc" > "$R/done"; return; }
+    step "$stage" env LATENCY_RAW="$R/latency_raw.npz" sh reproduce.sh "$stage" "${S[@]}"
   done
   cp "$R/final_model.pth" checkpoints/final_model.pth && cp "$R/f85_model.pth" checkpoints/f85_model.pth
-  echo "stage kernels started $(date -u +%H:%M:%S)" >> "$R/progress"
-  python3 tools/kernel_profile.py --out "$R/kernels" "${S[@]}" > "$R/logs/kernels.log" 2>&1
-  echo "kernel_profile exit $?" >> "$R/progress"
-  python3 -m pytest -q tests/test_gpu.py > "$R/logs/test_gpu.log" 2>&1
-  echo "test_gpu exit $? ($(tail -1 "$R/logs/test_gpu.log"))" >> "$R/progress"
+  GO_ON=1 step kernels python3 tools/kernel_profile.py --out "$R/kernels" "${S[@]}"
+  GO_ON=1 step test_gpu python3 -m pytest -q tests/test_gpu.py
   echo 0 > "$R/done"
 }
 
 table_job() {  # the table + ablation in one invocation, on the committed F / F85 (front already benched)
-  cd "$R/repo" || exit 2
-  mkdir -p "$R/logs" data && ln -sf /root/cifar10.npz data/cifar10.npz
-  cp results/results.csv "$R/results.csv"
-  S=(--set "paths.checkpoints=$R/ckpt" --set "paths.manifest=$R/ckpt/manifest.json" --set "paths.results=$R/results.csv")
-  card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-  step() {  # name, command...: run, log, time; stop the job on failure
-    local name=$1; shift; echo "stage $name started $(date -u +%H:%M:%S)" >> "$R/progress"; local t=$(date +%s)
-    PYTHONUNBUFFERED=1 "$@" > "$R/logs/$name.log" 2>&1; local rc=$?
-    echo "$name: wall $(( $(date +%s) - t )) s on $card (exit $rc)" | tee -a "$R/logs/$name.log" >> "$R/progress"
-    [ $rc -eq 0 ] || { echo "$rc" > "$R/done"; exit "$rc"; }
-  }
+  setup
   step train sh reproduce.sh train "${S[@]}"
   # F's and F85's other front seeds (their seed-42 files are the committed checkpoints, registered as such)
   step front_seeds python3 train.py --front AB94,t3 --set "front.seeds=[1,2]" "${S[@]}"
