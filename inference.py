@@ -75,11 +75,16 @@ def kernel_net(cfg, model, a):
     return KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
 
 
+def kernel_net_of(net):
+    """The KernelNet inside a path (KernelPath, or the TTANet around one), else None."""
+    return getattr(net, "kn", None) or getattr(getattr(net, "net", None), "kn", None)
+
+
 def weight_bytes(net):
     """Bytes of the weights as run: module parameters and buffers, or, for our kernel path (whose
     weights are plain tensors of the KernelNet, not parameters), its per-layer weights and biases
     and the head's.  (Counting parameters alone gave 0 MB for every kernel-path row.)"""
-    kn = getattr(net, "kn", None) or getattr(getattr(net, "net", None), "kn", None)
+    kn = kernel_net_of(net)
     if kn is None:
         return param_bytes(net)
     ts = [t for sp in kn.specs for t in (sp["w"], sp["b"])] + [kn.hw, kn.hb]

@@ -56,7 +56,7 @@ def main():
         p95 = float(np.percentile(np.concatenate(lat[n]), 95))
         gpu = float(np.median(utils.time_gpu_events(lambda: im(im.static_in), 200)))
         pipe = utils.time_pipelined(lambda: im(im.static_in), 200)
-        kn = getattr(getattr(im.net, "kn", None) or getattr(getattr(im.net, "net", None), "kn", None), "kernel_count", None)
+        kn = getattr(inference.kernel_net_of(im.net), "kernel_count", None)
         acc = inference.evaluate_inference(im, data, cfg.eval.batch_size, 0)["acc"]
         print(f"{n:<18s} {p50:8.4f} {p95:8.4f} {gpu:8.4f} {pipe:8.4f} {kn() if kn else '-':>7} {acc:7.2f}")
 
