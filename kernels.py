@@ -230,19 +230,28 @@ if triton is not None:
         tl.store(hcnt_ptr, 0)
 
     @triton.jit
-    def _epilogue(acc, b_ptr, y_ptr, n, tile, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
-                  vw_ptr, n_fin, BP: tl.constexpr, S: tl.constexpr, BN: tl.constexpr, HWO: tl.constexpr,
+    def _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
+                  hcnt_ptr, vw_ptr, n_fin, BP: tl.constexpr, S: tl.constexpr, BN: tl.constexpr, HWO: tl.constexpr,
                   COUT: tl.constexpr, ACT: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr,
                   NV: tl.constexpr, CP: tl.constexpr):
-        # pool (max of 4 consecutive rows) before bias and activation: exact for any act
+        # pool (max of 4 consecutive rows) before bias and activation: exact for any act;
+        # bias (and the head's weights) were loaded before the K loop: no round trip here
         if S == 4:
             v = tl.max(tl.reshape(acc, (BP, 4, BN)), axis=1)
         else:
             v = acc
-        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0)
         v = _act(v + bias[None, :], ACT)
         q = tile * BP + tl.arange(0, BP)
-        if HEAD:
+        if HEAD == 2:
+            # the tile holds the whole map (one row tile): its channel max is final, so its
+            # share of the logits, w_v * (Wfc[:, cols] @ max + [pid_n == 0] b), is added into
+            # the output (zeroed by the first layer's kernel): no global max, no last tile
+            vm = tl.where((q < HWO)[:, None] & cmask[None, :], v, float("-inf"))
+            f = tl.where(cmask, tl.max(vm, axis=0), 0.0)
+            part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
+            cls = tl.arange(0, 16)
+            tl.atomic_add(out_ptr + (n // NV) * 16 + cls, tl.load(vw_ptr + n % NV) * part)
+        elif HEAD == 1:
             # global max: this tile's max per channel, then the last tile does the linear
             vm = tl.where((q < HWO)[:, None], v, float("-inf"))
             tl.atomic_max(hmax_ptr + n * COUT + cols, tl.max(vm, axis=0), mask=cmask)
@@ -280,12 +289,16 @@ if triton is not None:
                    ACT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                    GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                    NV: tl.constexpr, VIEW: tl.constexpr, STEM: tl.constexpr, KS: tl.constexpr,
-                   KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr):
+                   KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr, ZOUT: tl.constexpr,
+                   PDL: tl.constexpr):
         """One work item of a folded conv layer (+ fused 2x2 pool, bias, act; + head when
         HEAD): row tile pid_m = (map, tile), channel tile pid_n, K slice sid of SPLIT (KI K
         steps in all).  Map n = image n // NV, TTA view n % NV; the first layer (VIEW) makes
         the view itself from its image's loads.  STEM: the input is the image and the stem
-        is computed per tap (_stem_tap); K step = one tap of all CIN = stem channels."""
+        is computed per tap (_stem_tap); K step = one tap of all CIN = stem channels.
+        The constant operands of the epilogue (bias, the head's weights) are loaded first,
+        before the PDL wait (weights do not depend on the previous layer).  ZOUT: this is the
+        first layer of a net whose head adds into the output (HEAD == 2): zero it."""
         n = pid_m // m_tiles
         tile = pid_m - n * m_tiles
         BM: tl.constexpr = BP * S
@@ -301,6 +314,20 @@ if triton is not None:
         else:
             x_base = x_ptr + n * IMG
             fl, dy, dx = 0, 0, 0
+        bias = tl.load(b_ptr + cols, mask=cmask, other=0.0)
+        if HEAD == 2:
+            cls = tl.arange(0, 16)
+            wfc = tl.load(hw_ptr + cls[:, None] * CP + cols[None, :], mask=cmask[None, :], other=0.0)
+            bfc = tl.load(hb_ptr + cls)
+        else:
+            wfc, bfc = 0.0, 0.0
+        if PDL:  # wait for the previous layer, and let the next one start launching
+            gdc_wait()
+            gdc_launch_dependents()
+        if ZOUT:
+            if (pid_m == 0) & (pid_n == 0) & (sid == 0):
+                for i in tl.static_range(NB // NV):
+                    tl.store(out_ptr + i * 16 + tl.arange(0, 16), tl.zeros([16], dtype=tl.float32))
         k_lo = sid * KI // SPLIT
         k_hi = (sid + 1) * KI // SPLIT
         acc = tl.zeros([BM, BN], dtype=tl.float32)
@@ -321,8 +348,8 @@ if triton is not None:
                         other=0.0)
             acc = tl.dot(a, b, acc)
         if SPLIT == 1:
-            _epilogue(acc, b_ptr, y_ptr, n, tile, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
-                      vw_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP)
+            _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
+                      hcnt_ptr, vw_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP)
         else:
             # split-K: add this slice into the fp32 scratch; the last slice to arrive at the
             # tile takes the sum (and leaves zeros behind) and runs the epilogue
@@ -339,8 +366,8 @@ if triton is not None:
                 tot = tl.atomic_add(pp, zero, mask=cmask[None, :])
                 tl.store(pp, zero, mask=cmask[None, :])
                 tl.store(cnt_ptr + tid, 0)
-                _epilogue(tot, b_ptr, y_ptr, n, tile, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
-                          hcnt_ptr, vw_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP)
+                _epilogue(tot, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr,
+                          out_ptr, hcnt_ptr, vw_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP)
 
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, ws_ptr, bs_ptr,
@@ -352,17 +379,15 @@ if triton is not None:
                           BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                           GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                           NV: tl.constexpr, VIEW: tl.constexpr, STEM: tl.constexpr, KS: tl.constexpr,
-                          KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr, PDL: tl.constexpr):
+                          KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr, ZOUT: tl.constexpr,
+                          PDL: tl.constexpr):
         """One folded conv layer, grid = (NB * m_tiles, n_tiles, SPLIT): one work item
-        (_conv_work) per program."""
-        if PDL:  # wait for the previous layer, and let the next one start launching
-            gdc_wait()
-            gdc_launch_dependents()
+        (_conv_work) per program (which does the PDL wait, after its constant loads)."""
         _conv_work(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, ws_ptr, bs_ptr,
                    hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
                    tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1), m_tiles, SPLIT, n_fin,
                    H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP,
-                   NV, VIEW, STEM, KS, KSP, CSP, SACT)
+                   NV, VIEW, STEM, KS, KSP, CSP, SACT, ZOUT, PDL)
 
     @triton.jit
     def _grid_barrier(bar_ptr, nprog):
@@ -396,8 +421,8 @@ if triton is not None:
                      ACT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                      GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                      NV: tl.constexpr, VIEW: tl.constexpr, STEM: tl.constexpr, KS: tl.constexpr,
-                     KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr):
-        # a persistent program's share of one layer: items pid, pid + nprog, ... of the
+                     KSP: tl.constexpr, CSP: tl.constexpr, SACT: tl.constexpr, ZOUT: tl.constexpr):
+        # a persistent program's share of one layer (the pair kernel did the PDL wait): items pid, pid + nprog, ... of the
         # layer's (row tile, channel tile, K slice) grid, K slice fastest
         for w in range(pid, n_items, nprog):
             sid = w % SPLIT
@@ -407,7 +432,7 @@ if triton is not None:
                        hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr,
                        pid_m, pid_n, sid, n_tiles, m_tiles, SPLIT, n_fin,
                        H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP,
-                       NV, VIEW, STEM, KS, KSP, CSP, SACT)
+                       NV, VIEW, STEM, KS, KSP, CSP, SACT, ZOUT, False)
 
     @triton.jit
     def conv_pair_kernel(
@@ -418,12 +443,12 @@ if triton is not None:
             A_PAD: tl.constexpr, A_S: tl.constexpr, A_WO: tl.constexpr, A_HWO: tl.constexpr, A_ACT: tl.constexpr,
             A_BP: tl.constexpr, A_BN: tl.constexpr, A_BK: tl.constexpr, A_KI: tl.constexpr, A_GENERIC: tl.constexpr,
             A_HEAD: tl.constexpr, A_VIEW: tl.constexpr, A_STEM: tl.constexpr, A_KS: tl.constexpr,
-            A_KSP: tl.constexpr, A_CSP: tl.constexpr, A_SACT: tl.constexpr,
+            A_KSP: tl.constexpr, A_CSP: tl.constexpr, A_SACT: tl.constexpr, A_ZOUT: tl.constexpr,
             B_H: tl.constexpr, B_W: tl.constexpr, B_CIN: tl.constexpr, B_COUT: tl.constexpr, B_KH: tl.constexpr,
             B_PAD: tl.constexpr, B_S: tl.constexpr, B_WO: tl.constexpr, B_HWO: tl.constexpr, B_ACT: tl.constexpr,
             B_BP: tl.constexpr, B_BN: tl.constexpr, B_BK: tl.constexpr, B_KI: tl.constexpr, B_GENERIC: tl.constexpr,
             B_HEAD: tl.constexpr, B_VIEW: tl.constexpr, B_STEM: tl.constexpr, B_KS: tl.constexpr,
-            B_KSP: tl.constexpr, B_CSP: tl.constexpr, B_SACT: tl.constexpr,
+            B_KSP: tl.constexpr, B_CSP: tl.constexpr, B_SACT: tl.constexpr, B_ZOUT: tl.constexpr,
             NB: tl.constexpr, CP: tl.constexpr, NV: tl.constexpr, PDL: tl.constexpr):
         """Two consecutive layers in one persistent kernel (fuse_pairs): every program works
         through its share of layer A, all meet at a grid barrier, then layer B.  Phases
@@ -438,14 +463,14 @@ if triton is not None:
             _layer_items(a_x, a_w, a_b, a_y, a_part, a_cnt, a_ws, a_bs, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                          view_ptr, vw_ptr, a_n_tiles, a_m_tiles, a_SPLIT, a_n_fin, a_items, pid, nprog,
                          A_H, A_W, A_CIN, A_COUT, A_KH, A_PAD, A_S, A_WO, A_HWO, A_ACT, A_BP, A_BN, A_BK, A_KI,
-                         A_GENERIC, A_HEAD, NB, CP, NV, A_VIEW, A_STEM, A_KS, A_KSP, A_CSP, A_SACT)
+                         A_GENERIC, A_HEAD, NB, CP, NV, A_VIEW, A_STEM, A_KS, A_KSP, A_CSP, A_SACT, A_ZOUT)
             if ph_hi == 2:
                 _grid_barrier(bar_ptr, nprog)
         if ph_hi == 2:
             _layer_items(b_x, b_w, b_b, b_y, b_part, b_cnt, b_ws, b_bs, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                          view_ptr, vw_ptr, b_n_tiles, b_m_tiles, b_SPLIT, b_n_fin, b_items, pid, nprog,
                          B_H, B_W, B_CIN, B_COUT, B_KH, B_PAD, B_S, B_WO, B_HWO, B_ACT, B_BP, B_BN, B_BK, B_KI,
-                         B_GENERIC, B_HEAD, NB, CP, NV, B_VIEW, B_STEM, B_KS, B_KSP, B_CSP, B_SACT)
+                         B_GENERIC, B_HEAD, NB, CP, NV, B_VIEW, B_STEM, B_KS, B_KSP, B_CSP, B_SACT, B_ZOUT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -724,9 +749,20 @@ class KernelNet(torch.nn.Module):
         m, t = self.specs[i]["meta"], self.specs[i]["tiles"]
         return dict(H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"],
                     WO=m["WO"], HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"],
-                    KI=_k_steps(m, t), GENERIC=t["GENERIC"], HEAD=i == len(self.specs) - 1,
+                    KI=_k_steps(m, t), GENERIC=t["GENERIC"], HEAD=self._head_mode(i),
+                    ZOUT=i == 0 and len(self.specs) > 1,
                     VIEW=i == 0 and self.fused_views, STEM=m["STEM"], KS=m["KS"], KSP=m["KSP"], CSP=m["CSP"],
                     SACT=m["SACT"])
+
+    def _head_mode(self, i):
+        """0: not the last layer; 2: the last layer's row tile holds a whole map, so each tile
+        adds its share of the logits (the first kernel zeroes them, ZOUT: needs >= 2 layers;
+        harmless under mode 1, whose last tile stores them); 1: a global max over tiles, then
+        the last tile computes the logits."""
+        i = i % len(self.specs)
+        if i != len(self.specs) - 1:
+            return 0
+        return 2 if self.specs[i]["m_tiles"] == 1 and len(self.specs) > 1 else 1
 
     def _shared(self):
         return (self.hmax, self.hw, self.hb, self.out, self.hcnt, self.view_t, self.view_w)

@@ -58,11 +58,15 @@ def _rel_err(out, ref):
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
-def _errors(K, cfg, batch, dtype, split, seed):
+def _errors(K, cfg, batch, dtype, split, seed, last_bp=None):
     """Two calls of one KernelNet on fresh random images: the relative error of each (the
-    second call must see the scratch, counters and head max reset by the first)."""
+    second call must see the scratch, counters, head max and logits reset by the first).
+    last_bp: row tile of the last layer (smaller than its map: the head's global-max mode 1)."""
     layers, head = K.random_net(seed=seed, **cfg)
-    net = K.KernelNet(layers, head, batch=batch, tiles=_big_tiles(K, layers, head, batch, split))
+    tiles = _big_tiles(K, layers, head, batch, split)
+    if last_bp:
+        tiles[-1]["BP"] = last_bp
+    net = K.KernelNet(layers, head, batch=batch, tiles=tiles)
     g = torch.Generator().manual_seed(seed + 100)
     errs = []
     for _ in range(2):
@@ -70,7 +74,8 @@ def _errors(K, cfg, batch, dtype, split, seed):
         out = net(x).clone()
         assert out.shape == (batch, 10) and out.dtype == torch.float32
         errs.append(_rel_err(out, K.reference_forward(layers, head, x)))
-    return dict(errs=errs, kernels=net.kernel_count(), splits=[t["SPLIT"] for t in net.tiles()])
+    return dict(errs=errs, kernels=net.kernel_count(), splits=[t["SPLIT"] for t in net.tiles()],
+                head_mode=net._head_mode(-1))
 
 
 def _tta_errors(K, cfg, batch, dtype, modes, seed):
@@ -220,7 +225,7 @@ def _case(name):
         return r
     if name == "gelu_k2":  # 31x31 odd maps (floor pools 31->15->7), width 24 (gather path), N=3
         cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(1, 1), act="gelu")
-        return _errors(K, cfg, batch=3, dtype=torch.float16, split=2, seed=2)
+        return _errors(K, cfg, batch=3, dtype=torch.float16, split=2, seed=2, last_bp=16)  # 49 pooled px: 4 tiles
     raise ValueError(name)
 
 
@@ -228,11 +233,13 @@ def test_relu_k3_stem_batch1_uint8_splitk():
     r = _run_case("relu_k3")
     assert max(r["errs"]) < TOL, r
     assert r["kernels"] == 3 and max(r["splits"]) > 1, r
+    assert r["head_mode"] == 2, r  # one row tile holds the last map: each tile adds its share of the logits
 
 
 def test_gelu_k2_stem_batch3_fp16_odd_width():
     r = _run_case("gelu_k2")
     assert max(r["errs"]) < TOL, r
+    assert r["head_mode"] == 1, r  # 4 row tiles: global max, then the last tile's logits
 
 
 @pytest.mark.parametrize("case,modes", [("tta_whiten", ["flip"]), ("tta_k3_batch2", ["flip", "flip_translate"])])
