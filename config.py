@@ -130,6 +130,10 @@ VARIANT = {
     "tta": Field(str, "none", choices=TTA_MODES + ("ckpt",)),
     "front": Field(str, ""),     # set on generated front points: the shape's name
     "kernels": Field(bool, False),  # fastnet through our Triton kernels (kernels.py) instead of cuDNN
+    # their tiles: tuned = paths.kernel_tiles' entry for this GPU and layer (the heuristic where
+    # there is none; the row's notes count both) | heuristic.  kernel_pdl: programmatic dependent launch
+    "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
+    "kernel_pdl": Field(bool, False),
 }
 
 # A front shape: widths/depths, and optionally other models.fastnet keys it changes.
@@ -151,6 +155,7 @@ SCHEMA = {
         "final_model": Field(str),
         "f85_model": Field(str, "checkpoints/f85_model.pth"),
         "front_selection": Field(str, "results/front_selection.json"),
+        "kernel_tiles": Field(str, "results/kernels/tiles.json"),  # tools/kernel_tune.py's tile cache
         "data_npz": Field(str),
         "data_bundle": Field(str, "../shared/cifar10"),  # the offline bundle, unpacked into data_npz if missing
         "download_root": Field(str),

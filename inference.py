@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from config import resolve_path
 from utils import (FastNet, KitError, fold_bn_generic, load_model, norm_consts, normalize, param_bytes, progress,
                    resolve_checkpoint, sync_fn)
 
@@ -69,10 +70,19 @@ def kernel_net(cfg, model, a):
     if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
         raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    kw = dict(device=str(a["device"]), pdl=a.get("kernel_pdl", False),
+              tile_cache=resolve_path(cfg, cfg.paths.kernel_tiles) if a.get("kernel_tiles") == "tuned" else None)
     if a["tta"] in KERNEL_TTA and a.get("tta_fused", True):
-        return KernelPath(kernels.KernelNet(layers, head, batch=1, device=str(a["device"]), views=TTA_VIEWS[a["tta"]]))
+        return KernelPath(kernels.KernelNet(layers, head, batch=1, views=TTA_VIEWS[a["tta"]], **kw))
     n_views = len(TTA_VIEWS[a["tta"]])
-    return KernelPath(kernels.KernelNet(layers, head, batch=n_views, device=str(a["device"])))
+    return KernelPath(kernels.KernelNet(layers, head, batch=n_views, **kw))
+
+
+def kernel_notes(kn):
+    """One note for the row: how many layers ran tiles from the cache / the heuristic, and PDL."""
+    src = kn.tile_sources()
+    counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
+    return f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}"
 
 
 def kernel_net_of(net):
@@ -160,8 +170,11 @@ class InferenceModel:
         if not cuda and v.kernels:
             self.notes.append("cpu fallback: torch ops instead of the Triton kernels")
         self._cfg, self._fold_args = cfg, dict(fold_bn=v.fold_bn, fuse=v.fuse, device=device, dtype=self.dtype,
-                                               mem=self.mem, tta=self.tta, kernels=self.kernels)
+                                               mem=self.mem, tta=self.tta, kernels=self.kernels,
+                                               kernel_tiles=v.kernel_tiles, kernel_pdl=v.kernel_pdl)
         self.net = net = InferenceModel.folded_net(cfg, model, self._fold_args)
+        if kernel_net_of(net) is not None:
+            self.notes.append(kernel_notes(kernel_net_of(net)))
         self.size_mb = weight_bytes(net) / 1e6
         self.n_params = sum(p.numel() for p in model.parameters())
         self.mean, self.std = norm_consts(cfg.data.mean, cfg.data.std, device)

@@ -540,19 +540,61 @@ def _with_split(m, t, batch, target):
 
 
 def _candidates(m, batch, n_sm):
-    """A small build-time search space around the heuristic (shared shapes, split targets)."""
+    """The build-time search space around the heuristic: row tiles x1/x2 (and the whole map
+    when it has <= 16 pixels), 16-64 channel columns, K steps of 1, 2 or 4 times the
+    heuristic's (a longer step: fewer dependent trips round the K loop), and split-K aimed at
+    1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
+    argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
+    compiles them in parallel processes first (KernelNet._autotune(timed=False))."""
     h = heuristic_tiles(m, batch, n_sm)
+    bks = [h["BK"]]
+    if not (h["GENERIC"] or m["STEM"]):
+        bks += [bk for bk in (2 * h["BK"], 4 * h["BK"]) if bk <= 256 and m["CIN"] % bk == 0]
+    bps = [h["BP"], 2 * h["BP"]]
+    if m["HO"] * m["WO"] <= 16 and _pow2(m["HO"] * m["WO"]) not in bps:
+        bps.append(_pow2(m["HO"] * m["WO"]))  # the whole (small) map in one row tile: a last layer's head mode 2
     out = []
-    for bp_mul in (1, 2):
+    for bp in bps:
         for bn in (16, 32, 64):
             if bn > max(16, _pow2(m["COUT"])):
                 continue
-            for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):  # 1: no split-K (saves 2 L2 round trips)
-                t = dict(h, BP=h["BP"] * bp_mul, BN=bn)
-                t = _with_split(m, t, batch, tgt)
-                if t not in out:
-                    out.append(t)
+            for bk in bks:
+                for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):
+                    t = _with_split(m, dict(h, BP=bp, BN=bn, BK=bk), batch, tgt)
+                    if t not in out:
+                        out.append(t)
     return out
+
+
+def tile_key(m, nb, gpu):
+    """The tile cache's key of one layer: the GPU's name, the maps per call, the layer's shape."""
+    return f"{gpu}|nb={nb}|" + ",".join(f"{k}={m[k]}" for k in sorted(m))
+
+
+def read_tile_cache(path):
+    """{key: tiles} from a tile cache file (tools/kernel_tune.py writes it); {} if absent."""
+    import json
+    import os
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        d = json.load(f)
+    if not isinstance(d, dict) or not isinstance(d.get("tiles"), dict):
+        raise ValueError(f"{path}: not a tile cache (expected {{'tiles': {{key: tiles}}}}); "
+                         "delete it or rerun tools/kernel_tune.py")
+    return d["tiles"]
+
+
+def write_tile_cache(path, entries, meta):
+    """Merge {key: tiles} into the cache file (atomic replace): the newest tuning of a key wins."""
+    import json
+    import os
+    d = {"about": meta, "tiles": {**read_tile_cache(path), **entries}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(d, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
 
 
 class KernelNet(torch.nn.Module):
@@ -575,7 +617,7 @@ class KernelNet(torch.nn.Module):
     """
 
     def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
-                 fuse_stem=False, fuse_pairs=False):
+                 fuse_stem=False, fuse_pairs=False, tile_cache=None):
         super().__init__()
         ok, why = available(device)
         if not ok:
@@ -590,8 +632,13 @@ class KernelNet(torch.nn.Module):
         self.fuse_stem = bool(fuse_stem)
         self.specs = self._build_specs(layers)
         self._build_head(head)
+        self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "interpreter"
+        cache = read_tile_cache(tile_cache)
         for i, sp in enumerate(self.specs):
-            sp["tiles"] = dict(tiles[i]) if tiles else self._choose_tiles(sp, autotune)
+            if tiles:
+                sp["tiles"], sp["tile_source"] = dict(tiles[i]), "given"
+            else:
+                sp["tiles"], sp["tile_source"] = self._choose_tiles(sp, autotune, cache)
             self._alloc_scratch(sp)
         self._build_groups(fuse_pairs)
 
@@ -703,29 +750,48 @@ class KernelNet(torch.nn.Module):
         sp["part"] = torch.zeros(rows, m["COUT"] if t["SPLIT"] > 1 else 1, device=self.device)
         sp["cnt"] = torch.zeros(self.nb * mt * nt, dtype=torch.int32, device=self.device)
 
-    def _choose_tiles(self, sp, autotune):
+    def _choose_tiles(self, sp, autotune, cache):
+        """(tiles, source): the tile cache's entry for this GPU and layer shape ('cache'), else
+        the build-time search if autotune ('autotune'), else the heuristic ('heuristic')."""
         m = sp["meta"]
-        key = (tuple(sorted(m.items())), self.nb, self.pdl, autotune)
-        if key not in _TILE_CACHE:
+        key = tile_key(m, self.nb, self.gpu)
+        if key in cache:
+            return dict(cache[key]), "cache"
+        mem_key = (key, self.pdl, autotune)
+        if mem_key not in _TILE_CACHE:
             if autotune and self.device.type == "cuda":
-                _TILE_CACHE[key] = self._autotune(sp)
+                _TILE_CACHE[mem_key] = self._autotune(sp)
             else:
-                _TILE_CACHE[key] = heuristic_tiles(m, self.nb, self.n_sm)
-        return dict(_TILE_CACHE[key])
+                _TILE_CACHE[mem_key] = heuristic_tiles(m, self.nb, self.n_sm)
+        return dict(_TILE_CACHE[mem_key]), "autotune" if autotune and self.device.type == "cuda" else "heuristic"
 
-    def _autotune(self, sp):
+    def tuned_entries(self):
+        """{tile_key: tiles} of this net's autotuned layers: what tools/kernel_tune.py saves."""
+        return {tile_key(sp["meta"], self.nb, self.gpu): dict(sp["tiles"]) for sp in self.specs
+                if sp["tile_source"] == "autotune"}
+
+    def tile_sources(self):
+        """Where each layer's tiles came from: cache | autotune | heuristic | given."""
+        return [sp["tile_source"] for sp in self.specs]
+
+    def _autotune(self, sp, timed=True):
         """Time each candidate tile alone (a CUDA graph of 20 launches, on a random input of
-        the layer's shape) and keep the fastest."""
+        the layer's shape) and keep the fastest.  timed=False: only compile every candidate
+        (one launch each; compile_candidates runs that in parallel processes)."""
         i = self.specs.index(sp)
         x = self._random_input_of(i)
         best = None
         for t in _candidates(sp["meta"], self.nb, self.n_sm):
             sp["tiles"] = t
             self._alloc_scratch(sp)
+            if not timed:
+                self._launch(i, x)
+                continue
             us = self._time_launch(lambda: self._launch(i, x), reps=20, graphs=3)
             if best is None or us < best[0]:
                 best = (us, dict(t))
-        return best[1]
+        torch.cuda.synchronize()
+        return best[1] if best else None
 
     def _random_input_of(self, i):
         m = self.specs[i]["meta"]

@@ -195,6 +195,32 @@ def _fewer_kernels(K, cfg, seed):
     return r
 
 
+def _tile_cache():
+    """KernelNet(tile_cache=) takes a layer's tiles from the cache file where its key is there
+    (this 'GPU' and maps per call), the heuristic elsewhere; a malformed file is refused."""
+    import tempfile
+    import kernels as K
+    layers, head = K.random_net(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 1))
+    plain = K.KernelNet(layers, head, batch=1)
+    path = os.path.join(tempfile.mkdtemp(), "tiles.json")
+    sp = plain.specs[1]
+    want = dict(sp["tiles"], BN=16, SPLIT=1)
+    K.write_tile_cache(path, {K.tile_key(sp["meta"], 1, plain.gpu): want}, {"by": "test"})
+    net = K.KernelNet(layers, head, batch=1, tile_cache=path)
+    other_nb = K.KernelNet(layers, head, batch=2, tile_cache=path)  # 2 maps a call: another key
+    with open(path, "w") as f:
+        f.write("[1, 2]")
+    try:
+        K.KernelNet(layers, head, batch=1, tile_cache=path)
+        refused = ""
+    except ValueError as e:
+        refused = str(e)
+    x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    return dict(sources=net.tile_sources(), plain=plain.tile_sources(), nb2=other_nb.tile_sources(),
+                got=net.tiles()[1], want=want, refused=refused,
+                err=_rel_err(net(x).clone(), K.reference_forward(layers, head, x)))
+
+
 def _case(name):
     """The interpreter cases (run in a subprocess by _run_case)."""
     import kernels as K
@@ -206,6 +232,8 @@ def _case(name):
         return _fewer_kernels(K, cfg, seed=12)
     if name == "inference_flip":
         return _inference_flip()
+    if name == "tile_cache":
+        return _tile_cache()
     if name == "tta_whiten":  # whitening-stem shape: 2x2 valid stem 3->24 (31x31, odd), gelu, N=1
         cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(2, 1), act="gelu")
         return _tta_errors(K, cfg, batch=1, dtype=torch.uint8, modes=("flip",), seed=7)
@@ -299,6 +327,14 @@ def test_unavailable_raises_one_line(K, monkeypatch):
     layers, head = K.random_net(seed=5, stem_width=8, widths=(16,), depths=(1,))
     with pytest.raises(RuntimeError, match="KernelNet unavailable"):
         K.KernelNet(layers, head)
+
+
+def test_tile_cache_entries_are_used_where_their_key_matches():
+    r = _run_case("tile_cache")
+    assert r["plain"] == ["heuristic"] * 3 and r["nb2"] == ["heuristic"] * 3, r
+    assert r["sources"] == ["heuristic", "cache", "heuristic"] and r["got"] == r["want"], r
+    assert "not a tile cache" in r["refused"], r
+    assert r["err"] < TOL, r  # the cached tiles (no split-K, 16 columns) compute the same net
 
 
 def test_bad_input_rejected(K):

@@ -1,0 +1,105 @@
+"""Tune the Triton kernels' tiles for every front shape once, on the GPU, into the tile cache
+(issue 10: "tiles chosen per shape at build time and cached").
+
+    python tools/kernel_tune.py [--shapes t3,AB94] [--workers 14] [--out PATH]
+
+For each front shape (config front.shapes) and each TTA mode of the front (front.tta: none runs
+1 map per layer, flip 2), a randomly initialised fastnet of that shape is folded as the kit's
+inference path folds it (so the layer shapes and keys match), and every layer's candidate
+tiles (kernels._candidates) are timed alone; the fastest go into the cache file (default
+paths.kernel_tiles), keyed by GPU name, maps per call and layer shape.  KernelNet reads it at
+build: variants with kernel_tiles: tuned use it, the heuristic where a key is missing.
+Compiling the ~10-30 (BP, BN, BK) kernels of each layer dominates, so phase 1 compiles them
+in --workers processes (Triton's disk cache), phase 2 times them in this one process.
+Prints, per net, the heuristic's and the tuned tiles' GPU µs of each layer alone.
+"""
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kernels as K  # noqa: E402
+import utils  # noqa: E402
+from config import add_config_args, front_model_kwargs, load_config  # noqa: E402
+from inference import TTA_VIEWS  # noqa: E402
+
+
+def folded_random(cfg, shape):
+    """A random fastnet of the front shape, folded as inference.kernel_net folds a checkpoint."""
+    torch.manual_seed(0)
+    model = utils.FastNet(**front_model_kwargs(cfg, shape)).eval()
+    return model.folded_spec(cfg.data.mean, cfg.data.std)
+
+
+def nets(cfg, shapes):
+    """(name, layers, head, views) for every shape x front TTA mode."""
+    for shape in shapes:
+        layers, head = folded_random(cfg, shape)
+        for tta in cfg.front.tta:
+            yield f"{shape}/{tta}", layers, head, TTA_VIEWS[tta]
+
+
+def _compile_job(job):
+    """Worker: compile (launch once) every candidate tile of one layer of one net."""
+    cfg_path, overrides, shape, tta, i = job
+    cfg = load_config(cfg_path, overrides)
+    layers, head = folded_random(cfg, shape)
+    kn = K.KernelNet(layers, head, batch=1, views=TTA_VIEWS[tta])
+    t0 = time.time()
+    kn._autotune(kn.specs[i], timed=False)
+    return f"{shape}/{tta} L{i}: {len(K._candidates(kn.specs[i]['meta'], kn.nb, kn.n_sm))} candidates compiled " \
+           f"in {time.time() - t0:.1f}s"
+
+
+def compile_all(a, cfg, shapes):
+    jobs = []
+    for name, layers, head, views in nets(cfg, shapes):
+        shape, tta = name.split("/")
+        n_specs = len(K.KernelNet(layers, head, batch=1, views=views).specs)
+        jobs += [(a.config, a.overrides, shape, tta, i) for i in range(n_specs)]
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(a.workers) as pool:
+        for line in pool.imap_unordered(_compile_job, jobs):
+            print("  " + line, flush=True)
+    print(f"phase 1: {len(jobs)} layers compiled in {time.time() - t0:.0f}s with {a.workers} processes", flush=True)
+
+
+def main():
+    ap = utils.ArgParser(__doc__)
+    ap.add_argument("--shapes", default="", help="comma-separated front shapes (default: all)")
+    ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--out", default="", help="tile cache file (default: paths.kernel_tiles)")
+    add_config_args(ap)
+    a = ap.parse_args()
+    cfg = load_config(a.config, a.overrides)
+    shapes = [s for s in a.shapes.split(",") if s] or list(cfg.front.shapes)
+    bad = [s for s in shapes if s not in cfg.front.shapes]
+    if bad:
+        raise utils.KitError(f"--shapes: unknown front shape '{bad[0]}' (valid: {', '.join(cfg.front.shapes)})")
+    if not torch.cuda.is_available():
+        raise utils.KitError("kernel_tune.py times kernels on a GPU: run it on the lent machine")
+    out = a.out or cfg.paths.kernel_tiles
+    env = utils.env_info()
+    print(f"{env['gpu']}, torch {env['torch']}, triton {__import__('triton').__version__}, commit {env['git_commit']}")
+    compile_all(a, cfg, shapes)
+    t0 = time.time()
+    for name, layers, head, views in nets(cfg, shapes):
+        heur = K.KernelNet(layers, head, batch=1, views=views)
+        tuned = K.KernelNet(layers, head, batch=1, views=views, autotune=True)
+        x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
+        rows_h, rows_t = heur.time_kernels(x), tuned.time_kernels(x)
+        print(f"{name}: sum of layers alone, heuristic {sum(u for _, u in rows_h):.1f} us, "
+              f"tuned {sum(u for _, u in rows_t):.1f} us", flush=True)
+        for (nh, uh), (nt, ut) in zip(rows_h, rows_t):
+            print(f"   {uh:6.2f} -> {ut:6.2f} us  {nt}", flush=True)
+        K.write_tile_cache(out, tuned.tuned_entries(),
+                           {"gpu": env["gpu"], "torch": env["torch"], "triton": __import__("triton").__version__,
+                            "commit": env["git_commit"], "by": "tools/kernel_tune.py"})
+    print(f"phase 2: timed in {time.time() - t0:.0f}s; tile cache {out}")
+
+
+if __name__ == "__main__":
+    utils.run_main(main)
