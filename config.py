@@ -134,6 +134,7 @@ VARIANT = {
     # there is none; the row's notes count both) | heuristic.  kernel_pdl: programmatic dependent launch
     "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
     "kernel_pdl": Field(bool, False),
+    "kernel_fuse_stem": Field(bool, False),  # the stem computed inside the next layer's kernel (one kernel less)
 }
 
 # A front shape: widths/depths, and optionally other models.fastnet keys it changes.

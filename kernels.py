@@ -539,13 +539,18 @@ def _with_split(m, t, batch, target):
     return t
 
 
-def _candidates(m, batch, n_sm):
+WIDE_LAUNCH = [(4, 2), (4, 4), (8, 2), (8, 3), (8, 4)]  # (num_warps, num_stages) beside the default (4, 3)
+
+
+def _candidates(m, batch, n_sm, wide=False):
     """The build-time search space around the heuristic: row tiles x1/x2 (and the whole map
     when it has <= 16 pixels), 16-64 channel columns, K steps of 1, 2 or 4 times the
     heuristic's (a longer step: fewer dependent trips round the K loop), and split-K aimed at
     1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
     argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
-    compiles them in parallel processes first (KernelNet._autotune(timed=False))."""
+    compiles them in parallel processes first (KernelNet._autotune(timed=False)).
+    wide: also 8 warps and 2 / 4 pipeline stages (WIDE_LAUNCH) for layers of >= 64 input
+    channels (the long K loops), 6x the compiles."""
     h = heuristic_tiles(m, batch, n_sm)
     bks = [h["BK"]]
     if not (h["GENERIC"] or m["STEM"]):
@@ -563,6 +568,8 @@ def _candidates(m, batch, n_sm):
                     t = _with_split(m, dict(h, BP=bp, BN=bn, BK=bk), batch, tgt)
                     if t not in out:
                         out.append(t)
+    if wide and m["CIN"] >= 64 and not h["GENERIC"]:
+        out += [dict(t, num_warps=w, num_stages=st) for t in list(out) for w, st in WIDE_LAUNCH]
     return out
 
 
@@ -760,7 +767,7 @@ class KernelNet(torch.nn.Module):
         mem_key = (key, self.pdl, autotune)
         if mem_key not in _TILE_CACHE:
             if autotune and self.device.type == "cuda":
-                _TILE_CACHE[mem_key] = self._autotune(sp)
+                _TILE_CACHE[mem_key] = self._autotune(sp, autotune=autotune)
             else:
                 _TILE_CACHE[mem_key] = heuristic_tiles(m, self.nb, self.n_sm)
         return dict(_TILE_CACHE[mem_key]), "autotune" if autotune and self.device.type == "cuda" else "heuristic"
@@ -774,14 +781,15 @@ class KernelNet(torch.nn.Module):
         """Where each layer's tiles came from: cache | autotune | heuristic | given."""
         return [sp["tile_source"] for sp in self.specs]
 
-    def _autotune(self, sp, timed=True):
+    def _autotune(self, sp, timed=True, autotune=True):
         """Time each candidate tile alone (a CUDA graph of 20 launches, on a random input of
-        the layer's shape) and keep the fastest.  timed=False: only compile every candidate
-        (one launch each; compile_candidates runs that in parallel processes)."""
+        the layer's shape) and keep the fastest (autotune="wide": the wider search).
+        timed=False: only compile every candidate (one launch each; tools/kernel_tune.py runs
+        that in parallel processes)."""
         i = self.specs.index(sp)
         x = self._random_input_of(i)
         best = None
-        for t in _candidates(sp["meta"], self.nb, self.n_sm):
+        for t in _candidates(sp["meta"], self.nb, self.n_sm, wide=autotune == "wide"):
             sp["tiles"] = t
             self._alloc_scratch(sp)
             if not timed:
@@ -936,4 +944,4 @@ class KernelNet(torch.nn.Module):
         m, t = sp["meta"], sp["tiles"]
         return (f"L{i}{' stem+' if m['STEM'] else ' '}{m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
                 f"{' pool' if m['S'] == 4 else ''}{' +head' if i == len(self.specs) - 1 else ''}"
-                f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']}")
+                f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']} w{t['num_warps']}s{t['num_stages']}")

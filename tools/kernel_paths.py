@@ -4,7 +4,7 @@
 
 Each variant's checkpoint is built through InferenceModel (its path exactly as bench.py times
 it) once per option: kernel_tiles heuristic | tuned (paths.kernel_tiles, from
-tools/kernel_tune.py) x kernel_pdl off | on.  Interleaved runs as bench.py; host p50 = median
+tools/kernel_tune.py) x kernel_pdl off | on x kernel_fuse_stem off | on (OPTIONS).  Interleaved runs as bench.py; host p50 = median
 of run medians; GPU time per call from CUDA events; pipelined = back-to-back replays; the
 logits of every option against the heuristic one's on the same random images (the options
 change the schedule, not the sums, beyond fp32 atomics' order).
@@ -20,17 +20,18 @@ import inference  # noqa: E402
 import utils  # noqa: E402
 from config import Config, add_config_args, load_config  # noqa: E402
 
-OPTIONS = [("heuristic", False), ("heuristic", True), ("tuned", False), ("tuned", True)]
+OPTIONS = [("heuristic", False, False), ("tuned", False, False), ("tuned", True, False), ("tuned", False, True),
+           ("tuned", True, True)]  # (kernel_tiles, kernel_pdl, kernel_fuse_stem)
 
 
 def build_all(cfg, variants, dev):
     ims = {}
     for v in variants:  # "F@none": variant F with another tta mode
         base, _, tta = v.partition("@")
-        for tiles, pdl in OPTIONS:
-            name = f"{v} {tiles}{' +pdl' if pdl else ''}"
+        for tiles, pdl, stem in OPTIONS:
+            name = f"{v} {tiles}{' +pdl' if pdl else ''}{' +stem' if stem else ''}"
             cfg.variants[name] = Config(dict(cfg.variants[base], kernel_tiles=tiles, kernel_pdl=pdl,
-                                             tta=tta or cfg.variants[base].tta))
+                                             kernel_fuse_stem=stem, tta=tta or cfg.variants[base].tta))
             ims[name] = inference.InferenceModel(cfg, name, dev)
     return ims
 

@@ -1,7 +1,7 @@
 """Tune the Triton kernels' tiles for every front shape once, on the GPU, into the tile cache
 (issue 10: "tiles chosen per shape at build time and cached").
 
-    python tools/kernel_tune.py [--shapes t3,AB94] [--workers 14] [--out PATH]
+    python tools/kernel_tune.py [--shapes t3,AB94] [--wide] [--fuse-stem] [--workers 14] [--out PATH]
 
 For each front shape (config front.shapes) and each TTA mode of the front (front.tta: none runs
 1 map per layer, flip 2), a randomly initialised fastnet of that shape is folded as the kit's
@@ -12,6 +12,8 @@ build: variants with kernel_tiles: tuned use it, the heuristic where a key is mi
 Compiling the ~10-30 (BP, BN, BK) kernels of each layer dominates, so phase 1 compiles them
 in --workers processes (Triton's disk cache), phase 2 times them in this one process.
 Prints, per net, the heuristic's and the tuned tiles' GPU µs of each layer alone.
+--wide: also 8 warps and 2 / 4 pipeline stages on the long-K layers (6x the compiles);
+--fuse-stem: also the nets with the stem fused into the next layer (KernelNet(fuse_stem=True)).
 """
 import multiprocessing as mp
 import os
@@ -34,32 +36,32 @@ def folded_random(cfg, shape):
     return model.folded_spec(cfg.data.mean, cfg.data.std)
 
 
-def nets(cfg, shapes):
-    """(name, layers, head, views) for every shape x front TTA mode."""
+def nets(cfg, shapes, fuse_stem_too=False):
+    """(name, layers, head, KernelNet kwargs) for every shape x front TTA mode (x fuse_stem)."""
     for shape in shapes:
         layers, head = folded_random(cfg, shape)
         for tta in cfg.front.tta:
-            yield f"{shape}/{tta}", layers, head, TTA_VIEWS[tta]
+            for fs in (False, True) if fuse_stem_too else (False,):
+                yield f"{shape}/{tta}{'/fuse_stem' if fs else ''}", layers, head, dict(views=TTA_VIEWS[tta], fuse_stem=fs)
 
 
 def _compile_job(job):
     """Worker: compile (launch once) every candidate tile of one layer of one net."""
-    cfg_path, overrides, shape, tta, i = job
+    cfg_path, overrides, name, kw, i, mode = job
     cfg = load_config(cfg_path, overrides)
-    layers, head = folded_random(cfg, shape)
-    kn = K.KernelNet(layers, head, batch=1, views=TTA_VIEWS[tta])
+    layers, head = folded_random(cfg, name.split("/")[0])
+    kn = K.KernelNet(layers, head, batch=1, **kw)
     t0 = time.time()
-    kn._autotune(kn.specs[i], timed=False)
-    return f"{shape}/{tta} L{i}: {len(K._candidates(kn.specs[i]['meta'], kn.nb, kn.n_sm))} candidates compiled " \
-           f"in {time.time() - t0:.1f}s"
+    kn._autotune(kn.specs[i], timed=False, autotune=mode)
+    n = len(K._candidates(kn.specs[i]["meta"], kn.nb, kn.n_sm, wide=mode == "wide"))
+    return f"{name} L{i}: {n} candidates compiled in {time.time() - t0:.1f}s"
 
 
-def compile_all(a, cfg, shapes):
+def compile_all(a, cfg, shapes, mode):
     jobs = []
-    for name, layers, head, views in nets(cfg, shapes):
-        shape, tta = name.split("/")
-        n_specs = len(K.KernelNet(layers, head, batch=1, views=views).specs)
-        jobs += [(a.config, a.overrides, shape, tta, i) for i in range(n_specs)]
+    for name, layers, head, kw in nets(cfg, shapes, a.fuse_stem):
+        n_specs = len(K.KernelNet(layers, head, batch=1, **kw).specs)
+        jobs += [(a.config, a.overrides, name, kw, i, mode) for i in range(n_specs)]
     t0 = time.time()
     with mp.get_context("spawn").Pool(a.workers) as pool:
         for line in pool.imap_unordered(_compile_job, jobs):
@@ -71,6 +73,8 @@ def main():
     ap = utils.ArgParser(__doc__)
     ap.add_argument("--shapes", default="", help="comma-separated front shapes (default: all)")
     ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--wide", action="store_true", help="8 warps, 2/4 stages too on the long-K layers")
+    ap.add_argument("--fuse-stem", action="store_true", help="also tune the nets with the stem fused")
     ap.add_argument("--out", default="", help="tile cache file (default: paths.kernel_tiles)")
     add_config_args(ap)
     a = ap.parse_args()
@@ -84,11 +88,12 @@ def main():
     out = a.out or cfg.paths.kernel_tiles
     env = utils.env_info()
     print(f"{env['gpu']}, torch {env['torch']}, triton {__import__('triton').__version__}, commit {env['git_commit']}")
-    compile_all(a, cfg, shapes)
+    mode = "wide" if a.wide else True
+    compile_all(a, cfg, shapes, mode)
     t0 = time.time()
-    for name, layers, head, views in nets(cfg, shapes):
-        heur = K.KernelNet(layers, head, batch=1, views=views)
-        tuned = K.KernelNet(layers, head, batch=1, views=views, autotune=True)
+    for name, layers, head, kw in nets(cfg, shapes, a.fuse_stem):
+        heur = K.KernelNet(layers, head, batch=1, **kw)
+        tuned = K.KernelNet(layers, head, batch=1, autotune=mode, **kw)
         x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
         rows_h, rows_t = heur.time_kernels(x), tuned.time_kernels(x)
         print(f"{name}: sum of layers alone, heuristic {sum(u for _, u in rows_h):.1f} us, "
