@@ -378,6 +378,11 @@ def add_front_variants(cfg):
             cfg.variants[front_variant_name(shape, tta)] = Config(_validate(v, VARIANT, "variants.front"))
 
 
+def validate_variant(v, where):
+    """A variant dict checked against the schema, missing keys at their defaults."""
+    return _validate(dict(v), VARIANT, where)
+
+
 def front_model_kwargs(cfg, shape):
     """models.fastnet with the front shape's keys applied."""
     kw = dict(cfg.models.fastnet)

@@ -15,13 +15,12 @@ Prints overall and per-class accuracy and appends a row to results.csv.
 """
 import sys
 
-from config import MODEL_NAMES, Config, add_config_args, load_config, resolve_path
+from config import MODEL_NAMES, Config, add_config_args, load_config, resolve_path, validate_variant
 import utils
 from inference import InferenceModel, accuracy_fields, evaluate_inference
 
-PLAIN = {"label": "plain FP32", "checkpoint": "", "tta": "none", "front": "", "precision": "fp32", "memory_format": "contiguous",
-         "fold_bn": False, "fuse": False, "compile": "none", "cuda_graph": False, "table": False, "model": "",
-         "kernels": False}
+# the plain FP32 eager path: every other variant key at its schema default
+PLAIN = validate_variant({"label": "plain FP32", "checkpoint": "", "model": "", "table": False}, "eval --ckpt")
 
 
 def main():

@@ -789,11 +789,16 @@ class KernelNet(torch.nn.Module):
         i = self.specs.index(sp)
         x = self._random_input_of(i)
         best = None
+        from triton.runtime.errors import OutOfResources
         for t in _candidates(sp["meta"], self.nb, self.n_sm, wide=autotune == "wide"):
             sp["tiles"] = t
             self._alloc_scratch(sp)
+            try:
+                self._launch(i, x)  # compiles it; a tile needing more shared memory than the SM has:
+            except OutOfResources:  # (big BK x 4 stages) is no candidate, counted in self.oversized
+                self.oversized = getattr(self, "oversized", 0) + 1
+                continue
             if not timed:
-                self._launch(i, x)
                 continue
             us = self._time_launch(lambda: self._launch(i, x), reps=20, graphs=3)
             if best is None or us < best[0]:

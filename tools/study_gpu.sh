@@ -11,8 +11,8 @@
 #   JOB=table_job bash tools/study_gpu.sh start  # instead: the table + ablation on the committed F / F85
 #
 # Stages and their logs (results/logs/ once committed): train.log, front.log, bench.log
-# (`sh reproduce.sh <stage>`, each with its wall time on its last line), kernels.log
-# (tools/kernel_profile.py: F's per-kernel table, ours vs cuDNN), test_gpu.log.
+# (`sh reproduce.sh <stage>`, each with its wall time on its last line), test_gpu.log,
+# kernels.log (tools/kernel_profile.py: F's per-kernel table, ours vs cuDNN).
 set -o pipefail
 R=/root/study
 cmd=$1; shift
@@ -40,8 +40,8 @@ job() {  # every reproduce.sh stage, then F's per-kernel table and the GPU tests
     step "$stage" env LATENCY_RAW="$R/latency_raw.npz" sh reproduce.sh "$stage" "${S[@]}"
   done
   cp "$R/final_model.pth" checkpoints/final_model.pth && cp "$R/f85_model.pth" checkpoints/f85_model.pth
-  GO_ON=1 step kernels python3 tools/kernel_profile.py --out "$R/kernels" "${S[@]}"
   GO_ON=1 step test_gpu python3 -m pytest -q tests/test_gpu.py
+  GO_ON=1 step kernels python3 tools/kernel_profile.py --out "$R/kernels" "${S[@]}"
   echo 0 > "$R/done"
 }
 
