@@ -44,8 +44,9 @@ def pdf(f, figs, path, pages_dir=None):
     import pages
     from doc import Doc
     doc = Doc(path, "CIFAR-10 batch-1 latency study, v2")
-    for section in (pages.title, pages.summary, pages.method, pages.results):
+    for section in (pages.title, pages.summary, pages.method):
         section(doc, f)
+    pages.results(doc, f, figs)
     pages.recovered(doc, f, figs)
     pages.front(doc, f, figs)
     pages.kernels(doc, f)

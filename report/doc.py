@@ -48,6 +48,7 @@ class Doc:
 
     def __init__(self, path, footer):
         self.pdf, self.figs, self.footer, self.fig = PdfPages(path), [], footer, None
+        self.n_section = 0
         self.new_page()
 
     @property
@@ -72,6 +73,11 @@ class Doc:
 
     def _text(self, x, s, size, **kw):
         self.fig.text(x / self.W, 1 - self.y / self.H, s, fontsize=size, va="top", ha="left", **kw)
+
+    def section(self, title):
+        """A numbered level-1 heading: sections left out (no data) leave no gap in the numbers."""
+        self.n_section += 1
+        self.heading(f"{self.n_section}. {title}")
 
     def heading(self, s, level=1):
         size = {0: 16, 1: 12.5, 2: 10.5}[level]

@@ -60,12 +60,14 @@ class Facts:
     table: pd.DataFrame                # TABLE_IDS rows (index = ID), results.csv columns + computed ones
     ablation: pd.DataFrame
     front: pd.DataFrame                # the front points of the front invocation
-    front_inv: str
+    front_inv: str                     # the invocation whose rows are used (the complete bench, else front.py's)
     selection: dict
     train: pd.DataFrame                # train/distill rows up to the baselines' invocation (newest per label)
     kernels: dict                      # the cuDNN vs ours per-kernel json (kernel_bench.py)
     hash_check: dict
     older: pd.DataFrame = None         # the other GPU invocations of results.csv (not used)
+    kernel_options: list = None        # tools/kernel_paths.py's rows (kernel_option_logs)
+    select_inv: str = ""               # the invocation front.py chose F and F85 from
     tta_kernels: dict = field(default_factory=dict)  # F's shape through our kernels (kernel_tta.json)
     recovered: dict = field(default_factory=dict)    # cut benches' timing from their logs
     rec: pd.DataFrame = None           # the used cut invocation's table + ablation rows
@@ -131,6 +133,24 @@ def front_invocation(sel, s):
         raise ReportError(f"front_selection.json's invocation {inv} has no GPU bench rows in results.csv: "
                           "run `python front.py` on the results.csv the report reads")
     return inv
+
+
+def complete_invocation(bench, s, sel, front_inv, cfg_hash):
+    """The newest invocation, benched at or after front.py's and under config.yaml's hash, that holds
+    every table and ablation variant and every front point of front.py's invocation, its F / F85
+    rows being front.py's points (the row notes name the shape; same TTA mode): issue 11's one
+    bench.  None if there is none (then the front invocation's rows, and a recovered cut bench)."""
+    t0 = s.set_index("invocation").timestamp[front_inv]
+    points = set(bench[(bench.invocation == front_inv) & is_front(bench.variant)].variant)
+    need = set(TABLE_IDS) | set(ABLATION_IDS) | points
+    for r in s.iloc[::-1].itertuples():
+        if r.timestamp < t0 or r.hashes != [cfg_hash] or not need <= r.variants:
+            continue
+        ok = all(f"front shape {sel[v]['front']} " in str(pick_row(bench, r.invocation, v).notes)
+                 and pick_row(bench, r.invocation, v).tta == sel[v]["tta"] for v in ("F", "F85"))
+        if ok:
+            return r.invocation
+    return None
 
 
 def pick_row(bench, inv, v, names=None):
@@ -361,6 +381,41 @@ def kernel_facts(path):
             "weights": weights[0].strip() if weights else None}
 
 
+def kernel_option_logs():
+    """results/kernels/*/kernel_paths*.log (tools/kernel_paths.py): F's, F85's paths with heuristic vs
+    tuned tiles, PDL, the stem fused; one row per path and log, in log order."""
+    out = []
+    for p in sorted(glob.glob(os.path.join(RES, "kernels", "*", "kernel_paths*.log"))):
+        call = os.path.basename(os.path.dirname(p))
+        lines = open(p).read().splitlines()
+        head = next((i for i, ln in enumerate(lines) if ln.startswith("path ")), None)
+        for ln in lines[head + 1:] if head is not None else []:
+            m = re.match(r"^(.+?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+\S+\s+(.*)$", ln)
+            if not m:
+                continue
+            out.append({"call": call, "path": m[1].strip(), "p50": float(m[2]), "p95": float(m[3]), "gpu": float(m[4]),
+                        "pipe": float(m[5]), "notes": m[6].strip(), "log": os.path.relpath(p, ROOT)})
+    return out
+
+
+def option_effects(rows):
+    """Per kernel_paths log and base path (F, F@none, F85): host p50 of each option against the
+    heuristic tiles, and of +pdl / +stem against tuned tiles alone (µs, negative = faster)."""
+    out = []
+    for call in dict.fromkeys(r["call"] for r in rows):
+        g = {r["path"]: r for r in rows if r["call"] == call}
+        for base in dict.fromkeys(p.split(" ")[0] for p in g):
+            h, t = g.get(f"{base} heuristic"), g.get(f"{base} tuned")
+            if not (h and t):
+                continue
+            e = {"call": call, "base": base, "heur": h["p50"], "tuned": t["p50"]}
+            for opt in ("+pdl", "+stem"):
+                if f"{base} tuned {opt}" in g:
+                    e[opt] = g[f"{base} tuned {opt}"]["p50"] - t["p50"]
+            out.append(e)
+    return out
+
+
 def default_tta_kernels_path():
     """Newest results/kernels/*/kernel_tta.json (tools/kernel_gpu.sh's TTA / kernel-count table)."""
     c = sorted(glob.glob(os.path.join(RES, "kernels", "*", "kernel_tta.json")), key=os.path.getmtime)
@@ -451,8 +506,10 @@ def gather(results_csv, kernels_path=None, selection_path=None, config_path=None
     s = inv_summary(bench)
     sel_path = selection_path or os.path.join(RES, "front_selection.json")
     sel = load_selection(sel_path)
-    front_inv = front_invocation(sel, s)
-    names = row_names(sel)
+    select_inv = front_invocation(sel, s)
+    front_inv = complete_invocation(bench, s, sel, select_inv, config_hash(cfg))
+    names = {} if front_inv else row_names(sel)  # the complete bench's own F / F85 / AB94 rows
+    front_inv = front_inv or select_inv
     invs = s[s.invocation == front_inv].reset_index(drop=True)
     table, abl = frame(bench, front_inv, TABLE_IDS, names), frame(bench, front_inv, ABLATION_IDS, names)
     mode = "single" if len(table) == len(TABLE_IDS) and len(abl) == len(ABLATION_IDS) else "partial"
@@ -464,7 +521,8 @@ def gather(results_csv, kernels_path=None, selection_path=None, config_path=None
     cut = cut_runs_path or os.path.join(RES, "bench_cut_runs.csv")
     f = Facts(rows=d, cfg=cfg, mode=mode, invs=invs, table=table, ablation=abl, front=fr, front_inv=front_inv,
               selection=sel, train=train, kernels=kernel_facts(kp), hash_check=check_hashes(invs, config_hash(cfg)),
-              older=s[s.invocation != front_inv].reset_index(drop=True), tta_kernels=tta_kernel_facts(tp, sel),
+              older=s[~s.invocation.isin([front_inv, select_inv])].reset_index(drop=True), select_inv=select_inv,
+              tta_kernels=tta_kernel_facts(tp, sel), kernel_options=kernel_option_logs(),
               recovered=recovered(cut, cfg) if mode == "partial" else {},
               sources=[os.path.relpath(p, ROOT) for p in (sel_path, kp, tp) if p])
     f.rec = recovered_frame(f)
@@ -637,13 +695,21 @@ def derive(f, ft):
                         for v in ("F", "F85") if (r := row(f, v)) is not None and pd.notna(r.get("gpu_pipelined_ms"))}
     n["shipped"] = shipped(f)
     k = f.kernels
+    if k.get("weights"):  # the profile is of F's own file when its log names variant F, F's shape and TTA
+        k["of_f"] = (" variant F," in k["weights"] and f"shape {sel['F']['front']}, tta {sel['F']['tta']}"
+                     in k["weights"])
     if k.get("cudnn") and k.get("ours"):
         c, o = k["paths"][k["cudnn"]], k["paths"][k["ours"]]
         n["kern"] = {"n_cudnn": len(c["kern"]), "n_ours": len(o["kern"]), "sum_cudnn": c["sum"], "sum_ours": o["sum"],
                      "spread": max((abs(x - y) for name, x, y in k["again"] if name.startswith("kernels")), default=None)}
     t = f.tta_kernels
-    if t.get("rows"):
+    if k.get("of_f") and k.get("ours"):
+        o = k["paths"][k["ours"]]
+        n["f_kernels"] = {"n": len(o["kern"]), "sum": o["sum"], "tail3": sum(x for _, x in o["kern"][-3:]),
+                          "p50": o["p50"], "gpu": o["gpu"], "pipe": o["pipe"], "src": k["path"]}
+    elif t.get("rows"):
         fused = t["paths"][t["rows"][-1]]
         n["f_kernels"] = {"n": len(fused["kern"]), "sum": fused["sum"], "tail3": sum(x for _, x in fused["kern"][-3:]),
-                          "p50": fused["p50"], "gpu": fused["gpu"], "pipe": fused["pipe"]}
+                          "p50": fused["p50"], "gpu": fused["gpu"], "pipe": fused["pipe"], "src": t["path"]}
+    n["opts"] = option_effects(f.kernel_options or [])
     return n

@@ -2,6 +2,9 @@
 beyond placing points."""
 import os
 
+import numpy as np
+import pandas as pd
+
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -125,9 +128,34 @@ def latency_figure(f, path):
     return save(fig, path)
 
 
+def host_gpu_figure(f, path):
+    """Every complete row (table + ablation): host p50 beside GPU p50 (CUDA events) and, for graph
+    paths, pipelined time, log scale: how much of each call is launch and host."""
+    t = pd.concat([f.table, f.ablation])
+    t = t.iloc[::-1]
+    y = np.arange(len(t))
+    fig, ax = plt.subplots(figsize=(8, 0.24 * len(t) + 1.2))
+    ax.barh(y + 0.2, t.lat_p50_ms, height=0.38, color="#2c7fb8", label="host p50 (clock between two syncs)")
+    ax.barh(y - 0.2, t.gpu_lat_p50_ms, height=0.38, color="#d95f0e", label="GPU p50 (CUDA events)")
+    ax.plot(t.gpu_pipelined_ms, y - 0.2, "k|", markersize=9, label="pipelined (graph replays back to back)")
+    ax.set_yticks(y)
+    ax.set_yticklabels(list(t.index), fontsize=7.5)
+    ax.set_xscale("log")
+    for i, (v, r) in enumerate(t.iterrows()):
+        ax.text(max(r.lat_p50_ms, r.gpu_lat_p50_ms) * 1.1, i, f"{r.lat_p50_ms:.4f} ms  {r.sp:.1f}× "
+                f"[{r.sp_lo:.1f}–{r.sp_hi:.1f}]", va="center", fontsize=6.5)
+    ax.set_xlim(t.gpu_pipelined_ms.min() / 1.6, t.lat_p50_ms.max() * 40)
+    ax.set_xlabel("batch-1 time per call (ms, log scale); labels: host p50, speedup p50 vs B1 [95 %]")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", which="both", alpha=0.25)
+    return save(fig, path)
+
+
 def make(f, fig_dir):
     os.makedirs(fig_dir, exist_ok=True)
     out = {}
+    if f.mode == "single":
+        out["host_gpu"] = host_gpu_figure(f, os.path.join(fig_dir, "host_gpu.png"))
     if f.rec is not None and len(f.rec):
         out["latency"] = latency_figure(f, os.path.join(fig_dir, "latency_bar.png"))
     if len(f.front):

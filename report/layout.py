@@ -60,9 +60,17 @@ def provenance(f):
     i = f.invs.iloc[0]
     head = (f"{i.invocation} ({i.gpu}, {i.timestamp}, {int(i.runs)} runs x {int(i.iters)} timed calls), the invocation "
             "front.py chose F and F85 from (results/front_selection.json)")
+    if f.mode == "single" and f.select_inv != f.front_inv:
+        head = (f"{i.invocation} ({i.gpu}, {i.timestamp}, {int(i.runs)} runs x {int(i.iters)} timed calls; "
+                f"`sh reproduce.sh bench`), run after front.py chose F and F85 from {f.select_inv} "
+                "(`sh reproduce.sh front`, results/front_selection.json) and benching the files it shipped")
     if f.mode == "single":
-        return [f"All bench rows come from ONE GPU invocation, {head}: it holds every table variant, the ablation rows "
-                "and the front points."]
+        out = [f"All bench rows come from ONE GPU invocation, {head}: it holds every table variant, the ablation rows "
+               "and the front points."]
+        if f.older is not None and len(f.older):
+            out.append(f"Not used: {len(f.older)} other GPU invocations of results.csv "
+                       f"({', '.join(f.older.invocation)}), which benched older checkpoints or configurations.")
+        return out
     names = row_names(f.selection)
     ids = ", ".join(f.table.index)
     out = [f"No single bench invocation holds every row (issue 11 is not done). Complete rows (accuracy of all test "
@@ -74,7 +82,7 @@ def provenance(f):
         b1 = dict(f.n["b1_spread"])
         other = [x for x in rec["invs"] if x != rec["used"]]
         out.append(f"Every table and ablation variant was timed together only by {rec['used']}, cut after "
-                   f"{rec['n_full']} of {rec['planned']} runs, before it wrote any row: section 3 gives its timing as "
+                   f"{rec['n_full']} of {rec['planned']} runs, before it wrote any row: the section 'Every variant in one invocation' gives its timing as "
                    f"recovered from its log ({rec['path']}, by tools/bench_log.py): host p50 and speedup vs its own B1, "
                    "no accuracy through the path, no GPU or pipelined time."
                    + "".join(f" The other cut bench, {o} ({len(rec['invs'][o][0])} variants, {rec['invs'][o][1]} runs; "
@@ -255,18 +263,30 @@ def kernel_pair_rows(f, name_width=34):
 
 def tta_kernel_caption(f):
     t = f.tta_kernels
-    return (f"{t['path']} (tools/kernel_gpu.sh): F's shape {t['prefix']} through our kernels, batch 1, one CUDA graph, "
+    return (f"{t['path']} (tools/kernel_gpu.sh): shape {t['prefix']} through our kernels, batch 1, one CUDA graph, "
             + ("random weights (the kernels' time does not depend on the values); " if t.get("random") else "")
-            + f"'{t['tta']} fused' is F's path, '{t['tta']} TTANet (old)' the same views as a batch of 2 around the "
-            "kernels. Per-kernel µs from torch.profiler.")
+            + f"'{t['tta']} fused' is the kernel path with {t['tta']} TTA, '{t['tta']} TTANet (old)' the same views "
+            "as a batch of 2 around the kernels. Per-kernel µs from torch.profiler.")
 
 
 def cudnn_caption(f):
     k = f.kernels
-    return (f"{k['path']}: ANOTHER shape — v1's default 7-conv net, not F's — through cuDNN ('{k['cudnn']}') and "
+    if k.get("of_f"):
+        return (f"{k['path']} (tools/kernel_profile.py, in the study run): F's own weights through our kernels "
+                f"('{k['ours']}', F's path) and through cuDNN + torch.compile in one CUDA graph ('{k['cudnn']}', "
+                f"F_cudnn's path); its log says '{k['weights']}'. Per-kernel µs from torch.profiler, one pass.")
+    return (f"{k['path']}: ANOTHER shape — not F's — through cuDNN ('{k['cudnn']}') and "
             f"through our kernels ('{k['ours']}'); its log says '{k['weights'] or 'weights not logged'}'. It shows "
             "where cuDNN's time goes per kernel; F's own cuDNN-vs-ours host p50 is the F_cudnn / F_kern pair of "
-            "section 3.")
+            "the complete rows.")
+
+
+OPTS_HEAD = ["call", "path", "host p50 µs", "p95", "GPU µs", "pipelined µs", "notes"]
+
+
+def kernel_option_rows(f):
+    return [[o["call"], o["path"], fmt(o["p50"], 1), fmt(o["p95"], 1), fmt(o["gpu"], 1), fmt(o["pipe"], 1), o["notes"]]
+            for o in f.kernel_options]
 
 
 ANCHOR_HEAD = ["anchor", "acc %", "batch-1 latency", "training", "hardware", "how", "source"]
@@ -332,19 +352,41 @@ def v2_tables_md(f):
         out += [f"## Front: invocation {f.front_inv} on {f.front.gpu.iloc[0]}", "",
                 "Seed means through the timed path; speedup p50 vs the B1 of the same invocation.", ""]
         out += md_table(FRONT_HEAD, front_rows(f)) + ["", selection_line(f), ""]
+    if k.get("cudnn") and k.get("ours"):
+        title = "F's weights, our kernels vs cuDNN" if k.get("of_f") else "cuDNN vs ours on another shape"
+        out += [f"## Per-kernel time, {title} (µs)", "", cudnn_caption(f), ""]
+        out += md_table(KSUM_HEAD, ksum_rows(k["paths"], list(k["paths"]))) + [""]
+        out += md_table(["#", f"cuDNN path ({k['cudnn']})", "µs", f"ours ({k['ours']})", "µs"],
+                        kernel_pair_rows(f, 80)) + [""]
+    if f.kernel_options:
+        out += ["## Tiles and launch options on F's path (tools/kernel_paths.py; µs)", "",
+                "Heuristic vs tuned tiles (results/kernels/tiles.json), +pdl, +stem fused; F = the file shipped at "
+                "the time (AB94 + flip TTA), F@none = the same weights without TTA.", ""]
+        out += md_table(OPTS_HEAD, kernel_option_rows(f)) + [""]
     if t.get("rows"):
-        out += ["## Per-kernel time, F's shape through our kernels (µs)", "", tta_kernel_caption(f), ""]
+        out += ["## Flip TTA fused into our kernels; fewer kernels (an earlier build, µs)", "", tta_kernel_caption(f), ""]
         out += md_table(KSUM_HEAD, ksum_rows(t["paths"], t["rows"])) + [""]
         out += md_table(f_kernel_head(f), f_kernel_rows(f, 40)) + [""]
         out += ["Fewer-kernel options (fuse_stem '+stem', fuse_pairs '+pairs'), option minus the same path without "
                 "it, one pass each:", ""] + md_table(OPT_HEAD, option_rows(f)) + [""]
-    if k.get("cudnn") and k.get("ours"):
-        out += ["## Per-kernel time, cuDNN vs ours on another shape (µs)", "", cudnn_caption(f), ""]
-        out += md_table(KSUM_HEAD, ksum_rows(k["paths"], list(k["paths"]))) + [""]
-        out += md_table(["#", f"cuDNN path ({k['cudnn']})", "µs", f"ours ({k['ours']})", "µs"],
-                        kernel_pair_rows(f, 80)) + [""]
     out += ["## Anchors", ""] + md_table(ANCHOR_HEAD, anchor_rows(f)) + [""]
     return "\n".join(out)
+
+
+def rule_differs(f):
+    """The rule re-applied to the front of the rows used picks other points: a re-measurement (the
+    complete bench after front.py's) within noise, or shipped files that follow another front."""
+    rule, sel = f.n["rule"], f.selection
+    picks = f"F = {rule['F']}, F85 = {rule['F85']}"
+    if f.select_inv and f.select_inv != f.front_inv:
+        diff = [(r, sel[r]["variant"], rule[r]) for r in ("F", "F85") if sel[r]["variant"] != rule[r]]
+        fr = f.front
+        gaps = "; ".join(f"{a} {fr.loc[a].lat_p50_ms * 1000:.1f} vs {b} {fr.loc[b].lat_p50_ms * 1000:.1f} µs"
+                         for _, a, b in diff if a in fr.index and b in fr.index)
+        return (f"Re-applied to this invocation's re-measurement of the front, the rule would pick {picks} ({gaps}, "
+                "host p50 here); the shipped files are front.py's choice from its own invocation, one rule run, "
+                "not re-chosen from a second measurement.")
+    return f"WARNING: the same rule applied to this front picks {picks}: run `python front.py` again."
 
 
 def selection_line(f):
@@ -354,8 +396,7 @@ def selection_line(f):
          f"({sel['F85']['acc_mean']:.2f} %); rule: the fastest point with a seed mean >= "
          f"{f.cfg.front.f_min_acc:g} % (F) / >= {f.cfg.front.f85_min_acc:g} % (F85).")
     if rule.get("same") is False:
-        s += (f" WARNING: the same rule applied to this front picks F = {rule['F']}, F85 = {rule['F85']}: run "
-              "`python front.py` again.")
+        s += " " + rule_differs(f)
     elif rule.get("why"):
         s += f" front.py's rule finds no F85 on this front: {rule['why']}"
     elif rule.get("same"):

@@ -108,7 +108,7 @@ def test_single_invocation_is_chosen_and_the_whole_report_builds(tmp_path, capsy
     assert f.hash_check["ok"] and "Config check: the rows used carry" in said
     assert f.rec.empty and not f.recovered  # nothing recovered when the invocation holds every row
     table = open(out["table"]).read()
-    assert "bench-full" in table and "bench-newer" not in table
+    assert "bench-full" in table and "bench-newer" not in table.split("Not used:")[0]  # named only as not used
     acc_f = 86.0 + 1.7 * (len(shapes) - 1)
     assert f"| F | fastnet {shapes[-1]} | {acc_f:.2f} |" in table and f"{p_f:.4f}" in table
     assert "NOT committed" in open(out["ckpt"]).read() or "NOT in the repository" in open(out["ckpt"]).read()
@@ -198,3 +198,34 @@ def test_recovered_table_from_a_synthetic_cut_bench(tmp_path):
     assert "timing only, recovered from the log of a cut bench" in table and "bench-20990101-010000-bbbb" in table
     assert "No single bench invocation holds every row" in table
     assert os.path.getsize(out["pdf"]) > 10_000 and os.path.isfile(os.path.join(out["figs"], "latency_bar.png"))
+
+
+@pytest.mark.parametrize("f_shape_ok", [True, False])
+def test_the_complete_bench_after_the_front_stage_is_used(tmp_path, capsys, f_shape_ok):
+    # reproduce.sh: the front stage's invocation (front points + B1) is where front.py chose F / F85;
+    # the bench stage's later invocation holds every row, its F / F85 rows benching those files
+    h, cfg = config_hash(load_config()), load_config()
+    shapes = list(cfg.front.shapes)
+    front_only = [r for r in single_invocation("bench-front", "2026-12-01T01:00:00", h, cfg)
+                  if r.get("variant") in ("B1",) or str(r.get("variant", "")).startswith("P_") or r["script"] == "train"]
+    full = [r for r in single_invocation("bench-full", "2026-12-01T02:00:00", h, cfg) if r["script"] == "bench"]
+    full.append(row("bench-full", "2026-12-01T02:00:00", "AB94", 0.05, 94.0, h))  # the table's own AB94 variant
+    for r in full:
+        if r["variant"] in ("F", "F85"):
+            shape = shapes[-1] if r["variant"] == "F" else shapes[0]
+            r["notes"] = f"front shape {shape if f_shape_ok else 'other'} (chosen by front.py)"
+    cols = list(pd.read_csv(COMMITTED, nrows=0).columns)
+    csv = tmp_path / "results.csv"
+    pd.DataFrame(front_only + full).reindex(columns=cols).to_csv(csv, index=False)
+    sel = {role: {"variant": f"P_{s}", "front": s, "tta": "none", "acc": 90.0, "acc_mean": 90.0,
+                  "invocation": "bench-front"} for role, s in (("F", shapes[-1]), ("F85", shapes[0]))}
+    (tmp_path / "sel.json").write_text(json.dumps(dict(sel, F_reached_threshold=True)))
+    f = build.run(str(csv), KERNELS, out=build.outputs(str(tmp_path / "out")), selection=str(tmp_path / "sel.json"),
+                  table_only=True)
+    said = capsys.readouterr().out
+    if f_shape_ok:
+        assert f.mode == "single" and f.front_inv == "bench-full" and f.select_inv == "bench-front", said
+        assert f.table.loc["F"].variant == "F" and f.table.loc["F"].lat_p50_ms == pytest.approx(0.058)
+        assert "chose F and F85 from bench-front" in said
+    else:  # its F row benched another file: not the shipped F's bench, so not used
+        assert f.front_inv == "bench-front" and f.mode == "partial", said
