@@ -87,6 +87,35 @@ def test_f_path_predicts_as_the_fp32_reference(gpu_cfg):
     assert abs(fast_acc - ref_acc) <= 0.3, (fast_acc, ref_acc)
 
 
+def test_f_kernel_path_on_all_test_images_agrees_with_fp32(gpu_cfg):
+    """Issue 10: F through our kernels (F_kern, the timed path) vs the same weights in FP32 eager
+    (unfolded, no kernels) on all 10,000 test images: top-1 agreement >= 99.9 %, accuracy within
+    0.05 point."""
+    import utils
+    from inference import InferenceModel, evaluate_inference
+    device = torch.device("cuda")
+    try:
+        data = utils.load_data(gpu_cfg, device, need_train=False)
+    except utils.KitError as e:
+        pytest.skip(str(e))
+    im = InferenceModel(gpu_cfg, "F_kern", device)
+    assert im.kernels
+    model, _ = utils.load_model(im.ckpt_path, "fastnet", cfg=gpu_cfg)
+    ref_net = InferenceModel.folded_net(gpu_cfg, model, dict(fold_bn=False, fuse=False, device=device,
+                                                             dtype=torch.float32, mem=torch.contiguous_format,
+                                                             tta=im.tta))
+    mean, std = utils.norm_consts(gpu_cfg.data.mean, gpu_cfg.data.std, device)
+    x, y = data["test_u8"], data["y_test"]
+    with torch.inference_mode():
+        ref = torch.cat([ref_net(utils.normalize(x[i:i + 500], mean, std)).argmax(1) for i in range(0, len(x), 500)])
+        ours = torch.cat([im(im.prepare(x[i:i + 1])).argmax(1) for i in range(len(x))])
+    agree = 100.0 * float((ref == ours).float().mean())
+    acc_ref, acc_ours = (100.0 * float((p == y).float().mean()) for p in (ref, ours))
+    assert len(x) == 10000 and agree >= 99.9, f"top-1 agreement {agree:.2f} % on {len(x)} images"
+    assert abs(acc_ours - acc_ref) <= 0.05, (acc_ours, acc_ref)
+    assert abs(evaluate_inference(im, data, gpu_cfg.eval.batch_size, 0)["acc"] - acc_ours) <= 0.01  # the kit's eval
+
+
 # -- our Triton kernels (kernels.py): TTA views fused into the kernels ----------------------------
 def _ttanet_reference(K, layers, head, mode):
     """TTANet (torch views, weighted mean) over the float64 reference of the folded net."""
