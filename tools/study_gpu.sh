@@ -9,6 +9,8 @@
 #                                            # what exists into $OUT (results, logs, checkpoints)
 #   bash tools/study_gpu.sh job              # (what start runs) the stages in order
 #   JOB=table_job bash tools/study_gpu.sh start  # instead: the table + ablation on the committed F / F85
+# The lent machine's .git is the session start's: pass the commit being run, copied from
+# `git rev-parse --short=12 HEAD` here (never typed), as KIT_GIT_COMMIT=<sha> before `start`.
 #
 # Stages and their logs (results/logs/ once committed): train.log, front.log, bench.log
 # (`sh reproduce.sh <stage>`, each with its wall time on its last line), test_gpu.log,
