@@ -815,6 +815,24 @@ def time_pipelined(fn, n):
     return s.elapsed_time(e) / n
 
 
+def path_timings(ims, device, runs, iters, warmup=100, n_gpu=200):
+    """The GPU tools' timing of InferenceModels (tools/kernel_paths.py, tta_check.py,
+    kernel_profile.py): `runs` interleaved runs of `iters` host-clock calls on each static input,
+    then per path (ms): p50 = median of the run medians, p95 of all calls, GPU time per call from
+    CUDA events (median of n_gpu), pipelined time (n_gpu back-to-back calls / n_gpu)."""
+    lat = {n: [] for n in ims}
+    for _ in range(runs):  # interleaved, as bench.py does
+        for n, im in ims.items():
+            lat[n].append(time_calls(lambda: im(im.static_in), device, warmup, iters))
+    out = {}
+    for n, im in ims.items():
+        fn = lambda: im(im.static_in)  # noqa: E731
+        out[n] = {"p50": float(np.median([np.median(r) for r in lat[n]])),
+                  "p95": float(np.percentile(np.concatenate(lat[n]), 95)),
+                  "gpu": float(np.median(time_gpu_events(fn, n_gpu))), "pipe": float(time_pipelined(fn, n_gpu))}
+    return out
+
+
 def speedup_interval(ref_runs, runs, n_boot=2000, seed=0):
     """Speedup from p50s: median of the reference's run medians / median of the variant's run
     medians, and a bootstrap 95 % interval (runs resampled with replacement, both sides)."""

@@ -1,6 +1,7 @@
 """utils.py models and inference paths, on the CPU."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -118,3 +119,30 @@ def test_timer_and_stats():
     assert s["mean"] == pytest.approx(1.5 * ms.mean()) and s["cv_pct"] > 0
     st = utils.latency_stats([1.0, 2.0, 3.0, 4.0, 100.0])
     assert st["p50"] == 3.0 and st["p95"] > st["p50"] and st["mean"] == 22.0
+
+
+def test_path_timings_interleave_runs_and_take_the_median_of_run_medians(monkeypatch):
+    # the GPU tools' timing (utils.path_timings): the host runs interleaved across paths, then
+    # per path the median of the run medians, p95 of all calls, and the CUDA-event / pipelined
+    # timers (faked here: the CPU has no CUDA events)
+    order, runs = [], iter([[1.0, 2.0, 9.0], [5.0, 5.0, 5.0], [3.0, 4.0, 4.0], [7.0, 7.0, 7.0]])
+
+    def fake_calls(fn, device, warmup, iters):
+        fn()
+        return np.array(next(runs))
+
+    class Path:
+        def __init__(self, name):
+            self.name, self.static_in = name, None
+
+        def __call__(self, x):
+            order.append(self.name)
+
+    monkeypatch.setattr(utils, "time_calls", fake_calls)
+    monkeypatch.setattr(utils, "time_gpu_events", lambda fn, n: np.array([0.5, 0.1, 0.3]))
+    monkeypatch.setattr(utils, "time_pipelined", lambda fn, n: 0.05)
+    t = utils.path_timings({"a": Path("a"), "b": Path("b")}, torch.device("cpu"), runs=2, iters=3)
+    assert order == ["a", "b", "a", "b"]  # run 1 of every path, then run 2
+    assert t["a"]["p50"] == 3.0 and t["b"]["p50"] == 6.0  # medians of (2, 4) and (5, 7)
+    assert t["a"]["p95"] == pytest.approx(np.percentile([1, 2, 9, 3, 4, 4], 95))
+    assert t["a"]["gpu"] == 0.3 and t["a"]["pipe"] == 0.05

@@ -12,7 +12,6 @@ change the schedule, not the sums, beyond fp32 atomics' order).
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,20 +45,14 @@ def main():
     cfg = load_config(a.config, a.overrides)
     dev = torch.device("cuda")
     ims = build_all(cfg, a.variants.split(","), dev)
-    lat = {n: [] for n in ims}
-    for _ in range(a.runs):  # interleaved, as bench.py does
-        for n, im in ims.items():
-            lat[n].append(utils.time_calls(lambda: im(im.static_in), dev, 100, a.iters))
+    tm = utils.path_timings(ims, dev, a.runs, a.iters)
     x = torch.randint(0, 256, (64, 1, 3, 32, 32), dtype=torch.uint8, device=dev)
     env = utils.env_info()
     print(f"{env['gpu']}, torch {env['torch']}, commit {env['git_commit']}; {a.runs} runs x {a.iters} calls")
     print(f"{'path':<24s} {'p50 us':>7s} {'p95 us':>7s} {'gpu us':>7s} {'pipe us':>7s} {'max|dlogit|':>11s}  notes")
     base = {}
     for n, im in ims.items():
-        p50 = 1e3 * float(np.median([np.median(r) for r in lat[n]]))
-        p95 = 1e3 * float(np.percentile(np.concatenate(lat[n]), 95))
-        gpu = 1e3 * float(np.median(utils.time_gpu_events(lambda: im(im.static_in), 200)))
-        pipe = 1e3 * utils.time_pipelined(lambda: im(im.static_in), 200)
+        p50, p95, gpu, pipe = (1e3 * tm[n][k] for k in ("p50", "p95", "gpu", "pipe"))
         outs = torch.stack([im(im.prepare(xi)).float().clone() for xi in x])
         key = n.split(" ")[0]
         base.setdefault(key, outs)

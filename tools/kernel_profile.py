@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,12 +32,8 @@ def log(s):
 
 def measure(im, dev):
     """Host p50/p95, GPU-event and pipelined time (µs) and the per-kernel list of one path."""
-    fn = lambda: im(im.static_in)  # noqa: E731
-    runs = [utils.time_calls(fn, dev, 100, 300) for _ in range(10)]
-    return {"p50": 1e3 * float(np.median([np.median(r) for r in runs])),
-            "p95": 1e3 * float(np.percentile(np.concatenate(runs), 95)),
-            "gpu": 1e3 * float(np.median(utils.time_gpu_events(fn, 200))),
-            "pipe": 1e3 * utils.time_pipelined(fn, 200), "kernels": profile_kernels(im._graph)}
+    t = utils.path_timings({"path": im}, dev, 10, 300)["path"]
+    return {**{k: 1e3 * v for k, v in t.items()}, "kernels": profile_kernels(im._graph)}
 
 
 def main():

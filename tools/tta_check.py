@@ -9,7 +9,6 @@ Needs the front checkpoints front_<shape>_s<seed> in the manifest (train.py --fr
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -44,18 +43,12 @@ def main():
         ims[f"P_{p}"] = build(cfg, f"P_{p}", dev)
         ims[f"P_{p}_flip"] = build(cfg, f"P_{p}_flip", dev)
         ims[f"P_{p}_flip_old"] = build(cfg, f"P_{p}_flip", dev, fused=False)
-    lat = {n: [] for n in ims}
-    for _ in range(a.runs):  # interleaved, as bench.py does
-        for n, im in ims.items():
-            lat[n].append(utils.time_calls(lambda: im(im.static_in), dev, 100, a.iters))
+    tm = utils.path_timings(ims, dev, a.runs, a.iters)
     data = utils.load_data(cfg, dev, need_train=False)
     print(f"{torch.cuda.get_device_name()}, {a.runs} runs x {a.iters} calls; host p50 = median of run medians")
     print(f"{'path':<18s} {'p50 ms':>8s} {'p95 ms':>8s} {'gpu ms':>8s} {'pipe ms':>8s} {'kernels':>7s} {'acc %':>7s}")
     for n, im in ims.items():
-        p50 = float(np.median([np.median(r) for r in lat[n]]))
-        p95 = float(np.percentile(np.concatenate(lat[n]), 95))
-        gpu = float(np.median(utils.time_gpu_events(lambda: im(im.static_in), 200)))
-        pipe = utils.time_pipelined(lambda: im(im.static_in), 200)
+        p50, p95, gpu, pipe = (tm[n][k] for k in ("p50", "p95", "gpu", "pipe"))
         kn = getattr(inference.kernel_net_of(im.net), "kernel_count", None)
         acc = inference.evaluate_inference(im, data, cfg.eval.batch_size, 0)["acc"]
         print(f"{n:<18s} {p50:8.4f} {p95:8.4f} {gpu:8.4f} {pipe:8.4f} {kn() if kn else '-':>7} {acc:7.2f}")
