@@ -53,9 +53,10 @@ def our_kernels(f):
 
 def tuned_tiles(f):
     """Tiles tuned per layer shape (kernel_paths logs): host p50 heuristic -> tuned, per path."""
-    e = [x for x in f.n.get("opts", []) if x["call"] == (f.n["opts"][-1]["call"] if f.n.get("opts") else None)]
-    if not e:
+    opts = f.n.get("opts")
+    if not opts:
         return None
+    e = [x for x in opts if x["call"] == opts[-1]["call"]]  # the newest call
     return ("Tiles tuned per layer shape at build time and cached (tools/kernel_tune.py, results/kernels/tiles.json; "
             "a wider search than the heuristic: longer K steps, no split-K, whole-map tiles for a last layer whose "
             "tile then adds its share of the logits itself): "

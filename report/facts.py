@@ -146,9 +146,8 @@ def complete_invocation(bench, s, sel, front_inv, cfg_hash):
     for r in s.iloc[::-1].itertuples():
         if r.timestamp < t0 or r.hashes != [cfg_hash] or not need <= r.variants:
             continue
-        ok = all(f"front shape {sel[v]['front']} " in str(pick_row(bench, r.invocation, v).notes)
-                 and pick_row(bench, r.invocation, v).tta == sel[v]["tta"] for v in ("F", "F85"))
-        if ok:
+        rows = {v: pick_row(bench, r.invocation, v) for v in ("F", "F85")}
+        if all(f"front shape {sel[v]['front']} " in str(x.notes) and x.tta == sel[v]["tta"] for v, x in rows.items()):
             return r.invocation
     return None
 

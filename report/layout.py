@@ -281,6 +281,14 @@ def cudnn_caption(f):
             "the complete rows.")
 
 
+def options_caption():
+    return ("Each path built by InferenceModel as bench.py builds it, interleaved runs (8 x 300 calls), one call per "
+            "log: heuristic tiles vs tiles tuned per layer shape (tools/kernel_tune.py, cached in "
+            "results/kernels/tiles.json), programmatic dependent launch (+pdl), the stem fused into the next layer "
+            "(+stem). F here is the file shipped at the time: AB94 + flip TTA; 'F@none' the same weights without TTA "
+            "(today's F is that shape and mode, retrained).")
+
+
 OPTS_HEAD = ["call", "path", "host p50 µs", "p95", "GPU µs", "pipelined µs", "notes"]
 
 
@@ -360,8 +368,7 @@ def v2_tables_md(f):
                         kernel_pair_rows(f, 80)) + [""]
     if f.kernel_options:
         out += ["## Tiles and launch options on F's path (tools/kernel_paths.py; µs)", "",
-                "Heuristic vs tuned tiles (results/kernels/tiles.json), +pdl, +stem fused; F = the file shipped at "
-                "the time (AB94 + flip TTA), F@none = the same weights without TTA.", ""]
+                options_caption(), ""]
         out += md_table(OPTS_HEAD, kernel_option_rows(f)) + [""]
     if t.get("rows"):
         out += ["## Flip TTA fused into our kernels; fewer kernels (an earlier build, µs)", "", tta_kernel_caption(f), ""]

@@ -186,11 +186,7 @@ def kernels(doc, f):
                     f"({f.n['f85_cudnn']['x']:.2f}×)." if f.n["f85_cudnn"] else "."), size=8.5)
     if f.kernel_options:
         doc.heading("Tiles and launch options on F's path (tools/kernel_paths.py)", 2)
-        doc.para("Each path built by InferenceModel as bench.py builds it, interleaved runs (8 x 300 calls), one call "
-                 "per log: heuristic tiles vs tiles tuned per layer shape (tools/kernel_tune.py, cached in "
-                 "results/kernels/tiles.json), programmatic dependent launch (+pdl), the stem fused into the next "
-                 "layer (+stem). F here is the file shipped at the time: AB94 + flip TTA; 'F@none' the same weights "
-                 "without TTA (today's F is that shape and mode, retrained).", size=8.3)
+        doc.para(L.options_caption(), size=8.3)
         last = f.kernel_options[-1]["call"]
         doc.para(f"The newest call ({last}); every call's rows are in results/v2_tables.md.", size=8.3)
         doc.table(L.OPTS_HEAD, [r for r in L.kernel_option_rows(f) if r[0] == last])
