@@ -135,6 +135,7 @@ VARIANT = {
     "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
     "kernel_pdl": Field(bool, False),
     "kernel_fuse_stem": Field(bool, False),  # the stem computed inside the next layer's kernel (one kernel less)
+    "kernel_fuse_pairs": Field(bool, False),  # consecutive layers paired in one persistent kernel (grid barrier)
 }
 
 # A front shape: widths/depths, and optionally other models.fastnet keys it changes.

@@ -71,6 +71,7 @@ def kernel_net(cfg, model, a):
         raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
     kw = dict(device=str(a["device"]), pdl=a.get("kernel_pdl", False), fuse_stem=a.get("kernel_fuse_stem", False),
+              fuse_pairs=a.get("kernel_fuse_pairs", False),
               tile_cache=resolve_path(cfg, cfg.paths.kernel_tiles) if a.get("kernel_tiles") == "tuned" else None)
     if a["tta"] in KERNEL_TTA and a.get("tta_fused", True):
         return KernelPath(kernels.KernelNet(layers, head, batch=1, views=TTA_VIEWS[a["tta"]], **kw))
@@ -82,7 +83,8 @@ def kernel_notes(kn):
     """One note for the row: how many layers ran tiles from the cache / the heuristic, and PDL."""
     src = kn.tile_sources()
     counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
-    return f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}{'; stem fused' if kn.fuse_stem else ''}"
+    return (f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}{'; stem fused' if kn.fuse_stem else ''}"
+            f"{'; layers paired' if kn.fuse_pairs else ''}; {kn.kernel_count()} kernels")
 
 
 def kernel_net_of(net):
@@ -172,7 +174,8 @@ class InferenceModel:
         self._cfg, self._fold_args = cfg, dict(fold_bn=v.fold_bn, fuse=v.fuse, device=device, dtype=self.dtype,
                                                mem=self.mem, tta=self.tta, kernels=self.kernels,
                                                kernel_tiles=v.kernel_tiles, kernel_pdl=v.kernel_pdl,
-                                               kernel_fuse_stem=v.kernel_fuse_stem)
+                                               kernel_fuse_stem=v.kernel_fuse_stem,
+                                               kernel_fuse_pairs=v.kernel_fuse_pairs)
         self.net = net = InferenceModel.folded_net(cfg, model, self._fold_args)
         if kernel_net_of(net) is not None:
             self.notes.append(kernel_notes(kernel_net_of(net)))

@@ -636,7 +636,7 @@ class KernelNet(torch.nn.Module):
         self._build_views(views)
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
-        self.fuse_stem = bool(fuse_stem)
+        self.fuse_stem, self.fuse_pairs = bool(fuse_stem), bool(fuse_pairs)
         self.specs = self._build_specs(layers)
         self._build_head(head)
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "interpreter"
@@ -764,13 +764,11 @@ class KernelNet(torch.nn.Module):
         key = tile_key(m, self.nb, self.gpu)
         if key in cache:
             return dict(cache[key]), "cache"
+        tune = bool(autotune) and self.device.type == "cuda"  # the interpreter cannot time
         mem_key = (key, self.pdl, autotune)
         if mem_key not in _TILE_CACHE:
-            if autotune and self.device.type == "cuda":
-                _TILE_CACHE[mem_key] = self._autotune(sp, autotune=autotune)
-            else:
-                _TILE_CACHE[mem_key] = heuristic_tiles(m, self.nb, self.n_sm)
-        return dict(_TILE_CACHE[mem_key]), "autotune" if autotune and self.device.type == "cuda" else "heuristic"
+            _TILE_CACHE[mem_key] = self._autotune(sp, autotune=autotune) if tune else heuristic_tiles(m, self.nb, self.n_sm)
+        return dict(_TILE_CACHE[mem_key]), "autotune" if tune else "heuristic"
 
     def tuned_entries(self):
         """{tile_key: tiles} of this net's autotuned layers: what tools/kernel_tune.py saves."""

@@ -151,3 +151,12 @@ def test_bench_without_the_reference_checkpoint_benches_what_is_there(trained):
     new = list(csv.DictReader(open(results)))[n0:]
     assert [x["variant"] for x in new] == ["F"] and new[0]["speedup_p50"] == "" and float(new[0]["lat_p50_ms"]) > 0
     check(trained, "bench.py", ["--variant", "B1,F"], "no checkpoint for '@mobilenetv3'")  # asked for: an error
+
+
+def test_kernel_paths_options(trained):
+    """tools/kernel_paths.py: a bad --options token or a missing --wide-tiles file stops with one
+    line before any GPU check (CI has no GPU, so a good line ends at the GPU check)."""
+    check(trained, "tools/kernel_paths.py", ["--options", "tuned+pairz"], "bad option 'tuned+pairz'", "+pairs")
+    check(trained, "tools/kernel_paths.py", ["--options", "tuned,wide+pairs", "--wide-tiles", "nope.json"],
+          "no tile cache 'nope.json'", "--wide")
+    check(trained, "tools/kernel_paths.py", ["--options", "heuristic,tuned+pdl+stem+pairs"], "on a GPU")

@@ -156,6 +156,12 @@ def _inference_flip():
         r["old_err"] = _rel_err(old(x).clone(), InferenceModel.folded_net(cfg, m1, ref_a)(x.float()).double())
         net.kn.load_weights(*m2.folded_spec(cfg.data.mean, cfg.data.std))
         r["swapped_err"] = _rel_err(net(x).clone(), InferenceModel.folded_net(cfg, m2, ref_a)(x.float()).double())
+        # the variant keys kernel_fuse_stem / kernel_fuse_pairs reach KernelNet; the row's note counts the kernels
+        from inference import kernel_notes
+        fewer = InferenceModel.folded_net(cfg, m1, dict(a, kernel_fuse_stem=True, kernel_fuse_pairs=True))
+        fewer.kn.phases = "split"  # the interpreter runs programs in turn: no grid barrier (see _fewer_kernels)
+        r["fewer_err"] = _rel_err(fewer(x).clone(), InferenceModel.folded_net(cfg, m1, ref_a)(x.float()).double())
+        r["fewer_kernels"], r["fewer_note"], r["note"] = fewer.kn.kernel_count(), kernel_notes(fewer.kn), kernel_notes(net.kn)
     return r
 
 
@@ -285,7 +291,10 @@ def test_inference_kernel_path_fuses_flip_once():
     r = _run_case("inference_flip")
     assert not r["wrapped"] and r["fused"] and r["nb"] == 2, r  # no TTANet: the kernels make the views
     assert r["old_wrapped"] and r["old_batch"] == 2, r  # tta_fused=False: the TTANet path, kept for benches
-    assert max(r["err"], r["old_err"], r["swapped_err"]) < TOL, r
+    assert max(r["err"], r["old_err"], r["swapped_err"], r["fewer_err"]) < TOL, r
+    assert r["fewer_kernels"] < r["kernels"], r
+    assert "stem fused; layers paired; " in r["fewer_note"] and "paired" not in r["note"], r
+    assert r["note"].endswith(f"; {r['kernels']} kernels") and r["fewer_note"].endswith(f"; {r['fewer_kernels']} kernels"), r
     # fp16 weights, fp32 biases (the head padded): at least 2 bytes a weight, never 0
     assert r["bytes"] == r["bytes_old"] and 2 * r["n_weights"] <= r["bytes"] < 5 * r["n_weights"], r
 
