@@ -44,9 +44,9 @@ def build_all(cfg, variants, options, wide_tiles, dev):
         for opt in options:
             src, flags = parse_option(opt)
             name = " ".join([v, src] + [f"+{f}" for f in opt.split("+")[1:]])
+            off = dict(kernel_pdl=False, kernel_fuse_stem=False, kernel_fuse_pairs=False)
             cfg.variants[name] = Config(dict(cfg.variants[base], kernel_tiles="heuristic" if src == "heuristic" else "tuned",
-                                             kernel_pdl=False, kernel_fuse_stem=False, kernel_fuse_pairs=False,
-                                             tta=tta or cfg.variants[base].tta, **flags))
+                                             tta=tta or cfg.variants[base].tta, **dict(off, **flags)))
             cfg.paths["kernel_tiles"] = wide_tiles if src == "wide" else tiles_path  # read at build only
             try:
                 ims[name] = inference.InferenceModel(cfg, name, dev)
