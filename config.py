@@ -453,11 +453,21 @@ def resolve_path(cfg, p):
     return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
 
+# Variant knobs added after rows were measured, with the default that is the old behaviour: at
+# that default they are left out of the hash, so the rows measured before them keep matching
+# config.yaml; set to anything else they count like any key.
+HASH_NEUTRAL = {"kernel_fuse_pairs": False}
+
+
 def config_hash(cfg):
     """Stable 12-hex-digit hash of the resolved configuration.  Where files go (paths.*, the
     config file's location) is left out: a run writing its rows elsewhere with --set
-    paths.results=... ran the same study and carries the same hash."""
+    paths.results=... ran the same study and carries the same hash.  So are HASH_NEUTRAL keys
+    at their default."""
     d = {k: v for k, v in dict(cfg).items() if k not in ("config_file", "paths")}
+    if isinstance(d.get("variants"), dict):
+        d["variants"] = {n: {k: x for k, x in v.items() if not (k in HASH_NEUTRAL and x is HASH_NEUTRAL[k])}
+                         for n, v in d["variants"].items()}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

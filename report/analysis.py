@@ -53,15 +53,21 @@ def our_kernels(f):
 
 def tuned_tiles(f):
     """Tiles tuned per layer shape (kernel_paths logs): host p50 heuristic -> tuned, per path."""
-    opts = f.n.get("opts")
+    opts = [x for x in f.n.get("opts") or [] if x["heur"] is not None]
     if not opts:
         return None
-    e = [x for x in opts if x["call"] == opts[-1]["call"]]  # the newest call
-    return ("Tiles tuned per layer shape at build time and cached (tools/kernel_tune.py, results/kernels/tiles.json; "
-            "a wider search than the heuristic: longer K steps, no split-K, whole-map tiles for a last layer whose "
-            "tile then adds its share of the logits itself): "
-            + "; ".join(f"{x['base']} {x['heur']:.1f} → {x['tuned']:.1f} µs host p50" for x in e)
-            + f" (results/kernels/{e[0]['call']}/, one call, interleaved runs).")
+    e = [x for x in opts if x["call"] == opts[-1]["call"]]  # the newest log with heuristic rows
+    s = ("Tiles tuned per layer shape at build time and cached (tools/kernel_tune.py, results/kernels/tiles.json; "
+         "a wider search than the heuristic: longer K steps, no split-K, whole-map tiles for a last layer whose "
+         "tile then adds its share of the logits itself): "
+         + "; ".join(f"{x['base']} {x['heur']:.1f} → {x['tuned']:.1f} µs host p50" for x in e)
+         + f" ({e[0]['log']}, one call, interleaved runs).")
+    w = [x for x in f.n["opts"] if "wide" in x]
+    if w:
+        s += (" The still wider search (kernel_tune.py --wide: 8 warps, 2 to 4 pipeline stages) against those tiles: "
+              + "; ".join(f"{x['base']} {x['wide']:+.1f} µs" for x in w)
+              + f" ({w[-1]['log']}); within the noise, so the tile cache stays as it was.")
+    return s
 
 
 def path_steps(f):
@@ -117,12 +123,14 @@ def fewer_kernels(f):
               + " — one pass each" + (f" (the same kernel graph timed twice in {f.kernels['path']} moved by up to "
                                       f"{spread:.1f} µs)" if spread is not None else "")
               + ".")
-    e = [x for x in f.n.get("opts", []) if "+stem" in x or "+pdl" in x]
+    from facts import OPTION_DELTAS
+    e = [x for x in f.n.get("opts", []) if any(o in x for o in OPTION_DELTAS)]
     if e:
-        s += (" On F's path with tuned tiles (tools/kernel_paths.py): "
-              + "; ".join(f"{x['base']} ({x['call']})" + "".join(f" {o} {x[o]:+.1f} µs" for o in ("+stem", "+pdl") if o in x)
+        s += (" On F's and F85's paths with tuned tiles (tools/kernel_paths.py, host p50 against tuned tiles alone): "
+              + "; ".join(f"{x['base']} ({x['call']})" + "".join(f" {o} {x[o]:+.1f} µs" for o in OPTION_DELTAS if o in x)
                           for x in e)
-              + ". PDL and the fused stem stay off in F's path (config: kernel_pdl, kernel_fuse_stem), fuse_pairs too.")
+              + ". PDL, the fused stem and the paired layers stay off in F's path (config: kernel_pdl, "
+                "kernel_fuse_stem, kernel_fuse_pairs).")
     return s
 
 
@@ -222,14 +230,27 @@ def recovered_limits(f):
             "carry the FP32 test accuracy of their checkpoints, not an accuracy through the timed path.")
 
 
+def f_repeats(f):
+    """F tuned timed more than once on one file: the logs made while F carried flip TTA (its
+    earlier file), then the logs of each later lease (today's F, several processes on one machine)."""
+    opts = [x for x in f.n.get("opts", []) if x["base"] == "F"]
+    groups = [("F then AB94 + flip", [x for x in opts if x["f_then"]])]
+    groups += [(f"today's F, one machine", [x for x in opts if not x["f_then"] and x["lease"] == lease])
+               for lease in dict.fromkeys(x["lease"] for x in opts if not x["f_then"])]
+    return [(why, [(x["call"], x["tuned"]) for x in g]) for why, g in groups if len(g) > 1]
+
+
 def kernel_net(f):
     if f.kernels.get("of_f"):
-        same = [(x["call"], x["tuned"]) for x in f.n.get("opts", []) if x["base"] == "F"]
         if not f.kernel_options:
             return None
+        reps = f_repeats(f)
+        spread = max((max(t for _, t in r) - min(t for _, t in r) for _, r in reps), default=None)
         return ("The per-kernel tables and the tile/launch options are one pass per path (one call)"
-                + ("; the same path in two calls: F tuned " + " and ".join(f"{t:.1f} µs ({c})" for c, t in same)
-                   if len(same) > 1 else "") + ": differences of a µs or two are not read.")
+                + "".join(f"; the same path in {len(r)} calls ({why}): F tuned "
+                          + " and ".join(f"{t:.1f} µs ({c})" for c, t in r) for why, r in reps)
+                + (f": differences up to {spread:.1f} µs between calls are not read." if spread is not None
+                   else ": differences of a few µs are not read."))
     t = f.tta_kernels
     if not t.get("rows"):
         return None
@@ -277,10 +298,16 @@ def fuse_tail(f):
     k, pairs = f.n.get("f_kernels"), pairs_with_tta(f)
     if not k:
         return None
-    return (f"Fuse the last three layers and the head: they take {k['tail3']:.1f} of {k['sum']:.1f} µs of F's kernel "
-            "time." + (" fuse_pairs, lower in host p50 on every fused-TTA path it ran on ("
-                       + ", ".join(f"{o['d_host']:+.1f} µs" for o in pairs) + ", one pass), is the first to bench as "
-                       "an F variant in a full invocation." if pairs else ""))
+    s = f"Fuse the last three layers and the head: they take {k['tail3']:.1f} of {k['sum']:.1f} µs of F's kernel time."
+    mine = [x for x in f.n.get("opts", []) if x["base"] == "F" and not x["f_then"] and "+pairs" in x]
+    if mine:  # fuse_pairs measured on today's F itself
+        return s + (" Pairing layers in persistent kernels with a grid barrier (fuse_pairs) does not do it on F's own "
+                    "path: " + ", ".join(f"{x['+pairs']:+.1f} µs host p50 ({x['call']})" for x in mine)
+                    + " with 4 kernels instead of 7, so the barrier costs what the saved launches gain; a cheaper "
+                      "synchronisation (thread-block clusters over the small late layers) is the next thing to try.")
+    return s + (" fuse_pairs, lower in host p50 on every fused-TTA path it ran on ("
+                + ", ".join(f"{o['d_host']:+.1f} µs" for o in pairs) + ", one pass), is the first to bench as "
+                "an F variant in a full invocation." if pairs else "")
 
 
 def host_share(f):

@@ -381,36 +381,49 @@ def kernel_facts(path):
 
 
 def kernel_option_logs():
-    """results/kernels/*/kernel_paths*.log (tools/kernel_paths.py): F's, F85's paths with heuristic vs
-    tuned tiles, PDL, the stem fused; one row per path and log, in log order."""
-    out = []
-    for p in sorted(glob.glob(os.path.join(RES, "kernels", "*", "kernel_paths*.log"))):
-        call = os.path.basename(os.path.dirname(p))
+    """results/kernels/*/kernel_paths*.log (tools/kernel_paths.py): F's, F85's paths with heuristic,
+    tuned or wide tiles, PDL, the stem fused, layers paired; one row per path and log, in log order.
+    call: the lease's folder, and the log's own suffix (kernel_paths_<x>.log) where a lease has several."""
+    out, logs = [], sorted(glob.glob(os.path.join(RES, "kernels", "*", "kernel_paths*.log")))
+    for p in logs:
+        lease = os.path.dirname(p)
+        several = sum(os.path.dirname(q) == lease for q in logs) > 1
+        suffix = os.path.basename(p)[len("kernel_paths"):-len(".log")].strip("_") if several else ""
+        lease = os.path.basename(lease)
+        call = f"{lease} {suffix}".strip()
         lines = open(p).read().splitlines()
         head = next((i for i, ln in enumerate(lines) if ln.startswith("path ")), None)
         for ln in lines[head + 1:] if head is not None else []:
             m = re.match(r"^(.+?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+\S+\s+(.*)$", ln)
             if not m:
                 continue
-            out.append({"call": call, "path": m[1].strip(), "p50": float(m[2]), "p95": float(m[3]), "gpu": float(m[4]),
-                        "pipe": float(m[5]), "notes": m[6].strip(), "log": os.path.relpath(p, ROOT)})
+            out.append({"call": call, "lease": lease, "path": m[1].strip(), "p50": float(m[2]), "p95": float(m[3]),
+                        "gpu": float(m[4]), "pipe": float(m[5]), "notes": m[6].strip(), "log": os.path.relpath(p, ROOT)})
     return out
 
 
+OPTION_DELTAS = ("+pdl", "+stem", "+pairs", "+stem +pairs")  # against tuned tiles alone; "wide" likewise
+
+
 def option_effects(rows):
-    """Per kernel_paths log and base path (F, F@none, F85): host p50 of each option against the
-    heuristic tiles, and of +pdl / +stem against tuned tiles alone (µs, negative = faster)."""
+    """Per kernel_paths log and base path (F, F@none, F85): host p50 with heuristic tiles (where the
+    log has them), with tuned tiles, and each option against tuned tiles alone (µs, negative =
+    faster).  f_then: the log holds 'F@none' rows, i.e. it was made while F carried flip TTA (an
+    earlier file than today's F)."""
     out = []
     for call in dict.fromkeys(r["call"] for r in rows):
         g = {r["path"]: r for r in rows if r["call"] == call}
         for base in dict.fromkeys(p.split(" ")[0] for p in g):
             h, t = g.get(f"{base} heuristic"), g.get(f"{base} tuned")
-            if not (h and t):
+            if not t:
                 continue
-            e = {"call": call, "base": base, "heur": h["p50"], "tuned": t["p50"]}
-            for opt in ("+pdl", "+stem"):
+            e = {"call": call, "lease": t["lease"], "log": t["log"], "base": base, "heur": h["p50"] if h else None,
+                 "tuned": t["p50"], "f_then": any(p.startswith("F@none ") for p in g)}
+            for opt in OPTION_DELTAS:
                 if f"{base} tuned {opt}" in g:
                     e[opt] = g[f"{base} tuned {opt}"]["p50"] - t["p50"]
+            if f"{base} wide" in g:
+                e["wide"] = g[f"{base} wide"]["p50"] - t["p50"]
             out.append(e)
     return out
 

@@ -282,11 +282,13 @@ def cudnn_caption(f):
 
 
 def options_caption():
-    return ("Each path built by InferenceModel as bench.py builds it, interleaved runs (8 x 300 calls), one call per "
-            "log: heuristic tiles vs tiles tuned per layer shape (tools/kernel_tune.py, cached in "
-            "results/kernels/tiles.json), programmatic dependent launch (+pdl), the stem fused into the next layer "
-            "(+stem). F here is the file shipped at the time: AB94 + flip TTA; 'F@none' the same weights without TTA "
-            "(today's F is that shape and mode, retrained).")
+    return ("Each path built by InferenceModel as bench.py builds it, interleaved runs (8 or 10 x 300 calls; each "
+            "log's first line), one call per log: heuristic tiles vs tiles tuned per layer shape (tools/kernel_tune.py, "
+            "cached in results/kernels/tiles.json) or by its wider search (wide: kernel_tune.py --wide), "
+            "programmatic dependent launch (+pdl), the stem fused into the next layer (+stem), consecutive layers "
+            "paired in one persistent kernel with a grid barrier (+pairs); the notes count the kernels. In gpu4 and "
+            "gpu5, F is the file shipped at the time: AB94 + flip TTA, and 'F@none' the same weights without TTA; "
+            "from gpu6 on, F and F85 are today's files (AB94 without TTA, retrained; t3).")
 
 
 OPTS_HEAD = ["call", "path", "host p50 µs", "p95", "GPU µs", "pipelined µs", "notes"]

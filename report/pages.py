@@ -187,9 +187,9 @@ def kernels(doc, f):
     if f.kernel_options:
         doc.heading("Tiles and launch options on F's path (tools/kernel_paths.py)", 2)
         doc.para(L.options_caption(), size=8.3)
-        last = f.kernel_options[-1]["call"]
-        doc.para(f"The newest call ({last}); every call's rows are in results/v2_tables.md.", size=8.3)
-        doc.table(L.OPTS_HEAD, [r for r in L.kernel_option_rows(f) if r[0] == last])
+        last = f.kernel_options[-1]["lease"]
+        doc.para(f"The newest lease ({last}); every call's rows are in results/v2_tables.md.", size=8.3)
+        doc.table(L.OPTS_HEAD, [r for r, o in zip(L.kernel_option_rows(f), f.kernel_options) if o["lease"] == last])
     if t.get("rows"):
         doc.heading("Flip TTA fused into the kernels; fewer kernels (an earlier build)", 2)
         doc.para(L.tta_kernel_caption(f) + " Earlier build: heuristic tiles, the global-max head.", size=8.3)

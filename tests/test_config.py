@@ -138,3 +138,14 @@ def test_hash_does_not_depend_on_paths(tmp_path):
     b = load_config(None, [f"paths.results={tmp_path}/r.csv", f"paths.checkpoints={tmp_path}/ck"])
     assert config_hash(a) == config_hash(b)
     assert config_hash(load_config(None, ["train.fastnet.epochs=3"])) != config_hash(a)
+
+
+def test_a_knob_added_later_leaves_the_hash_at_its_default():
+    """kernel_fuse_pairs came after the study's rows: at its default (False) the hash is the one
+    those rows carry; set true it changes the hash like any key."""
+    a = load_config()
+    old = load_config()
+    for v in old.variants.values():
+        del v["kernel_fuse_pairs"]  # the configuration as resolved before the knob existed
+    assert config_hash(a) == config_hash(old)
+    assert config_hash(load_config(None, ["variants.F.kernel_fuse_pairs=true"])) != config_hash(a)

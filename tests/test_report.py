@@ -229,3 +229,38 @@ def test_the_complete_bench_after_the_front_stage_is_used(tmp_path, capsys, f_sh
         assert "chose F and F85 from bench-front" in said
     else:  # its F row benched another file: not the shipped F's bench, so not used
         assert f.front_inv == "bench-front" and f.mode == "partial", said
+
+
+def _paths_log(path, rows):
+    head = f"{'path':<24s} {'p50 us':>7s} {'p95 us':>7s} {'gpu us':>7s} {'pipe us':>7s} {'max|dlogit|':>11s}  notes"
+    lines = ["GPU X, torch 2.x, commit abc; 10 runs x 300 calls", head]
+    lines += [f"{n:<24s} {p:7.1f} {p + 5:7.1f} {p - 3:7.1f} {p - 9:7.1f} {0.0:11.2e}  kernel tiles: 7 cache" for n, p in rows]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").write("\n".join(lines) + "\n")
+
+
+def test_kernel_option_logs_calls_deltas_and_repeats(tmp_path, monkeypatch):
+    """tools/kernel_paths.py logs: a lease with one log is named by its folder, one with several by
+    folder + the log's suffix; each option against tuned tiles; F tuned timed twice is grouped by
+    file (logs with 'F@none' rows were made while F was another file) and lease."""
+    import analysis
+    k = tmp_path / "kernels"
+    _paths_log(str(k / "gpuA" / "kernel_paths_old.log"), [("F heuristic", 48.0), ("F tuned", 44.0),
+                                                           ("F tuned +pdl", 47.0), ("F@none tuned", 40.0)])
+    _paths_log(str(k / "gpuB" / "kernel_paths_pairs.log"), [("F heuristic", 40.0), ("F tuned", 37.0),
+                                                            ("F tuned +pairs", 39.0), ("F tuned +stem +pairs", 41.0)])
+    _paths_log(str(k / "gpuB" / "kernel_paths_wide.log"), [("F tuned", 41.0), ("F wide", 40.5)])
+    monkeypatch.setattr(facts, "RES", str(tmp_path))
+    rows = facts.kernel_option_logs()
+    assert list(dict.fromkeys(r["call"] for r in rows)) == ["gpuA", "gpuB pairs", "gpuB wide"]
+    e = {x["call"]: x for x in facts.option_effects(rows) if x["base"] == "F"}
+    assert e["gpuA"]["f_then"] and e["gpuA"]["+pdl"] == pytest.approx(3.0) and e["gpuA"]["heur"] == 48.0
+    assert not e["gpuB pairs"]["f_then"] and e["gpuB pairs"]["+pairs"] == pytest.approx(2.0)
+    assert e["gpuB pairs"]["+stem +pairs"] == pytest.approx(4.0)
+    assert e["gpuB wide"]["heur"] is None and e["gpuB wide"]["wide"] == pytest.approx(-0.5)
+
+    class F:  # the two fields analysis reads
+        n = {"opts": facts.option_effects(rows)}
+    assert analysis.f_repeats(F) == [("today's F, one machine", [("gpuB pairs", 37.0), ("gpuB wide", 41.0)])]
+    s = analysis.tuned_tiles(F)
+    assert "F 40.0 → 37.0 µs" in s and "F -0.5 µs" in s and "gpuB/kernel_paths_pairs.log" in s, s
