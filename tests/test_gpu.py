@@ -111,6 +111,8 @@ def test_f_kernel_path_on_all_test_images_agrees_with_fp32(gpu_cfg):
         ours = torch.cat([im(im.prepare(x[i:i + 1])).argmax(1) for i in range(len(x))])
     agree = 100.0 * float((ref == ours).float().mean())
     acc_ref, acc_ours = (100.0 * float((p == y).float().mean()) for p in (ref, ours))
+    print(f"F_kern vs FP32 on {len(x)} test images: top-1 agreement {agree:.2f} % ({int((ref != ours).sum())} differ), "
+          f"accuracy {acc_ours:.2f} % vs {acc_ref:.2f} %; {'; '.join(im.notes)}")  # shown by pytest -rP
     assert len(x) == 10000 and agree >= 99.9, f"top-1 agreement {agree:.2f} % on {len(x)} images"
     assert abs(acc_ours - acc_ref) <= 0.05, (acc_ours, acc_ref)
     assert abs(evaluate_inference(im, data, gpu_cfg.eval.batch_size, 0)["acc"] - acc_ours) <= 0.01  # the kit's eval

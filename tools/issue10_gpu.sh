@@ -26,7 +26,7 @@ case "${1:-}" in
 tests)
   { step "environment"; env_line; } 2>&1 | tee "$OUT/env_tests.log"
   step "python -m pytest tests/test_gpu.py (all, the 10k-image F_kern test included)"
-  timeout 330 python3 -m pytest -q -rfEs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
+  timeout 330 python3 -m pytest -q -rfEsP -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
   echo "pytest rc=$? (124 = 330 s limit)" | tee -a "$OUT/test_gpu.log"
   step "F / F85: tuned tiles with and without layers paired (fewer kernels)"
   timeout 200 python3 tools/kernel_paths.py --variants F,F85 --runs 10 --iters 300 \
