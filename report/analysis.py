@@ -48,6 +48,10 @@ def our_kernels(f):
         s += (f"; {where} cuDNN's path runs {k['n_cudnn']} kernels for {k['sum_cudnn']:.1f} µs against "
               f"our {k['n_ours']} for {k['sum_ours']:.1f} µs: conv, bias, activation and pooling in one kernel "
               "per layer")
+    t = f.gpu_tests
+    if t.get("f_kern") and not t.get("failed"):
+        s += (f". {t['f_kern']} (tests/test_gpu.py on the {t['gpu']}, commit {t['commit']}: {t['passed']}; "
+              f"{t['log']})")
     return s + "."
 
 
@@ -232,11 +236,9 @@ def recovered_limits(f):
 
 def f_repeats(f):
     """F tuned timed more than once on one file: the logs made while F carried flip TTA (its
-    earlier file), then the logs of each later lease (today's F, several processes on one machine)."""
+    earlier file), and the later logs (today's F)."""
     opts = [x for x in f.n.get("opts", []) if x["base"] == "F"]
-    groups = [("F then AB94 + flip", [x for x in opts if x["f_then"]])]
-    groups += [(f"today's F, one machine", [x for x in opts if not x["f_then"] and x["lease"] == lease])
-               for lease in dict.fromkeys(x["lease"] for x in opts if not x["f_then"])]
+    groups = [("F then AB94 + flip", [x for x in opts if x["f_then"]]), ("today's F", [x for x in opts if not x["f_then"]])]
     return [(why, [(x["call"], x["tuned"]) for x in g]) for why, g in groups if len(g) > 1]
 
 

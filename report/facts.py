@@ -67,6 +67,7 @@ class Facts:
     hash_check: dict
     older: pd.DataFrame = None         # the other GPU invocations of results.csv (not used)
     kernel_options: list = None        # tools/kernel_paths.py's rows (kernel_option_logs)
+    gpu_tests: dict = field(default_factory=dict)   # the last tests/test_gpu.py run (gpu_test_log)
     select_inv: str = ""               # the invocation front.py chose F and F85 from
     tta_kernels: dict = field(default_factory=dict)  # F's shape through our kernels (kernel_tta.json)
     recovered: dict = field(default_factory=dict)    # cut benches' timing from their logs
@@ -380,6 +381,19 @@ def kernel_facts(path):
             "weights": weights[0].strip() if weights else None}
 
 
+def gpu_test_log(path=None):
+    """results/logs/test_gpu.log (tests/test_gpu.py on the lent GPU, run with -rP): pytest's count,
+    the commit and GPU of its header, and the 10k-image line of the F_kern test; {} without a log."""
+    path = path or os.path.join(RES, "logs", "test_gpu.log")
+    if not os.path.isfile(path):
+        return {}
+    text = open(path).read()
+    grab = lambda pat: (re.search(pat, text, re.M) or [None, None])[1]  # noqa: E731
+    return {"log": os.path.relpath(path, ROOT), "passed": grab(r"^=*\s*(\d+ passed[^=\n]*?)\s*=*$"),
+            "failed": grab(r"(\d+ failed)"), "commit": grab(r"^commit (\S+)"), "gpu": grab(r"\| (NVIDIA [^\n|]+)$"),
+            "f_kern": grab(r"^(F_kern vs FP32 on .*?);")}
+
+
 def kernel_option_logs():
     """results/kernels/*/kernel_paths*.log (tools/kernel_paths.py): F's, F85's paths with heuristic,
     tuned or wide tiles, PDL, the stem fused, layers paired; one row per path and log, in log order.
@@ -534,7 +548,7 @@ def gather(results_csv, kernels_path=None, selection_path=None, config_path=None
     f = Facts(rows=d, cfg=cfg, mode=mode, invs=invs, table=table, ablation=abl, front=fr, front_inv=front_inv,
               selection=sel, train=train, kernels=kernel_facts(kp), hash_check=check_hashes(invs, config_hash(cfg)),
               older=s[~s.invocation.isin([front_inv, select_inv])].reset_index(drop=True), select_inv=select_inv,
-              tta_kernels=tta_kernel_facts(tp, sel), kernel_options=kernel_option_logs(),
+              tta_kernels=tta_kernel_facts(tp, sel), kernel_options=kernel_option_logs(), gpu_tests=gpu_test_log(),
               recovered=recovered(cut, cfg) if mode == "partial" else {},
               sources=[os.path.relpath(p, ROOT) for p in (sel_path, kp, tp) if p])
     f.rec = recovered_frame(f)

@@ -242,7 +242,7 @@ def _paths_log(path, rows):
 def test_kernel_option_logs_calls_deltas_and_repeats(tmp_path, monkeypatch):
     """tools/kernel_paths.py logs: a lease with one log is named by its folder, one with several by
     folder + the log's suffix; each option against tuned tiles; F tuned timed twice is grouped by
-    file (logs with 'F@none' rows were made while F was another file) and lease."""
+    file (logs with 'F@none' rows were made while F was another file)."""
     import analysis
     k = tmp_path / "kernels"
     _paths_log(str(k / "gpuA" / "kernel_paths_old.log"), [("F heuristic", 48.0), ("F tuned", 44.0),
@@ -261,6 +261,30 @@ def test_kernel_option_logs_calls_deltas_and_repeats(tmp_path, monkeypatch):
 
     class F:  # the two fields analysis reads
         n = {"opts": facts.option_effects(rows)}
-    assert analysis.f_repeats(F) == [("today's F, one machine", [("gpuB pairs", 37.0), ("gpuB wide", 41.0)])]
+    assert analysis.f_repeats(F) == [("today's F", [("gpuB pairs", 37.0), ("gpuB wide", 41.0)])]
     s = analysis.tuned_tiles(F)
     assert "F 40.0 → 37.0 µs" in s and "F -0.5 µs" in s and "gpuB/kernel_paths_pairs.log" in s, s
+
+
+def test_gpu_test_log_is_read_and_a_failed_run_is_not_cited(tmp_path):
+    import analysis
+    p = tmp_path / "test_gpu.log"
+    p.write_text("torch 2.x | triton 3.x | NVIDIA H100 80GB HBM3\ncommit 0123456789ab\n..\n"
+                 "F_kern vs FP32 on 10000 test images: top-1 agreement 99.96 % (4 differ), accuracy 94.27 % vs 94.23 %; "
+                 "kernel tiles: 7 cache\n14 passed in 73.69s (0:01:13)\n")
+    t = facts.gpu_test_log(str(p))
+    assert t["passed"].startswith("14 passed") and t["commit"] == "0123456789ab" and t["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert t["f_kern"].endswith("94.27 % vs 94.23 %") and t["failed"] is None
+    assert facts.gpu_test_log(str(tmp_path / "none.log")) == {}
+    p.write_text(p.read_text().replace("14 passed", "1 failed, 13 passed"))
+    assert facts.gpu_test_log(str(p))["failed"] == "1 failed"
+
+    class F:  # what analysis.our_kernels reads
+        n = {"f_cudnn": {"a": 0.073, "b": 0.0385, "x": 1.9}, "f85_cudnn": None}
+        timing_src = "invocation X"
+        kernels = {}
+        gpu_tests = facts.gpu_test_log(str(p))
+    assert "agreement" not in analysis.our_kernels(F)  # a failed run is not cited as a result
+    p.write_text(p.read_text().replace("1 failed, 13 passed", "14 passed"))
+    F.gpu_tests = facts.gpu_test_log(str(p))
+    assert "top-1 agreement 99.96 % (4 differ)" in analysis.our_kernels(F)
