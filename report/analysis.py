@@ -68,9 +68,11 @@ def tuned_tiles(f):
          + f" ({e[0]['log']}, one call, interleaved runs).")
     w = [x for x in f.n["opts"] if "wide" in x]
     if w:
+        spread = repeat_spread(f)
         s += (" The still wider search (kernel_tune.py --wide: 8 warps, 2 to 4 pipeline stages) against those tiles: "
-              + "; ".join(f"{x['base']} {x['wide']:+.1f} µs" for x in w)
-              + f" ({w[-1]['log']}); within the noise, so the tile cache stays as it was.")
+              + "; ".join(f"{x['base']} {x['wide']:+.1f} µs" for x in w) + f" ({w[-1]['log']})"
+              + (f"; within the {spread:.1f} µs that F's path moved between calls, so the tile cache stays as it was."
+                 if spread is not None and all(abs(x["wide"]) < spread for x in w) else "."))
     return s
 
 
@@ -242,12 +244,16 @@ def f_repeats(f):
     return [(why, [(x["call"], x["tuned"]) for x in g]) for why, g in groups if len(g) > 1]
 
 
+def repeat_spread(f):
+    """The largest move of F tuned between calls on one file (µs), None without repeats."""
+    return max((max(t for _, t in r) - min(t for _, t in r) for _, r in f_repeats(f)), default=None)
+
+
 def kernel_net(f):
     if f.kernels.get("of_f"):
         if not f.kernel_options:
             return None
-        reps = f_repeats(f)
-        spread = max((max(t for _, t in r) - min(t for _, t in r) for _, r in reps), default=None)
+        reps, spread = f_repeats(f), repeat_spread(f)
         return ("The per-kernel tables and the tile/launch options are one pass per path (one call)"
                 + "".join(f"; the same path in {len(r)} calls ({why}): F tuned "
                           + " and ".join(f"{t:.1f} µs ({c})" for c, t in r) for why, r in reps)
@@ -303,10 +309,16 @@ def fuse_tail(f):
     s = f"Fuse the last three layers and the head: they take {k['tail3']:.1f} of {k['sum']:.1f} µs of F's kernel time."
     mine = [x for x in f.n.get("opts", []) if x["base"] == "F" and not x["f_then"] and "+pairs" in x]
     if mine:  # fuse_pairs measured on today's F itself
-        return s + (" Pairing layers in persistent kernels with a grid barrier (fuse_pairs) does not do it on F's own "
-                    "path: " + ", ".join(f"{x['+pairs']:+.1f} µs host p50 ({x['call']})" for x in mine)
-                    + " with 4 kernels instead of 7, so the barrier costs what the saved launches gain; a cheaper "
-                      "synchronisation (thread-block clusters over the small late layers) is the next thing to try.")
+        n = mine[-1]["kernels"]
+        s += (" Pairing layers in persistent kernels with a grid barrier (fuse_pairs, "
+              f"{n.get('+pairs')} kernels instead of {n.get('tuned')}) on F's own path: "
+              + ", ".join(f"{x['+pairs']:+.1f} µs host p50 ({x['call']})" for x in mine))
+        if all(x["+pairs"] > 0 for x in mine):
+            s += ("; not faster: the barrier costs what the saved launches gain, so a cheaper synchronisation "
+                  "(thread-block clusters over the small late layers) is the next thing to try.")
+        else:
+            s += "; to bench as an F variant in a full invocation."
+        return s
     return s + (" fuse_pairs, lower in host p50 on every fused-TTA path it ran on ("
                 + ", ".join(f"{o['d_host']:+.1f} µs" for o in pairs) + ", one pass), is the first to bench as "
                 "an F variant in a full invocation." if pairs else "")

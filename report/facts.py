@@ -416,6 +416,12 @@ def kernel_option_logs():
     return out
 
 
+def kernel_count(notes):
+    """The '; N kernels' of a kernel path's row note (kernel_paths logs from gpu6 on), else None."""
+    m = re.search(r"; (\d+) kernels", notes)
+    return int(m[1]) if m else None
+
+
 OPTION_DELTAS = ("+pdl", "+stem", "+pairs", "+stem +pairs")  # against tuned tiles alone; "wide" likewise
 
 
@@ -433,9 +439,11 @@ def option_effects(rows):
                 continue
             e = {"call": call, "lease": t["lease"], "log": t["log"], "base": base, "heur": h["p50"] if h else None,
                  "tuned": t["p50"], "f_then": any(p.startswith("F@none ") for p in g)}
+            e["kernels"] = {"tuned": kernel_count(t["notes"])}
             for opt in OPTION_DELTAS:
                 if f"{base} tuned {opt}" in g:
                     e[opt] = g[f"{base} tuned {opt}"]["p50"] - t["p50"]
+                    e["kernels"][opt] = kernel_count(g[f"{base} tuned {opt}"]["notes"])
             if f"{base} wide" in g:
                 e["wide"] = g[f"{base} wide"]["p50"] - t["p50"]
             out.append(e)

@@ -288,3 +288,25 @@ def test_gpu_test_log_is_read_and_a_failed_run_is_not_cited(tmp_path):
     p.write_text(p.read_text().replace("1 failed, 13 passed", "14 passed"))
     F.gpu_tests = facts.gpu_test_log(str(p))
     assert "top-1 agreement 99.96 % (4 differ)" in analysis.our_kernels(F)
+
+
+def test_fuse_tail_reads_the_paired_measurement(monkeypatch, tmp_path):
+    """Next steps: fuse_pairs on today's F, its kernel counts from the row notes; 'not faster' only
+    when every measurement says so."""
+    import analysis
+    k = tmp_path / "kernels" / "gpuB" / "kernel_paths.log"
+    _paths_log(str(k), [("F heuristic", 40.0), ("F tuned", 37.0), ("F tuned +pairs", 39.0)])
+    txt = k.read_text().splitlines()
+    txt = [ln + ("; 4 kernels" if "+pairs" in ln else "; 7 kernels") if ln.startswith("F ") else ln for ln in txt]
+    k.write_text("\n".join(txt) + "\n")
+    monkeypatch.setattr(facts, "RES", str(tmp_path))
+
+    class F:
+        n = {"f_kernels": {"tail3": 15.9, "sum": 26.5}, "opts": facts.option_effects(facts.kernel_option_logs())}
+        tta_kernels = {}
+    s = analysis.fuse_tail(F)
+    assert "4 kernels instead of 7" in s and "+2.0 µs host p50 (gpuB)" in s and "not faster" in s, s
+    k.write_text(k.read_text().replace("F tuned +pairs              39.0", "F tuned +pairs              36.0"))
+    F.n["opts"] = facts.option_effects(facts.kernel_option_logs())
+    s = analysis.fuse_tail(F)
+    assert "-1.0 µs" in s and "not faster" not in s, s
