@@ -80,7 +80,8 @@ def kernel_net(cfg, model, a):
 
 
 def kernel_notes(kn):
-    """One note for the row: how many layers ran tiles from the cache / the heuristic, and PDL."""
+    """One note for the row: how many layers ran tiles from the cache / the heuristic, the launch and
+    fewer-kernel options that are on (PDL, stem fused, layers paired), and the kernel count."""
     src = kn.tile_sources()
     counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
     return (f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}{'; stem fused' if kn.fuse_stem else ''}"

@@ -25,7 +25,9 @@ the first layer reads view v of its image with mirrored / reflect-shifted input 
 stem has no padding, so a view of the image gives exactly the view's feature maps), and the
 head returns the weighted sum of the views' logits.  No torch flip/cat/mean around it.
 """
+import json
 import math
+import os
 
 import torch
 
@@ -42,7 +44,6 @@ _TILE_CACHE = {}  # (layer shape, batch, pdl) -> tile dict chosen at build (auto
 
 
 def _interpreting():
-    import os
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -580,8 +581,6 @@ def tile_key(m, nb, gpu):
 
 def read_tile_cache(path):
     """{key: tiles} from a tile cache file (tools/kernel_tune.py writes it); {} if absent."""
-    import json
-    import os
     if not path or not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -594,8 +593,6 @@ def read_tile_cache(path):
 
 def write_tile_cache(path, entries, meta):
     """Merge {key: tiles} into the cache file (atomic replace): the newest tuning of a key wins."""
-    import json
-    import os
     d = {"about": meta, "tiles": {**read_tile_cache(path), **entries}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -637,6 +634,7 @@ class KernelNet(torch.nn.Module):
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
         self.fuse_stem, self.fuse_pairs = bool(fuse_stem), bool(fuse_pairs)
+        self.oversized = 0  # candidate tiles _autotune left out: more shared memory than the SM has
         self.specs = self._build_specs(layers)
         self._build_head(head)
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "interpreter"
@@ -794,7 +792,7 @@ class KernelNet(torch.nn.Module):
             try:
                 self._launch(i, x)  # compiles it; a tile needing more shared memory than the SM has:
             except OutOfResources:  # (big BK x 4 stages) is no candidate, counted in self.oversized
-                self.oversized = getattr(self, "oversized", 0) + 1
+                self.oversized += 1
                 continue
             if not timed:
                 continue

@@ -827,8 +827,8 @@ def path_timings(ims, device, runs, iters, warmup=100, n_gpu=200):
     out = {}
     for n, im in ims.items():
         fn = lambda: im(im.static_in)  # noqa: E731
-        out[n] = {"p50": float(np.median([np.median(r) for r in lat[n]])),
-                  "p95": float(np.percentile(np.concatenate(lat[n]), 95)),
+        s = summarize_runs(lat[n])  # p50: median of the run medians; p95: all calls pooled
+        out[n] = {"p50": s["p50"], "p95": s["p95"],
                   "gpu": float(np.median(time_gpu_events(fn, n_gpu))), "pipe": float(time_pipelined(fn, n_gpu))}
     return out
 

@@ -2,7 +2,7 @@
 number is one of facts.gather()'s; each bullet is a small function that returns None when its
 inputs are missing, so nothing is guessed."""
 import layout as L
-from facts import GOALS, rec_row, row
+from facts import GOALS, OPTION_DELTAS, rec_row, row
 
 
 def us(ms):
@@ -129,7 +129,6 @@ def fewer_kernels(f):
               + " — one pass each" + (f" (the same kernel graph timed twice in {f.kernels['path']} moved by up to "
                                       f"{spread:.1f} µs)" if spread is not None else "")
               + ".")
-    from facts import OPTION_DELTAS
     e = [x for x in f.n.get("opts", []) if any(o in x for o in OPTION_DELTAS)]
     if e:
         s += (" On F's and F85's paths with tuned tiles (tools/kernel_paths.py, host p50 against tuned tiles alone): "

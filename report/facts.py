@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -399,12 +400,11 @@ def kernel_option_logs():
     tuned or wide tiles, PDL, the stem fused, layers paired; one row per path and log, in log order.
     call: the lease's folder, and the log's own suffix (kernel_paths_<x>.log) where a lease has several."""
     out, logs = [], sorted(glob.glob(os.path.join(RES, "kernels", "*", "kernel_paths*.log")))
+    per_lease = Counter(os.path.dirname(p) for p in logs)
     for p in logs:
-        lease = os.path.dirname(p)
-        several = sum(os.path.dirname(q) == lease for q in logs) > 1
-        suffix = os.path.basename(p)[len("kernel_paths"):-len(".log")].strip("_") if several else ""
-        lease = os.path.basename(lease)
-        call = f"{lease} {suffix}".strip()
+        lease = os.path.basename(os.path.dirname(p))
+        suffix = os.path.basename(p)[len("kernel_paths"):-len(".log")].strip("_")
+        call = f"{lease} {suffix}" if per_lease[os.path.dirname(p)] > 1 and suffix else lease
         lines = open(p).read().splitlines()
         head = next((i for i, ln in enumerate(lines) if ln.startswith("path ")), None)
         for ln in lines[head + 1:] if head is not None else []:
@@ -702,6 +702,13 @@ def shipped(f):
     return out
 
 
+def kernel_summary(p, src):
+    """F's kernel path from one per-kernel file (kernel_paths' format): kernel count, their µs and
+    the last three's, the path's timings, and the file."""
+    return {"n": len(p["kern"]), "sum": p["sum"], "tail3": sum(x for _, x in p["kern"][-3:]),
+            "p50": p["p50"], "gpu": p["gpu"], "pipe": p["pipe"], "src": src}
+
+
 def derive(f, ft):
     """Every number the prose quotes, computed here once.  Latency comparisons between variants use
     one invocation each: the front invocation's complete rows, or the recovered cut bench."""
@@ -738,12 +745,8 @@ def derive(f, ft):
                      "spread": max((abs(x - y) for name, x, y in k["again"] if name.startswith("kernels")), default=None)}
     t = f.tta_kernels
     if k.get("of_f") and k.get("ours"):
-        o = k["paths"][k["ours"]]
-        n["f_kernels"] = {"n": len(o["kern"]), "sum": o["sum"], "tail3": sum(x for _, x in o["kern"][-3:]),
-                          "p50": o["p50"], "gpu": o["gpu"], "pipe": o["pipe"], "src": k["path"]}
+        n["f_kernels"] = kernel_summary(k["paths"][k["ours"]], k["path"])
     elif t.get("rows"):
-        fused = t["paths"][t["rows"][-1]]
-        n["f_kernels"] = {"n": len(fused["kern"]), "sum": fused["sum"], "tail3": sum(x for _, x in fused["kern"][-3:]),
-                          "p50": fused["p50"], "gpu": fused["gpu"], "pipe": fused["pipe"], "src": t["path"]}
+        n["f_kernels"] = kernel_summary(t["paths"][t["rows"][-1]], t["path"])
     n["opts"] = option_effects(f.kernel_options or [])
     return n

@@ -54,7 +54,7 @@ def _compile_job(job):
     t0 = time.time()
     kn._autotune(kn.specs[i], timed=False, autotune=mode)
     n = len(K._candidates(kn.specs[i]["meta"], kn.nb, kn.n_sm, wide=mode == "wide"))
-    return f"{name} L{i}: {n} candidates compiled in {time.time() - t0:.1f}s ({getattr(kn, 'oversized', 0)} " \
+    return f"{name} L{i}: {n} candidates compiled in {time.time() - t0:.1f}s ({kn.oversized} " \
            f"over the SM's shared memory, left out)"
 
 
