@@ -51,7 +51,7 @@ def our_kernels(f):
     t = f.gpu_tests
     if t.get("f_kern") and not t.get("failed"):
         s += (f". {t['f_kern']} (tests/test_gpu.py on the {t['gpu']}, commit {t['commit']}: {t['passed']}; "
-              f"{t['log']})")
+              f"{t['log']}" + (f"; {t['note']}" if t.get("note") else "") + ")")
     return s + "."
 
 

@@ -384,7 +384,8 @@ def kernel_facts(path):
 
 def gpu_test_log(path=None):
     """results/logs/test_gpu.log (tests/test_gpu.py on the lent GPU, run with -rP): pytest's count,
-    the commit and GPU of its header, and the 10k-image line of the F_kern test; {} without a log."""
+    the commit and GPU of its header, its 'note:' line (what the person who ran it adds, e.g. an
+    earlier run at the same commit), and the 10k-image line of the F_kern test; {} without a log."""
     path = path or os.path.join(RES, "logs", "test_gpu.log")
     if not os.path.isfile(path):
         return {}
@@ -392,7 +393,7 @@ def gpu_test_log(path=None):
     grab = lambda pat: (re.search(pat, text, re.M) or [None, None])[1]  # noqa: E731
     return {"log": os.path.relpath(path, ROOT), "passed": grab(r"^=*\s*(\d+ passed[^=\n]*?)\s*=*$"),
             "failed": grab(r"(\d+ failed)"), "commit": grab(r"^commit (\S+)"), "gpu": grab(r"\| (NVIDIA [^\n|]+)$"),
-            "f_kern": grab(r"^(F_kern vs FP32 on .*?);")}
+            "f_kern": grab(r"^(F_kern vs FP32 on .*?);"), "note": grab(r"^note: (.*)$")}
 
 
 def kernel_option_logs():

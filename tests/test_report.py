@@ -288,6 +288,9 @@ def test_gpu_test_log_is_read_and_a_failed_run_is_not_cited(tmp_path):
     p.write_text(p.read_text().replace("1 failed, 13 passed", "14 passed"))
     F.gpu_tests = facts.gpu_test_log(str(p))
     assert "top-1 agreement 99.96 % (4 differ)" in analysis.our_kernels(F)
+    p.write_text("note: an earlier run at this commit had a timer test fail\n" + p.read_text())
+    F.gpu_tests = facts.gpu_test_log(str(p))
+    assert "; an earlier run at this commit had a timer test fail)" in analysis.our_kernels(F)
 
 
 def test_fuse_tail_reads_the_paired_measurement(monkeypatch, tmp_path):
