@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 
 import yaml
@@ -121,21 +122,24 @@ VARIANT = {
     "precision": Field(str, "fp32", choices=("fp32", "fp16")),
     "memory_format": Field(str, "contiguous", choices=("contiguous", "channels_last")),
     "fold_bn": Field(bool, False),
-    "fuse": Field(bool, False),
+    "cudnn_relu": Field(bool, False),   # cuDNN's conv+bias+ReLU kernel where the net allows
     "compile": Field(str, "none", choices=COMPILE_MODES),
     "cuda_graph": Field(bool, False),
     "table": Field(bool, True),
     # test-time augmentation, inside the timed path: none | flip (2 views) | flip_translate (6 views)
-    # | ckpt (the mode front.py selected, stored in the checkpoint)
+    # | ckpt (the mode stored in the checkpoint: the front point's that was chosen)
     "tta": Field(str, "none", choices=TTA_MODES + ("ckpt",)),
-    "front": Field(str, ""),     # set on generated front points: the shape's name
-    "kernels": Field(bool, False),  # fastnet through our Triton kernels (kernels.py) instead of cuDNN
+    "shape": Field(str, ""),     # set on the front's variants: the front shape's name
+    "kernels": Field(bool, False),  # fastnet through our Triton kernels (kernel_net.py) instead of cuDNN
     # their tiles: tuned = paths.kernel_tiles' entry for this GPU and layer (the heuristic where
     # there is none; the row's notes count both) | heuristic.  kernel_pdl: programmatic dependent launch
     "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
     "kernel_pdl": Field(bool, False),
-    "kernel_fuse_stem": Field(bool, False),  # the stem computed inside the next layer's kernel (one kernel less)
-    "kernel_fuse_pairs": Field(bool, False),  # consecutive layers paired in one persistent kernel (grid barrier)
+    # the end-to-end call of a CUDA-graph path: how the image gets in (mapped: the first kernel
+    # reads pinned host memory, kernels only; copy: a copy node in the graph) and how the host
+    # waits for the answer word (poll it | synchronise); eager paths copy and synchronise
+    "e2e_input": Field(str, "copy", choices=("mapped", "copy")),
+    "e2e_wait": Field(str, "poll", choices=("poll", "sync")),
 }
 
 # A front shape: widths/depths, and optionally other models.fastnet keys it changes.
@@ -164,7 +168,8 @@ SCHEMA = {
     },
     "data": {
         "download": Field(bool, True),
-        "val_size": Field(int, lo=0),
+        "val_size": Field(int, lo=1),
+        "split_seed": Field(int, 42, lo=0),  # fixes which train images are the validation split
         "mean": Field(list, item=float, length=3),         # one per RGB channel
         "std": Field(list, item=float, length=3, gt=0),
         "pad": Field(int, 4, lo=0),
@@ -211,16 +216,22 @@ SCHEMA = {
         "reference": Field(str, "B1"),
     },
     "variants": MapOf(VARIANT),
-    # The accuracy-latency front (issue 9): each shape trained for every seed by
-    # `python train.py --front` (tags front_<shape>_s<seed>), benched by `python bench.py
-    # --variant front` through the inference path of variant `template`, once per tta mode.
+    # The accuracy-latency front: each shape trained on the training split for every seed by
+    # `python train.py --front` (tags front_<shape>_s<seed>), benched on the validation split by
+    # `python bench.py --variant front --split val` through variant `template`'s inference
+    # path, once per tta mode; front.py then chooses F and F85 from those rows.
     "front": {
         "seeds": Field(list, [42, 1, 2], item=int, min_len=1, lo=0),
-        "tta": Field(list, ["none", "flip"], item=str),
+        "tta": Field(list, ["none", "flip"], item=str, min_len=1),
         "template": Field(str, "F"),
         "f_min_acc": Field(float, 94.0, lo=0, hi=100),
         "f85_min_acc": Field(float, 85.0, lo=0, hi=100),
         "shapes": MapOf(SHAPE),
+    },
+    # The final runs: the chosen shapes (F, F85) trained on all 50k images for each seed, fixed
+    # before the run; the first seed's file is the shipped one, whatever it scores.
+    "final": {
+        "seeds": Field(list, item=int, min_len=1, lo=0),
     },
 }
 
@@ -271,6 +282,8 @@ def _check_number(key, value, field):
         raise ConfigError(f"config key '{key}': expected {field.describe()}, got {type(value).__name__} {value!r}")
     if float in field.types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not field.in_bounds(value):
         raise ConfigError(f"config key '{key}': {value!r} is out of range (expected{field.describe_bounds()})")
     return value
@@ -351,6 +364,11 @@ def front_tag(shape, seed):
     return f"front_{shape}_s{seed}"
 
 
+def final_tag(role, seed):
+    """Manifest tag of one final-run checkpoint (role F or F85)."""
+    return f"final_{role}_s{seed}"
+
+
 def front_variant_name(shape, tta):
     return f"P_{shape}" + ("" if tta == "none" else f"_{tta}")
 
@@ -375,7 +393,7 @@ def add_front_variants(cfg):
         for tta in fr.tta:
             v = dict(cfg.variants[fr.template])
             v.update(label=f"front {shape}" + (f" + {tta} TTA" if tta != "none" else ""), model="fastnet",
-                     checkpoint="@" + front_tag(shape, fr.seeds[0]), tta=tta, table=False, front=shape)
+                     checkpoint="@" + front_tag(shape, fr.seeds[0]), tta=tta, table=False, shape=shape)
             cfg.variants[front_variant_name(shape, tta)] = Config(_validate(v, VARIANT, "variants.front"))
 
 
@@ -398,8 +416,9 @@ def apply_override(raw, text):
         raise ConfigError(f"override '{text}': expected key=value, e.g. train.resnet18.epochs=5")
     key, _, value_text = text.partition("=")
     key = key.strip()
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    try:  # '@tag' (a checkpoint reference) is a string, although YAML reserves a leading '@'
+        value = value_text.strip() if value_text.strip().startswith("@") else \
+            yaml.safe_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': value is not valid YAML ({str(e).splitlines()[0]})") from None
     parts = key.split(".")
@@ -433,10 +452,12 @@ def load_config(path=None, overrides=()):
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (UnicodeDecodeError, OSError) as e:  # a binary file, a folder, no permission
+        raise ConfigError(f"{path}: not a readable YAML text file ({type(e).__name__}); give a config.yaml") from None
     if not isinstance(raw, dict):  # before the overrides, which walk a mapping
         raise ConfigError(f"{path}: the top level must be a mapping of sections (seed:, paths:, ...), "
                           f"not a {type(raw).__name__}")
@@ -453,21 +474,11 @@ def resolve_path(cfg, p):
     return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
 
-# Variant knobs added after rows were measured, with the default that is the old behaviour: at
-# that default they are left out of the hash, so the rows measured before them keep matching
-# config.yaml; set to anything else they count like any key.
-HASH_NEUTRAL = {"kernel_fuse_pairs": False}
-
-
 def config_hash(cfg):
     """Stable 12-hex-digit hash of the resolved configuration.  Where files go (paths.*, the
     config file's location) is left out: a run writing its rows elsewhere with --set
-    paths.results=... ran the same study and carries the same hash.  So are HASH_NEUTRAL keys
-    at their default."""
+    paths.results=... ran the same study and carries the same hash."""
     d = {k: v for k, v in dict(cfg).items() if k not in ("config_file", "paths")}
-    if isinstance(d.get("variants"), dict):
-        d["variants"] = {n: {k: x for k, x in v.items() if not (k in HASH_NEUTRAL and x is HASH_NEUTRAL[k])}
-                         for n, v in d["variants"].items()}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

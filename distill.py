@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import add_config_args, load_config
+from models import load_model
 from train import train_and_save
 import utils
 
@@ -45,7 +46,7 @@ def main():
     d = cfg.distill
     device = utils.resolve_device(a.device)
     teacher_path = utils.resolve_checkpoint(cfg, a.teacher or d.teacher)
-    teacher, tck = utils.load_model(teacher_path, cfg=cfg)
+    teacher, tck = load_model(teacher_path, cfg=cfg)
     tcfg = cfg.train[d.student] if d.student in cfg.train else None
     if tcfg is None:
         raise utils.KitError(f"no training recipe train.{d.student} for the student")

@@ -16,6 +16,7 @@ folding) on the first --n-check test images: the largest absolute difference and
 top-1 agreement are printed; a difference above --tol or any disagreement fails (exit 1).
 ONNX needs the onnx and onnxruntime packages (requirements.txt).
 """
+import math
 import os
 import sys
 import warnings
@@ -24,7 +25,9 @@ import torch
 import torch.nn as nn
 
 from config import add_config_args, load_config
+from data import load_data
 from inference import TTA_VIEWS, TTANet
+from models import FastNet, load_model
 import utils
 
 
@@ -54,25 +57,29 @@ def main():
     a = ap.parse_args()
     if a.n_check < 1:  # 0 crashed in max(), -5 sliced to 9,995 images without a word
         raise utils.KitError(f"--n-check {a.n_check}: give the number of test images to check, >= 1")
+    if not (math.isfinite(a.tol) and a.tol >= 0):  # checked before anything is written
+        raise utils.KitError(f"--tol {a.tol}: give the largest allowed |logit difference|, a number >= 0")
     if a.out_dir and os.path.exists(a.out_dir) and not os.path.isdir(a.out_dir):
         raise utils.KitError(f"--out-dir {a.out_dir} is a file, not a folder")
     cfg = load_config(a.config, a.overrides)
     path = utils.resolve_checkpoint(cfg, a.ckpt)
-    model, ck = utils.load_model(path, cfg=cfg)
-    if not isinstance(model, utils.FastNet):
+    model, ck = load_model(path, cfg=cfg)
+    if not isinstance(model, FastNet):
         raise utils.KitError(f"{path} holds '{ck['model']}': export.py exports fastnet checkpoints (F)")
     out_dir = a.out_dir or os.path.dirname(path)
     stem = os.path.splitext(os.path.basename(path))[0]
-    os.makedirs(out_dir, exist_ok=True)
+    stems = [os.path.join(out_dir, stem + ext) for ext in (".ts",) + (() if a.no_onnx else (".onnx",))]
+    for p in stems:  # an unwritable folder stops here, before the export work
+        utils.check_writable(p, "give a writable folder with --out-dir DIR")
     tta = ck.get("tta") or "none"
     if tta not in TTA_VIEWS:
         raise utils.KitError(f"{path}: unknown tta mode '{tta}' (valid: {', '.join(TTA_VIEWS)})")
     cpu = torch.device("cpu")
-    folded = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=False).eval()
+    folded = model.fold_for_inference(cfg.data.mean, cfg.data.std).eval()
     dep = Deployable(folded if tta == "none" else TTANet(folded, tta, device=cpu)).eval()
     plain = model.eval() if tta == "none" else TTANet(model.eval(), tta, device=cpu).eval()
 
-    data = utils.load_data(cfg, torch.device("cpu"), need_train=False)
+    data = load_data(cfg, torch.device("cpu"), need_train=False)
     n = min(a.n_check, len(data["y_test"]))
     x_u8 = data["test_u8"][:n].permute(0, 2, 3, 1).contiguous()  # NHWC uint8, as decoded
     with torch.no_grad():

@@ -1,21 +1,40 @@
-"""Every inference path of the kit: one variant = a checkpoint + precision + memory format
-+ BN folding + fused kernels + torch.compile + CUDA graph.
+"""The kit's inference paths and the object a user calls: Predictor.
 
-InferenceModel is used by both bench.py and eval.py, so the accuracy reported for a variant
-is that of exactly what is timed; evaluate_inference() runs the test set through it.
+    from inference import Predictor
+    clf = Predictor.load("F")                  # a variant of config.yaml, or a checkpoint path / @tag
+    cls = clf(img)                             # img: uint8 32x32x3 numpy array in host memory -> int
+    ids = clf.predict(imgs)                    # a stack (N, 32, 32, 3) -> numpy int64 array
+
+A variant = a checkpoint + an inference path: precision, memory format, BN folding, cuDNN's
+conv+ReLU kernel, torch.compile, one CUDA graph, test-time augmentation (TTA), or our Triton
+kernels (kernel_net.py).  bench.py and eval.py use this same object, so the accuracy reported
+for a variant is the accuracy of what is timed, end to end.
+
+End to end on a GPU, per call: the image is copied (numpy) into a pinned host buffer; then
+  - our kernels (kernels: true): one CUDA-graph replay whose first kernel reads that buffer
+    straight from host memory (e2e_input: mapped) or from a device copy made by a copy node
+    in the graph (copy), and whose last kernel writes (call number << 4) | class id into a
+    pinned host word; the host polls that word (e2e_wait: poll) or synchronises (sync);
+  - other CUDA-graph paths: the graph holds the copy in, the net, the argmax, the answer word
+    and the copy out; polled or synchronised likewise;
+  - eager and torch.compile paths: one copy each way (pinned buffers), then a synchronise.
+A poll waits at most timeout_s, then synchronises; if the answer still is not there the call
+raises (one line) and the next call starts from the GPU's own call count.
 """
 from __future__ import annotations
 
+import gc
 import time
 
+import numpy as np
 import torch
-
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import resolve_path
-from utils import (FastNet, KitError, fold_bn_generic, load_model, norm_consts, normalize, param_bytes, progress,
-                   resolve_checkpoint, sync_fn)
+from config import load_config, resolve_path, validate_variant
+from data import norm_consts, normalize
+from models import FastNet, fold_bn_generic, load_model, param_bytes
+from utils import KitError, load_checkpoint, progress, resolve_checkpoint, resolve_device
 
 # ============================================================================= test-time augmentation
 # A TTA mode = views (flip, dy, dx) and their weights; logits = sum_v weight_v * net(view_v(x)).
@@ -29,6 +48,7 @@ TTA_VIEWS = {
                        ((False, -1, -1), 0.125), ((True, -1, -1), 0.125),
                        ((False, 1, 1), 0.125), ((True, 1, 1), 0.125)],
 }
+SEQ_MASK = (1 << 27) - 1  # the call number an answer word keeps (kernels.SEQ_MASK)
 
 
 def make_view(x, flip, dy, dx):
@@ -39,69 +59,6 @@ def make_view(x, flip, dy, dx):
         h, w = x.shape[2], x.shape[3]
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
     return x
-
-
-# TTA modes the kernel path runs inside its kernels (views made by the first layer's loads,
-# weighted mean in the fused head): no TTANet around it, no extra kernel.  The rest keep TTANet.
-KERNEL_TTA = ("none", "flip", "flip_translate")
-
-
-class KernelPath(nn.Module):
-    """The folded net run by our Triton kernels (kernels.py): NCHW channels_last FP16 raw pixels
-    in (a free view as NHWC), float32 logits out; the logits buffer is the same every call.
-    tta_fused: the KernelNet makes the TTA views itself (folded_net must not wrap it in TTANet)."""
-
-    def __init__(self, kn):
-        super().__init__()
-        self.kn = kn
-        self.tta_fused = bool(getattr(kn, "fused_views", False))
-
-    def forward(self, x):
-        return self.kn(x.permute(0, 2, 3, 1))
-
-
-def kernel_net(cfg, model, a):
-    """KernelNet over folded_spec for one image; the TTA views are fused into its kernels
-    (KERNEL_TTA), else it is sized for the views of one image and folded_net wraps them."""
-    import kernels  # Triton is needed only here
-    ok, why = kernels.available(str(a["device"]))
-    if not ok:
-        raise RuntimeError(f"Triton kernels unavailable: {why}")  # not a KitError: bench goes on without it
-    if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
-        raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
-    layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
-    kw = dict(device=str(a["device"]), pdl=a.get("kernel_pdl", False), fuse_stem=a.get("kernel_fuse_stem", False),
-              fuse_pairs=a.get("kernel_fuse_pairs", False),
-              tile_cache=resolve_path(cfg, cfg.paths.kernel_tiles) if a.get("kernel_tiles") == "tuned" else None)
-    if a["tta"] in KERNEL_TTA and a.get("tta_fused", True):
-        return KernelPath(kernels.KernelNet(layers, head, batch=1, views=TTA_VIEWS[a["tta"]], **kw))
-    n_views = len(TTA_VIEWS[a["tta"]])
-    return KernelPath(kernels.KernelNet(layers, head, batch=n_views, **kw))
-
-
-def kernel_notes(kn):
-    """One note for the row: how many layers ran tiles from the cache / the heuristic, the launch and
-    fewer-kernel options that are on (PDL, stem fused, layers paired), and the kernel count."""
-    src = kn.tile_sources()
-    counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
-    return (f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}{'; stem fused' if kn.fuse_stem else ''}"
-            f"{'; layers paired' if kn.fuse_pairs else ''}; {kn.kernel_count()} kernels")
-
-
-def kernel_net_of(net):
-    """The KernelNet inside a path (KernelPath, or the TTANet around one), else None."""
-    return getattr(net, "kn", None) or getattr(getattr(net, "net", None), "kn", None)
-
-
-def weight_bytes(net):
-    """Bytes of the weights as run: module parameters and buffers, or, for our kernel path (whose
-    weights are plain tensors of the KernelNet, not parameters), its per-layer weights and biases
-    and the head's.  (Counting parameters alone gave 0 MB for every kernel-path row.)"""
-    kn = kernel_net_of(net)
-    if kn is None:
-        return param_bytes(net)
-    ts = [t for sp in kn.specs for t in (sp["w"], sp["b"])] + [kn.hw, kn.hb]
-    return sum(t.numel() * t.element_size() for t in ts)
 
 
 class TTANet(nn.Module):
@@ -126,106 +83,220 @@ class TTANet(nn.Module):
         return (logits * self.w).sum(0)
 
 
-class InferenceModel:
-    """One variant's inference path: checkpoint + precision + memory format + BN folding
-    + fused kernels + torch.compile + CUDA graph.  Used by both bench.py and eval.py, so the
-    accuracy reported for a variant is that of exactly what is timed.
+# ============================================================================= our kernels as a module
+class KernelPath(nn.Module):
+    """The folded net run by our Triton kernels: NCHW channels_last FP16 raw pixels in (a free
+    view as NHWC), float32 logits out (the same buffer every call).  The TTA views are made
+    inside the kernels, so no TTANet wraps it."""
 
-      im = InferenceModel(cfg, "F", device)
-      x = im.prepare(u8_nchw)    # the variant's input (dtype, layout, normalised or not)
-      logits = im(x)             # batch 1 if im.batch1_only
-      cls = im.predict_host(img) # end to end: uint8 HWC numpy on the host -> int
+    def __init__(self, kn):
+        super().__init__()
+        self.kn = kn
+
+    def forward(self, x):
+        return self.kn(x.permute(0, 2, 3, 1))
+
+
+def kernel_net(cfg, model, a):
+    """KernelPath over the folded spec of one image, its TTA views inside the kernels."""
+    import kernel_net as KN  # Triton is needed only here
+    ok, why = KN.available(str(a["device"]))
+    if not ok:
+        raise RuntimeError(f"Triton kernels unavailable: {why}")  # not a KitError: bench goes on without it
+    if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
+        raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
+    layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
+    return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
+                                   views=TTA_VIEWS[a["tta"]], tile_cache=tiles))
+
+
+def kernel_notes(kn):
+    """One note for the row: where each layer's tiles came from, PDL, the kernel count."""
+    src = kn.tile_sources()
+    counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
+    return f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}; {kn.kernel_count()} kernels"
+
+
+def folded_net(cfg, model, a):
+    """The eval-mode net of a path: BN (and, for fastnet, the input normalisation) folded if
+    asked, moved to the device, dtype and memory format, wrapped in the TTA views."""
+    if a["kernels"]:
+        return kernel_net(cfg, model, a)
+    net = model.eval()
+    if a["fold_bn"]:
+        net = model.fold_for_inference(cfg.data.mean, cfg.data.std, cudnn_relu=a["cudnn_relu"]) \
+            if isinstance(model, FastNet) else fold_bn_generic(model)
+    net = net.to(device=a["device"], dtype=a["dtype"], memory_format=a["mem"]).eval()
+    return net if a["tta"] == "none" else TTANet(net, a["tta"], device=a["device"]).eval()
+
+
+def capture_graph(fn, *args, warmup=3):
+    """Capture fn(*args) in a CUDA graph after a few warm-up calls on a side stream."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn(*args)
+    torch.cuda.synchronize()
+    return g, out
+
+
+def check_image(img, stack=False):
+    """A user's input: a C-contiguous uint8 numpy array of (32, 32, 3), or (N, 32, 32, 3) for
+    a stack.  Anything else is one KitError line, before any buffer is touched."""
+    want = "(N, 32, 32, 3)" if stack else "(32, 32, 3)"
+    if not isinstance(img, np.ndarray):
+        raise KitError(f"expected a numpy uint8 array of shape {want} (H x W x RGB), got {type(img).__name__}")
+    if img.dtype != np.uint8:
+        raise KitError(f"expected uint8 pixels 0-255, got dtype {img.dtype} (convert with img.astype(np.uint8))")
+    if (img.ndim != 4 or img.shape[1:] != (32, 32, 3)) if stack else img.shape != (32, 32, 3):
+        raise KitError(f"expected shape {want} (H x W x RGB, CIFAR-10 size), got {img.shape}")
+    if not img.flags.c_contiguous:
+        raise KitError("expected a C-contiguous array (np.ascontiguousarray(img) makes one)")
+    return img
+
+
+# ============================================================================= Predictor
+class Predictor:
+    """One variant's inference path, built once; clf(img) -> class id, end to end.
+
+      clf = Predictor.load("F")                  # or Predictor(cfg, "F", device)
+      clf(img)                                   # uint8 (32, 32, 3) numpy -> int
+      clf.predict(imgs)                          # (N, 32, 32, 3) -> int64 array
+      clf.run_static()                           # device-side call on the static device input
+                                                 # (what the graph-only / GPU columns time)
     """
 
-    def __init__(self, cfg, variant, device, checkpoint=None, expected_model=None):
+    @classmethod
+    def load(cls, what="F", cfg=None, device="auto", timeout_s=1.0):
+        """A variant of the config (default config.yaml), or a checkpoint path / @tag run
+        through variant F's path (fastnet) or plain FP32 (other models)."""
+        cfg = cfg or load_config()
+        if what in cfg.variants:
+            return cls(cfg, what, resolve_device(device), timeout_s=timeout_s)
+        model = load_checkpoint(resolve_checkpoint(cfg, what))["model"]
+        return cls(cfg, "F" if model == "fastnet" else plain_variant(cfg), resolve_device(device), checkpoint=what,
+                   timeout_s=timeout_s)
+
+    def __init__(self, cfg, variant, device, checkpoint=None, expected_model=None, timeout_s=1.0):
         if variant not in cfg.variants:
             raise KitError(f"unknown variant '{variant}' (valid: {', '.join(cfg.variants)})")
         v = cfg.variants[variant]
-        self.variant, self.device, self.notes = variant, device, []
-        self.label, self.fold_bn, self.fuse = v.label, v.fold_bn, v.fuse
+        self.variant, self.device, self.notes, self.timeout_s = variant, device, [], float(timeout_s)
+        self.label = v.label
         self.ckpt_path = resolve_checkpoint(cfg, checkpoint or v.checkpoint)
         model, ck = load_model(self.ckpt_path, expected_model or v.get("model") or None, cfg=cfg)
         self.model_name = ck["model"]
-        self.ck_meta = {k: ck.get(k) for k in ("front", "tta", "train_time_s", "compile_s", "test_acc")}
+        self.ck_meta = {k: ck.get(k) for k in ("shape", "tta", "train_time_s", "recipe_time_s", "compile_s", "test_acc",
+                                               "seed", "role", "tag")}
+        self.ck_meta["shape"] = self.ck_meta["shape"] or ck.get("front")  # files before v3 called it 'front'
+        self._check_variant(v, model)
         cuda = device.type == "cuda"
+        # On the CPU the kit measures nothing the study reports: the same weights and folding
+        # in FP32 eager (no FP16, no CUDA graph, no torch.compile and its C++ build), said so.
         self.precision = v.precision if cuda else "fp32"
-        self.cuda_graph = v.cuda_graph and cuda
-        # On the CPU the kit measures nothing the study reports: run the same weights and folding
-        # in FP32 eager (no FP16, no CUDA graph, no torch.compile and its C++ build), and say so.
         self.compile = v.compile if cuda else "none"
+        self.cuda_graph, self.kernels = v.cuda_graph and cuda, v.kernels and cuda
         if not cuda and (v.precision != "fp32" or v.cuda_graph or v.compile != "none"):
             self.notes.append("cpu fallback: fp32 eager (no CUDA graph, no torch.compile)")
-        if v.fuse and not v.fold_bn:
-            raise KitError(f"variant {variant}: fuse needs fold_bn (the fused kernels take folded weights)")
-        if v.cuda_graph and v.compile in ("reduce-overhead", "max-autotune"):
-            raise KitError(f"variant {variant}: compile mode '{v.compile}' makes its own CUDA graphs; "
-                           "set cuda_graph: false or use max-autotune-no-cudagraphs")
+        if not cuda and v.kernels:
+            self.notes.append("cpu fallback: torch ops instead of the Triton kernels")
         self.tta = ck.get("tta", "none") if v.tta == "ckpt" else v.tta
         if self.tta not in TTA_VIEWS:
             raise KitError(f"{self.ckpt_path}: unknown tta mode '{self.tta}' (valid: {', '.join(TTA_VIEWS)})")
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        self.mem = torch.channels_last if v.memory_format == "channels_last" else torch.contiguous_format
         self.memory_format = v.memory_format
+        self.mem = torch.channels_last if v.memory_format == "channels_last" else torch.contiguous_format
+        self.fold_bn, self.cudnn_relu = v.fold_bn, v.cudnn_relu
         self.fold_norm = v.fold_bn and isinstance(model, FastNet)
-        self.kernels = bool(v.kernels) and cuda
-        if v.kernels and not (v.fold_bn and isinstance(model, FastNet)):
-            raise KitError(f"variant {variant}: kernels need a fastnet checkpoint and fold_bn: true")
-        if not cuda and v.kernels:
-            self.notes.append("cpu fallback: torch ops instead of the Triton kernels")
-        self._cfg, self._fold_args = cfg, dict(fold_bn=v.fold_bn, fuse=v.fuse, device=device, dtype=self.dtype,
-                                               mem=self.mem, tta=self.tta, kernels=self.kernels,
-                                               kernel_tiles=v.kernel_tiles, kernel_pdl=v.kernel_pdl,
-                                               kernel_fuse_stem=v.kernel_fuse_stem,
-                                               kernel_fuse_pairs=v.kernel_fuse_pairs)
-        self.net = net = InferenceModel.folded_net(cfg, model, self._fold_args)
-        if kernel_net_of(net) is not None:
-            self.notes.append(kernel_notes(kernel_net_of(net)))
-        self.size_mb = weight_bytes(net) / 1e6
+        self.e2e_input = v.e2e_input if self.kernels else "copy"
+        self.e2e_wait = v.e2e_wait if self.cuda_graph else "sync"
+        self._cfg = cfg
+        self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
+                               mem=self.mem, tta=self.tta, kernels=self.kernels, kernel_tiles=v.kernel_tiles,
+                               kernel_pdl=v.kernel_pdl)
+        self.net = folded_net(cfg, model, self._fold_args)
+        self.kn = self.net.kn if self.kernels else None
+        if self.kn is not None:
+            self.notes.append(kernel_notes(self.kn))
+        self.size_mb = (self.kn.weight_bytes() if self.kn is not None else param_bytes(self.net)) / 1e6
         self.n_params = sum(p.numel() for p in model.parameters())
         self.mean, self.std = norm_consts(cfg.data.mean, cfg.data.std, device)
-        self.fn = torch.compile(net, mode=self.compile, dynamic=False) if self.compile != "none" else net
+        self.fn = torch.compile(self.net, mode=self.compile, dynamic=False) if self.compile != "none" else self.net
         self.batch1_only = self.cuda_graph or self.compile != "none"
-        self._graph = self._e2e = None
         t0 = time.time()
+        self._build_calls(cuda)
+        self.build_s = time.time() - t0
+        if cuda:
+            self.notes.append(f"e2e: input {self.e2e_input}, wait {self.e2e_wait}")
+
+    @staticmethod
+    def _check_variant(v, model):
+        if v.cudnn_relu and not v.fold_bn:
+            raise KitError(f"variant {v.label!r}: cudnn_relu needs fold_bn (the fused kernel takes folded weights)")
+        if v.cuda_graph and v.compile in ("reduce-overhead", "max-autotune"):
+            raise KitError(f"variant {v.label!r}: compile mode '{v.compile}' makes its own CUDA graphs; "
+                           "set cuda_graph: false or use max-autotune-no-cudagraphs")
+        if v.kernels and not (v.fold_bn and isinstance(model, FastNet) and v.cuda_graph):
+            raise KitError(f"variant {v.label!r}: kernels need a fastnet checkpoint, fold_bn: true and cuda_graph: true")
+        if v.e2e_input == "mapped" and not v.kernels:
+            raise KitError(f"variant {v.label!r}: e2e_input 'mapped' needs kernels: true (torch ops cannot read "
+                           "host memory); use e2e_input: copy")
+
+    # -- build -----------------------------------------------------------------------------------
+    def _build_calls(self, cuda):
+        """Warm up / compile / capture: the device-side call on static_in and the end-to-end call."""
+        dev = self.device
+        self._graph = None
+        self.calls = 0  # answers received; the GPU counts its own in self._seq
         with torch.inference_mode():
-            self.static_in = self.prepare(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, device=device))
+            self.static_in = self.prepare(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, device=dev))
             if self.compile != "none" and not self.cuda_graph:
                 for _ in range(3):  # compile (and record cudagraphs) now, not inside a timed run
                     self.fn(self.static_in)
             if self.cuda_graph:
                 self._graph, self.static_out = capture_graph(self.fn, self.static_in)
-            if cuda:
-                self.h_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8).pin_memory()
-                self.d_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8, device=device)
-                if self.cuda_graph:
-                    self._e2e, self.e2e_out = capture_graph(self._e2e_body, self.d_in)
-            sync_fn(device)()
-        self.build_s = time.time() - t0
+            if not cuda:
+                return
+            self.h_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8).pin_memory()
+            self.h_word = torch.zeros(4, dtype=torch.int32).pin_memory()  # 16 bytes: word 0 is the answer
+            self._h_in_np, self._word_np = self.h_in.numpy()[0], self.h_word.numpy()
+            self._seq = torch.zeros(1, dtype=torch.int32, device=dev)
+            self._d_word = torch.zeros(4, dtype=torch.int32, device=dev)
+            self.d_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8, device=dev)
+            if self.cuda_graph:
+                self._e2e_graph, _ = capture_graph(self._e2e_graph_body)
+            self._resync()  # the warm-up runs of the capture counted calls on the GPU
 
-    @staticmethod
-    def folded_net(cfg, model, a):
-        """The eval-mode net of a path: BN (and, for fastnet, the input normalisation) folded if
-        asked, moved to the device, dtype and memory format, wrapped in the TTA views."""
-        if a.get("kernels"):
-            net = kernel_net(cfg, model, a)
+    def _e2e_graph_body(self):
+        """What the end-to-end graph holds (captured once): image in, net, answer word out."""
+        if self.kn is not None and self.e2e_input == "mapped":  # the first kernel reads host memory
+            self.kn(self.h_in, answer=(self._seq, self.h_word))
+            return
+        self.d_in.copy_(self.h_in, non_blocking=True)
+        if self.kn is not None:
+            self.kn(self.d_in, answer=(self._seq, self._d_word))
         else:
-            net = model.eval()
-            if a["fold_bn"]:
-                net = model.fold_for_inference(cfg.data.mean, cfg.data.std, fuse=a["fuse"]) \
-                    if isinstance(model, FastNet) else fold_bn_generic(model)
-            net = net.to(device=a["device"], dtype=a["dtype"], memory_format=a["mem"]).eval()
-        if a["tta"] == "none" or getattr(net, "tta_fused", False):  # fused: the kernels make the views
-            return net
-        return TTANet(net, a["tta"], device=a["device"]).eval()
+            cls = torch.argmax(self.fn(self.prepare(self.d_in.permute(0, 3, 1, 2))), dim=1).to(torch.int32)
+            self._seq.add_(1)
+            self._d_word[:1].copy_(((self._seq & SEQ_MASK) << 4) | cls)
+        self.h_word[:1].copy_(self._d_word[:1], non_blocking=True)
 
-    # --- preprocessing: uint8 NCHW (possibly a channels_last view) -> this variant's input
+    # -- calls -----------------------------------------------------------------------------------
     def prepare(self, x_u8):
+        """uint8 NCHW (possibly a channels_last view) -> this path's input (dtype, layout,
+        normalised unless the normalisation is folded into the first layer)."""
         x = x_u8.to(self.dtype) if self.fold_norm else normalize(x_u8, self.mean, self.std, self.dtype)
         return x.contiguous(memory_format=self.mem)
 
-    def __call__(self, x):
-        """Logits for x (already prepared).  CUDA-graph variants replay their graph; passing
-        self.static_in itself skips the copy into the graph's input buffer."""
+    def logits(self, x):
+        """Logits of a prepared device batch; CUDA-graph paths take batch 1 and replay their
+        graph (x is copied into the graph's input unless it is static_in itself)."""
         with torch.inference_mode():
             if self._graph is None:
                 return self.fn(x)
@@ -234,46 +305,93 @@ class InferenceModel:
             self._graph.replay()
             return self.static_out
 
-    def _e2e_body(self, d_in_nhwc):
-        x = self.prepare(d_in_nhwc.permute(0, 3, 1, 2))
-        return torch.argmax(self.fn(x), dim=1)
+    def run_static(self):
+        """The device-side call on the static device input (no copy in or out)."""
+        return self.logits(self.static_in)
 
-    def predict_host(self, img_hwc):
-        """End to end: one uint8 HxWx3 numpy image on the host -> class id (int) on the host."""
-        with torch.inference_mode():
-            if self.device.type != "cuda":
-                x = torch.from_numpy(img_hwc)[None].permute(0, 3, 1, 2)
-                return int(torch.argmax(self.fn(self.prepare(x)), dim=1))
-            self.h_in[0].numpy()[...] = img_hwc
+    def __call__(self, img):
+        """End to end: one uint8 (32, 32, 3) numpy image in host memory -> class id (int)."""
+        check_image(img)
+        if self.device.type != "cuda":
+            with torch.inference_mode():
+                x = self.prepare(torch.from_numpy(img)[None].permute(0, 3, 1, 2))
+                return int(torch.argmax(self.fn(x), dim=1))
+        self._h_in_np[...] = img
+        if self.cuda_graph:
+            self._e2e_graph.replay()
+            return self._wait(self.calls + 1)
+        with torch.inference_mode():  # eager / torch.compile: one copy each way, then a synchronise
             self.d_in.copy_(self.h_in, non_blocking=True)
-            if self._e2e is not None:
-                self._e2e.replay()
-                return int(self.e2e_out)
-            return int(self._e2e_body(self.d_in))
+            cls = torch.argmax(self.fn(self.prepare(self.d_in.permute(0, 3, 1, 2))), dim=1).to(torch.int32)
+            self.h_word[:1].copy_(cls, non_blocking=True)
+            torch.cuda.current_stream().synchronize()
+        self.calls += 1
+        return int(self._word_np[0])
+
+    def _wait(self, n):
+        """The class id of call n from the answer word: polled (at most timeout_s, then a
+        synchronise) or after a synchronise."""
+        want, word = n & SEQ_MASK, self._word_np
+        if self.e2e_wait == "poll":
+            clock, deadline, spins = time.perf_counter, None, 0
+            while (int(word[0]) >> 4) != want:
+                spins += 1
+                if spins & 1023 == 0:  # the clock is read now and then, not on every poll
+                    now = clock()
+                    deadline = deadline or now + self.timeout_s
+                    if now > deadline:
+                        break
+        if (int(word[0]) >> 4) != want:
+            torch.cuda.synchronize()
+        w = int(word[0])
+        if (w >> 4) != want:
+            self._resync()
+            raise KitError(f"{self.variant}: the GPU gave no answer to call {n} within {self.timeout_s:g} s "
+                           f"(answer word holds call {w >> 4}); the next call starts afresh")
+        self.calls = n
+        return w & 15
+
+    def _resync(self):
+        """After a missing answer: take the GPU's own call count, so the next call waits for the
+        right word (the device counter moves only when a graph ran to its end)."""
+        torch.cuda.synchronize()
+        self.calls = int(self._seq.item())
+
+    def predict(self, imgs, batch_size=500):
+        """Class ids of a stack (N, 32, 32, 3) uint8: batches through eager paths, one end-to-end
+        call per image through batch-1 paths (CUDA graph, torch.compile)."""
+        check_image(imgs, stack=True)
+        if self.batch1_only:
+            return np.fromiter((self(img) for img in imgs), dtype=np.int64, count=len(imgs))
+        out = np.empty(len(imgs), dtype=np.int64)
+        with torch.inference_mode():
+            for i in range(0, len(imgs), batch_size):
+                x = torch.from_numpy(imgs[i:i + batch_size]).to(self.device).permute(0, 3, 1, 2)
+                out[i:i + batch_size] = torch.argmax(self.fn(self.prepare(x)), dim=1).cpu().numpy()
+        return out
 
     def info(self):
         """The results.csv columns that describe this inference path."""
         return {"variant": self.variant, "label": self.label, "model": self.model_name,
                 "precision": self.precision, "memory_format": self.memory_format, "fold_bn": self.fold_bn,
-                "fuse": self.fuse, "compile": self.compile, "cuda_graph": self.cuda_graph,
+                "cudnn_relu": self.cudnn_relu, "compile": self.compile, "cuda_graph": self.cuda_graph,
                 "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params,
-                "tta": self.tta, "kernels": self.kernels}
+                "tta": self.tta, "kernels": self.kernels,
+                "io": f"{self.e2e_input}+{self.e2e_wait}" if self.device.type == "cuda" else ""}
 
     @torch.no_grad()
     def swap_weights(self, ckpt_path):
         """Copy another checkpoint of the same architecture into this path's weights, in place:
-        the compiled code and the CUDA graph read the same memory, so the next calls run the
+        the compiled code and both CUDA graphs read the same memory, so the next calls run the
         new weights through exactly the timed path (bench.py uses it for every seed's accuracy)."""
-        if self.kernels:  # KernelNet keeps repacked weights of its own: it copies them in itself
-            model = load_model(ckpt_path, self.model_name, cfg=self._cfg)[0]
-            kn = (self.net.net if isinstance(self.net, TTANet) else self.net).kn
+        model = load_model(ckpt_path, self.model_name, cfg=self._cfg)[0]
+        if self.kn is not None:  # KernelNet keeps repacked weights of its own: it copies them in itself
             try:
-                kn.load_weights(*model.eval().folded_spec(self._cfg.data.mean, self._cfg.data.std))
+                self.kn.load_weights(*model.eval().folded_spec(self._cfg.data.mean, self._cfg.data.std))
             except ValueError as e:
                 raise KitError(f"{ckpt_path}: not the same architecture as {self.ckpt_path} ({e})") from None
             return
-        other = InferenceModel.folded_net(self._cfg, load_model(ckpt_path, self.model_name, cfg=self._cfg)[0],
-                                          self._fold_args)
+        other = folded_net(self._cfg, model, self._fold_args)
         mine = list(self.net.parameters()) + list(self.net.buffers())
         theirs = list(other.parameters()) + list(other.buffers())
         if not mine or len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
@@ -282,53 +400,48 @@ class InferenceModel:
             a.copy_(b)
 
 
-def capture_graph(fn, static_in, warmup=3):
-    """Capture fn(static_in) in a CUDA graph after a few warm-up calls on a side stream."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(warmup):
-            fn(static_in)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = fn(static_in)
-    torch.cuda.synchronize()
-    return g, out
+def plain_variant(cfg):
+    """Add (once) and name the plain FP32 eager variant: every path key at its default."""
+    if "plain" not in cfg.variants:
+        cfg.variants["plain"] = type(cfg)(validate_variant({"label": "plain FP32", "checkpoint": "@final",
+                                                            "table": False}, "variants.plain"))
+    return "plain"
+
+
+# ============================================================================= accuracy through the path
+def evaluate(clf, imgs, labels, batch_size=500, batch1_check=500, desc=None):
+    """Accuracy (%) of a Predictor on host images through its end-to-end call.
+
+    Batch-1 paths (CUDA graph, torch.compile) answer image by image, exactly as timed.  Eager
+    paths answer in batches (Predictor.predict: the same weights, dtype and layout); their first
+    batch1_check images are answered again one by one and mismatches counted.
+    Returns dict(acc, per_class, n, batch1_mismatch, batch1_checked)."""
+    n = len(labels)
+    if n == 0:
+        raise KitError("the evaluation split holds no images (check data.val_size and the data file)")
+    gc_on = gc.isenabled()
+    gc.disable()  # tens of thousands of small calls: no collection pauses inside them
+    try:
+        if clf.batch1_only:
+            preds = np.fromiter((clf(img) for img in progress(imgs, desc or f"eval {clf.variant}", "img")),
+                                dtype=np.int64, count=n)
+            checked = mismatch = 0
+        else:
+            preds = clf.predict(imgs, batch_size)
+            checked = min(batch1_check, n)
+            mismatch = sum(int(clf(imgs[i]) != preds[i]) for i in range(checked))
+    finally:
+        if gc_on:
+            gc.enable()
+    labels = np.asarray(labels)
+    correct = preds == labels
+    per_class = [100.0 * float(correct[labels == c].mean()) if (labels == c).any() else float("nan")
+                 for c in range(10)]
+    return {"acc": 100.0 * float(correct.mean()), "per_class": per_class, "n": n,
+            "batch1_mismatch": mismatch, "batch1_checked": checked, "preds": preds}
 
 
 def accuracy_fields(r):
-    """The results.csv columns of an evaluate_inference() result."""
+    """The results.csv columns of an evaluate() result."""
     return {"acc": r["acc"], "per_class_acc": ";".join(f"{p:.1f}" for p in r["per_class"]),
             "batch1_check": f"{r['batch1_mismatch']}/{r['batch1_checked']}" if r["batch1_checked"] else ""}
-
-
-@torch.inference_mode()
-def evaluate_inference(im, data, batch_size=500, batch1_check=500):
-    """Accuracy of an InferenceModel on the test set through its own path.
-
-    Batch-1-only paths (CUDA graph, torch.compile) run image by image, exactly as timed.
-    Eager paths run in batches of batch_size (same dtype, layout, weights); their first
-    batch1_check images are then run again one at a time and mismatches counted.
-    Returns dict(acc, per_class, n, batch1_mismatch, batch1_checked).
-    """
-    x_u8, y = data["test_u8"], data["y_test"]
-    n = len(y)
-    preds = torch.empty(n, dtype=torch.long, device=y.device)
-    if im.batch1_only:
-        for i in progress(range(n), f"eval {im.variant}", "img"):
-            x = im.prepare(x_u8[i:i + 1])
-            preds[i:i + 1].copy_(torch.argmax(im(x), dim=1))
-        checked = mismatch = 0
-    else:
-        for i in progress(range(0, n, batch_size), f"eval {im.variant}", "batch"):
-            preds[i:i + batch_size] = torch.argmax(im(im.prepare(x_u8[i:i + batch_size])), dim=1)
-        checked = min(batch1_check, n)
-        p1 = torch.cat([torch.argmax(im(im.prepare(x_u8[i:i + 1])), dim=1) for i in range(checked)]) \
-            if checked else preds[:0]
-        mismatch = int((p1 != preds[:checked]).sum())
-    correct = (preds == y)
-    per_class = [100.0 * float(correct[y == c].float().mean()) if bool((y == c).any()) else float("nan")
-                 for c in range(10)]
-    return {"acc": 100.0 * float(correct.float().mean()), "per_class": per_class, "n": n,
-            "batch1_mismatch": mismatch, "batch1_checked": checked}

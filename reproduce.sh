@@ -1,40 +1,55 @@
 #!/bin/sh
-# Reproduce the whole v2 study on one GPU, from scratch (each stage <= 15 min on an H100).
+# Reproduce the whole study on one CUDA GPU, from scratch, stage by stage; each stage's output
+# goes to results/logs/<stage>.log, ending with its wall time.
 #
-#   sh reproduce.sh            # = train, then front, then bench
-#   sh reproduce.sh train      # B2 (ResNet-18), B1 (MobileNetV3-small), D1 (distilled)
-#   sh reproduce.sh front      # the accuracy-latency front (config.yaml: front): every shape x seed
-#                              # trained, benched with and without TTA, then front.py picks F and
-#                              # F85 (= front-train, then front-bench)
-#   sh reproduce.sh bench      # eval F through its path, then ONE bench invocation of every
-#                              # variant (table + ablation + F_kern) and the whole front -> results.csv
-#   sh reproduce.sh bench --set paths.results=/tmp/r.csv     # extra args go to every script
+#   sh reproduce.sh            # every stage below, in order
+#   sh reproduce.sh tiles      # tune the Triton kernels' tiles for this GPU -> results/tiles.json
+#   sh reproduce.sh train      # B2 (ResNet-18), B1 (MobileNetV3-small), D1 (distilled from B2)
+#   sh reproduce.sh front      # every front shape x front.seeds on the 45k split, benched on the
+#                              # 5k validation split; front.py chooses F and F85
+#   sh reproduce.sh final      # F's and F85's shapes x final.seeds on all 50k; ships the first seed
+#   sh reproduce.sh bench      # eval F, then ONE bench invocation: table + ablation + front,
+#                              # and the per-kernel profile of F
+#   sh reproduce.sh report     # results/final_table.md, checkpoints/README.md, figures, rapport.pdf
+#   sh reproduce.sh bench --set bench.runs=3     # extra args go to every script of the stage
 #
-# Needs CIFAR-10 at paths.data_npz (python ../shared/cifar10/unpack.py data/cifar10.npz).
-# LATENCY_RAW (default results/latency_raw.npz) receives every timed call of the benchmark.
+# The data is found as the Quick start says (data/cifar10.npz, else ../shared/cifar10 unpacked).
+# The front and final stages replace the selection record and the shipped models (--force).
 set -e
 stage=${1:-all}
 [ $# -gt 0 ] && shift
 PY=${PYTHON:-python3}
 case "$stage" in
-  all|train|bench|front|front-train|front-bench) ;;
-  *) echo "error: reproduce.sh: unknown stage '$stage' (all, train, bench, front, front-train or front-bench)" >&2
+  all|tiles|train|front|final|bench|report) ;;
+  *) echo "error: reproduce.sh: unknown stage '$stage' (all, tiles, train, front, final, bench or report)" >&2
      exit 2 ;;
 esac
-if [ "$stage" = all ] || [ "$stage" = train ]; then
-  $PY train.py --model resnet18 "$@"          # B2, and the teacher of D1
-  $PY train.py --model mobilenetv3 "$@"       # B1, O1, O2, O3
-  $PY distill.py "$@"                         # D1: MobileNetV3-small distilled from ResNet-18
-fi
-if [ "$stage" = all ] || [ "$stage" = front ] || [ "$stage" = front-train ]; then
-  $PY train.py --front "$@"                   # front_<shape>_s<seed> for every shape x front.seeds
-fi
-if [ "$stage" = all ] || [ "$stage" = front ] || [ "$stage" = front-bench ]; then
-  $PY bench.py --variant front "$@"           # every point, each tta mode, seed accuracies through the path
-  $PY front.py "$@"                           # F and F85 from those rows -> paths.final_model, paths.f85_model
-fi
-if [ "$stage" = all ] || [ "$stage" = bench ]; then
+mkdir -p results/logs
+
+run() {  # run NAME: the stage's commands (stage_NAME) with their output and wall time in its log
+  log=results/logs/$1.log
+  t0=$(date +%s)
+  echo "== $1: $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$log"
+  if "stage_$1" "$@" >> "$log" 2>&1; then rc=0; else rc=$?; fi
+  echo "== $1: wall time $(( $(date +%s) - t0 )) s, exit $rc" >> "$log"
+  tail -n 3 "$log"
+  return $rc
+}
+
+stage_tiles()  { shift; $PY tools/kernel_tune.py "$@"; }
+stage_train()  { shift; $PY train.py --model resnet18 "$@"; $PY train.py --model mobilenetv3 "$@"; $PY distill.py "$@"; }
+stage_front()  { shift; $PY train.py --front "$@"; $PY bench.py --variant front "$@"; $PY front.py --force "$@"; }
+stage_final()  { shift; $PY train.py --final-runs --force "$@"; }
+stage_bench()  {
+  shift
   $PY eval.py --variant F "$@"
-  # ONE invocation: the table, the ablation (F_kern included) and the whole front again
-  $PY bench.py --variant all,front --raw "${LATENCY_RAW:-results/latency_raw.npz}" "$@"
-fi
+  $PY bench.py --variant all,front --raw results/latency_raw.npz "$@"
+  $PY tools/kernel_profile.py --out results/kernel_profile.json "$@"
+}
+stage_report() { shift; $PY report/build.py; }
+
+for s in tiles train front final bench report; do
+  if [ "$stage" = all ] || [ "$stage" = "$s" ]; then
+    run "$s" "$@"
+  fi
+done

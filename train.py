@@ -1,34 +1,52 @@
-"""Train one model on CIFAR-10 and save its best-by-validation checkpoint.
+"""Train models on CIFAR-10: one model, the accuracy-latency front, or the final runs.
 
     python train.py --model mobilenetv3                      # B1 (and O1-O3) weights
     python train.py --model resnet18                         # B2, also the distillation teacher
-    python train.py --model fastnet --final               # F: also written to paths.final_model
     python train.py --model resnet18 --set train.resnet18.epochs=5 --device cpu
+    python train.py --front                                  # every front shape x front.seeds (45k split)
+    python train.py --front t3,AB94
+    python train.py --final-runs                             # F's and F85's shapes x final.seeds (50k)
 
-The recipe is train.<model> in config.yaml (epochs, batch size, lr, ...).  The 50k train
-images are split into train / validation (data.val_size, fixed by the seed); each epoch is
-validated and the best epoch's weights are kept; the test set is evaluated once, at the end,
-for the record.  Writes checkpoints/<tag>_e<epoch>_acc<test acc>.pth, points the manifest's
-entry <tag> at it (variants refer to it as "@<tag>") and appends a row to results.csv.
+The recipe is train.<model> in config.yaml (epochs, batch size, lr, ...).  The 50k train images
+are split into training / validation (data.val_size, fixed by data.split_seed).  Models with
+select: best_val are validated each epoch and keep their best epoch; fastnet keeps its last
+epoch of a fixed schedule.  The front never sees the test set: its final evaluation is on the
+validation split.  The final runs train on all 50k (train_on_val) and are evaluated once on
+the test set, with the chosen point's TTA mode.
+
+Timed like airbench: whitening init, training and the final evaluation, with CUDA events
+(recipe_time_s); compilation and cuDNN's autotuning run before, on a copy of the state, and
+are reported apart (compile_s); train_time_s is the epoch loop alone.
+Writes checkpoints/<tag>_e<epoch>_acc<acc>.pth, points the manifest's entry <tag> at it
+(variants refer to it as "@<tag>") and appends a row to results.csv.
 """
 
 import copy
+import json
 import os
 import time
 
 import torch
 import torch.nn as nn
 
-from config import MODEL_NAMES, Config, add_config_args, front_model_kwargs, front_tag, load_config, resolve_path
+from config import (ConfigError, Config, MODEL_NAMES, add_config_args, final_tag, front_model_kwargs, front_tag,
+                    load_config, resolve_path)
 import utils
-from utils import KitError, augment, log
+from data import augment, load_data
+from models import FastNet, WhitenStem, build_model, check_fastnet_kwargs, init_whitening
+from timing import Stopwatch
+from utils import KitError, log
+
+ROLES = {"F": "final_model", "F85": "f85_model"}  # front.py's roles -> the paths.* key of the shipped file
 
 
 # ============================================================================= training loop
 @torch.no_grad()
-def accuracy(model, x, y, batch_size=1000, amp=False, channels_last=False):
-    """Top-1 accuracy (%) of a model on normalised inputs."""
+def accuracy(model, x, y, batch_size=1000, amp=False, channels_last=False, tta="none"):
+    """Top-1 accuracy (%) of a model on normalised inputs, under the TTA views of `tta`."""
+    from inference import TTANet
     model.eval()
+    net = model if tta == "none" else TTANet(model, tta, device=x.device)
     correct = 0
     dev = x.device
     for i in range(0, len(x), batch_size):
@@ -36,7 +54,7 @@ def accuracy(model, x, y, batch_size=1000, amp=False, channels_last=False):
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-            correct += int((model(xb).argmax(1) == y[i:i + batch_size]).sum())
+            correct += int((net(xb).argmax(1) == y[i:i + batch_size]).sum())
     return 100.0 * correct / max(len(x), 1)
 
 
@@ -109,7 +127,8 @@ def epoch_batches(x, perm, pad, tcfg, cfg, ctx, epoch):
 
 
 def train_epoch(net, model, opt, sched, data, tcfg, cfg, ctx, epoch):
-    """One epoch of SGD steps; returns the summed loss (a device tensor, no host sync)."""
+    """One epoch of SGD steps; returns the summed loss (a device tensor, no host sync).  On the
+    CPU the first step is timed and the whole run's duration estimated, at once."""
     x, y = data["x_train"], data["y_train"]
     n, bs, steps = len(x), tcfg.batch_size, ctx["steps"]
     pad = cfg.data.pad if tcfg.pad < 0 else tcfg.pad
@@ -118,6 +137,7 @@ def train_epoch(net, model, opt, sched, data, tcfg, cfg, ctx, epoch):
     xs, ys = epoch_batches(x, perm, pad, tcfg, cfg, ctx, epoch), y[perm]
     loss_sum = torch.zeros((), device=x.device)
     for s in range(steps):
+        t0 = time.time()
         xb, yb = xs[s * bs:(s + 1) * bs], ys[s * bs:(s + 1) * bs]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=ctx["amp"]):
             loss = ctx["loss_fn"](net(xb), yb, xb)
@@ -128,12 +148,16 @@ def train_epoch(net, model, opt, sched, data, tcfg, cfg, ctx, epoch):
         loss_sum += loss.detach()
         if ctx["lookahead"] is not None:
             ctx["lookahead"].step((epoch - 1) * steps + s + 1, ctx["total"])
+        if epoch == 1 and s == 0 and not x.is_cuda:
+            dt = time.time() - t0
+            log(f"{ctx['desc']}: one step took {dt:.1f} s on the CPU: about {dt * ctx['total'] / 3600:.1f} h for "
+                f"{tcfg.epochs} epochs of {steps} steps (a GPU takes seconds to minutes)")
     return loss_sum
 
 
 def compile_warmup(net, model, data, tcfg, ctx):
     """Run a few training and eval steps of the (compiled) net on a copy of the state, so that
-    compilation and cuDNN autotuning stay out of train_time_s (reported apart as compile_s);
+    compilation and cuDNN autotuning stay out of the timed recipe (reported apart as compile_s);
     the state is restored after.  Eval runs at batch 1000, the size accuracy() uses."""
     t0 = time.time()
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -154,14 +178,15 @@ def compile_warmup(net, model, data, tcfg, ctx):
     return time.time() - t0
 
 
-def fit(model, data, tcfg, cfg, device, loss_fn=None, desc="train"):
+def fit(model, data, tcfg, cfg, device, loss_fn=None, desc="train", final_eval=None):
     """Train with Nesterov SGD (warm-up + linear decay), label smoothing, bf16 autocast on CUDA;
     optional whitening stem init, BN-bias lr scale, lookahead, alternating flips, torch.compile.
 
-    Validates each epoch on the held-out split (the test set is never looked at here) and keeps
-    the best-by-validation weights (select: best_val) or the last epoch's (select: last, for
-    fixed schedules).  loss_fn(logits, y, x) replaces the plain cross-entropy (distill.py).
-    Returns best_epoch, val_acc, history, train_time_s, compile_s; the model holds the weights.
+    Validates on the held-out split (each epoch with select: best_val, else at the end) and
+    keeps the best-by-validation weights or the last epoch's.  loss_fn(logits, y, x) replaces
+    the plain cross-entropy (distill.py).  final_eval = (x, y, tta): the evaluation inside the
+    timed region (airbench counts it), or None.  Returns best_epoch, val_acc, final_acc,
+    history, train_time_s, recipe_time_s, compile_s; the model holds the weights.
     """
     x = data["x_train"]
     steps = max(1, len(x) // tcfg.batch_size)
@@ -169,10 +194,9 @@ def fit(model, data, tcfg, cfg, device, loss_fn=None, desc="train"):
     model.to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    utils.init_whitening(model, x[:5000])
     ce = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    ctx = dict(steps=steps, total=steps * tcfg.epochs, amp=amp, gen=gen, lookahead=None,
+    ctx = dict(steps=steps, total=steps * tcfg.epochs, amp=amp, gen=gen, lookahead=None, desc=desc,
                loss_fn=loss_fn or (lambda logits, yb, xb: ce(logits, yb)),
                flip_base=torch.rand(len(x), generator=gen, device=device) < 0.5)
     net = model
@@ -182,13 +206,20 @@ def fit(model, data, tcfg, cfg, device, loss_fn=None, desc="train"):
     if tcfg.compile and device.type == "cuda":
         net = torch.compile(model)
     if device.type == "cuda" and (tcfg.compile or tcfg.cudnn_benchmark):
-        compile_s = compile_warmup(net, model, data, tcfg, ctx)  # compilation / autotuning out of train_time_s
+        compile_s = compile_warmup(net, model, data, tcfg, ctx)  # compilation / autotuning out of the timed recipe
     opt = make_optimizer(model, tcfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(ctx["total"], int(tcfg.warmup_epochs * steps), tcfg.lr_start))
+    clock = Stopwatch(device).start()  # the recipe as airbench times it: whitening, training, final evaluation
+    init_whitening(model, x[:5000])
     if tcfg.lookahead:
         ctx["lookahead"] = Lookahead(model, tcfg.lookahead_every, tcfg.lookahead_base)
     info = run_epochs(net, model, opt, sched, data, tcfg, cfg, ctx, desc)
+    info["final_acc"] = float("nan")
+    if final_eval is not None:
+        fx, fy, tta = final_eval
+        info["final_acc"] = accuracy(model, fx, fy, amp=amp, channels_last=tcfg.channels_last, tta=tta)
+    info["recipe_time_s"] = clock.stop()
     info["compile_s"] = compile_s
     model.to(memory_format=torch.contiguous_format)
     return info
@@ -203,9 +234,9 @@ def run_epochs(net, model, opt, sched, data, tcfg, cfg, ctx, desc):
     t_start = time.time()
     for epoch in range(1, tcfg.epochs + 1):
         t0 = time.time()
-        if tcfg.whiten_bias_epochs and epoch == tcfg.whiten_bias_epochs + 1 and isinstance(model, utils.FastNet):
+        if tcfg.whiten_bias_epochs and epoch == tcfg.whiten_bias_epochs + 1 and isinstance(model, FastNet):
             stem = model.features[0]
-            if isinstance(stem, utils.WhitenStem):  # the stem's bias stops training (then it only adds noise)
+            if isinstance(stem, WhitenStem):  # the stem's bias stops training (then it only adds noise)
                 stem.conv.bias.requires_grad_(False)
         loss_sum = train_epoch(net, model, opt, sched, data, tcfg, cfg, ctx, epoch)
         if not torch.isfinite(loss_sum):
@@ -240,72 +271,165 @@ def merge_val(data):
     return d
 
 
-def train_and_save(cfg, model_name, device, tag, save_as=None, script="train", loss_factory=None, notes="",
-                   front=""):
-    """Train model_name with train.<model_name>; save, register and record it.  Shared with distill.py."""
+def check_buildable(kw, what):
+    """fastnet arguments checked as a checkpoint's are (schema keys, types, bounds, choices and
+    the size bound), then one forward of a 32x32 image on the CPU: a shape that cannot run
+    stops here, in one line, before any training."""
+    try:
+        check_fastnet_kwargs(kw)
+        with torch.no_grad():
+            FastNet(**kw).eval()(torch.zeros(1, 3, 32, 32))
+    except (ConfigError, KitError, RuntimeError, ValueError, TypeError) as e:
+        raise KitError(f"{what} cannot be built: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+
+
+def check_outputs(cfg, *files):
+    """Every file a run will write, checked before the work: results.csv, the checkpoint folder,
+    the manifest, and any extra destination."""
+    utils.check_results_file(resolve_path(cfg, cfg.paths.results))
+    hint = "set another place with --set paths.checkpoints=DIR / paths.manifest=FILE"
+    utils.check_writable(os.path.join(resolve_path(cfg, cfg.paths.checkpoints), ".new-checkpoint"), hint)
+    utils.check_writable(resolve_path(cfg, cfg.paths.manifest), hint)
+    for f in files:
+        utils.check_writable(resolve_path(cfg, f), "write elsewhere with --save-as PATH")
+
+
+def train_and_save(cfg, model_name, device, tag, data=None, save_as=None, script="train", loss_factory=None,
+                   notes="", shape="", tta="none", role="", front=False):
+    """Train model_name with train.<model_name>; save, register and record it.  front=True: a
+    front run (validation split only: the test set is not read).  Shared with distill.py."""
     utils.check_tag(tag)
-    results = resolve_path(cfg, cfg.paths.results)
-    utils.check_results_file(results)
+    check_outputs(cfg, *([save_as] if save_as else []))
     if model_name not in cfg.train:
-        raise utils.KitError(f"no training recipe train.{model_name} in the config (have: {', '.join(cfg.train)})")
+        raise KitError(f"no training recipe train.{model_name} in the config (have: {', '.join(cfg.train)})")
+    if model_name == "fastnet":
+        check_buildable(dict(cfg.models.fastnet), "models.fastnet")
     tcfg = cfg.train[model_name]
+    if front and tcfg.train_on_val:
+        raise KitError("internal: a front run must keep the validation split apart")
     utils.set_seed(cfg.seed)
-    data = utils.load_data(cfg, device)
+    data = data if data is not None else load_data(cfg, device)
     if tcfg.train_on_val:
         data = merge_val(data)
-    utils.log(f"{script}: {model_name} on {device} ({utils.env_info()['gpu'] or utils.env_info()['cpu']}), "
-              f"{len(data['y_train'])} train / {len(data['y_val'])} val images, {tcfg.epochs} epochs")
-    model = utils.build_model(model_name, cfg)
+    log(f"{script}: {tag} ({model_name}) on {device} ({utils.env_info()['gpu'] or utils.env_info()['cpu']}), "
+        f"{len(data['y_train'])} train / {len(data['y_val'])} val images, {tcfg.epochs} epochs")
+    model = build_model(model_name, cfg)
     loss_fn = loss_factory(tcfg) if loss_factory else None
-    info = fit(model, data, tcfg, cfg, device, loss_fn=loss_fn, desc=tag)
-    test_acc = accuracy(model, data["x_test"], data["y_test"])  # FP32, once, for the record
-    val_acc = info["val_acc"]
+    final_eval = None if front else (data["x_test"], data["y_test"], tta)
+    info = fit(model, data, tcfg, cfg, device, loss_fn=loss_fn, desc=tag, final_eval=final_eval)
+    test_acc, val_acc = info["final_acc"], info["val_acc"]
     ckpt_dir = resolve_path(cfg, cfg.paths.checkpoints)
-    path = os.path.join(ckpt_dir, utils.checkpoint_name(tag, info["best_epoch"], test_acc))
-    meta = dict(tag=tag, epoch=info["best_epoch"], val_acc=val_acc, test_acc=test_acc,
-                train_time_s=info["train_time_s"], compile_s=info.get("compile_s", 0.0), history=info["history"],
-                front=front)
+    path = os.path.join(ckpt_dir, utils.checkpoint_name(tag, info["best_epoch"], val_acc if front else test_acc))
+    meta = dict(tag=tag, epoch=info["best_epoch"], val_acc=val_acc, test_acc=test_acc, seed=cfg.seed,
+                train_time_s=info["train_time_s"], recipe_time_s=info["recipe_time_s"], compile_s=info["compile_s"],
+                history=info["history"], shape=shape, tta=tta, role=role)
     utils.save_checkpoint(path, model.cpu(), model_name, cfg, **meta)
     rel = os.path.relpath(path, os.path.dirname(cfg.config_file))
     if rel.startswith(".."):  # outside the project: keep it absolute
         rel = os.path.abspath(path)
     utils.update_manifest(cfg, tag, {"path": rel, "model": model_name, "epoch": info["best_epoch"],
-                                     "val_acc": round(val_acc, 2), "test_acc": round(test_acc, 2),
-                                     "train_time_s": round(info["train_time_s"], 1),
+                                     "val_acc": utils.json_number(val_acc, 2), "test_acc": utils.json_number(test_acc, 2),
+                                     "recipe_time_s": round(info["recipe_time_s"], 2),
                                      "gpu": utils.env_info()["gpu"], "script": script})
     if save_as:
         utils.save_checkpoint(resolve_path(cfg, save_as), model, model_name, cfg, **meta)
     row = utils.base_row(cfg, script, device)
     row.update(model=model_name, label=tag, precision="bf16-amp" if tcfg.amp and device.type == "cuda" else "fp32",
-               memory_format="channels_last" if tcfg.channels_last else "contiguous",
-               acc=test_acc, val_acc=val_acc, epochs=info["best_epoch"], train_time_s=info["train_time_s"],
-               checkpoint=rel, n_params=sum(p.numel() for p in model.parameters()), front=front,
-               compile_s=info.get("compile_s", 0.0),
+               memory_format="channels_last" if tcfg.channels_last else "contiguous", tta=tta,
+               acc=test_acc, val_acc=val_acc, split="val" if front else "test", epochs=info["best_epoch"],
+               train_time_s=info["train_time_s"], recipe_time_s=info["recipe_time_s"], checkpoint=rel,
+               n_params=sum(p.numel() for p in model.parameters()), shape=shape, compile_s=info["compile_s"],
                notes=(f"best epoch {info['best_epoch']}/{tcfg.epochs} by validation" if tcfg.select == "best_val"
-                      else f"last epoch of {tcfg.epochs} (fixed schedule)") + "; acc = FP32 test accuracy"
-                     + (f"; {notes}" if notes else ""))
-    utils.append_result(results, row)
-    utils.log(f"{script}: {tag} best epoch {info['best_epoch']} val {val_acc:.2f}% test {test_acc:.2f}% "
-              f"in {info['train_time_s']:.1f}s -> {rel}" + (f" and {save_as}" if save_as else ""))
+                      else f"last epoch of {tcfg.epochs} (fixed schedule)")
+               + ("; front run: validation split only, test set not read" if front else
+                  f"; acc: the timed final evaluation on the test set (bf16 autocast, tta {tta})")
+               + (f"; {notes}" if notes else ""))
+    utils.append_result(resolve_path(cfg, cfg.paths.results), row)
+    shown = f"val {val_acc:.2f}%" if front else f"test {test_acc:.2f}%"
+    log(f"{script}: {tag} epoch {info['best_epoch']} {shown}, recipe {info['recipe_time_s']:.2f} s "
+        f"(epochs {info['train_time_s']:.2f} s, warm-up {info['compile_s']:.1f} s apart) -> {rel}"
+        + (f" and {save_as}" if save_as else ""))
     return path, test_acc
 
 
+def shape_config(cfg, shape, seed, train_on_val):
+    """cfg with models.fastnet = the front shape's arguments, the seed, and train_on_val set."""
+    c = copy.deepcopy(cfg)
+    c["seed"], c["models"]["fastnet"] = seed, Config(front_model_kwargs(cfg, shape))
+    c["train"]["fastnet"]["train_on_val"] = train_on_val
+    return c
+
+
 def train_front(cfg, device, shapes=None):
-    """Every front shape x every front seed (config.yaml: front), tags front_<shape>_s<seed>."""
+    """Every front shape x every front seed on the training split (tags front_<shape>_s<seed>);
+    every shape is checked before the first one trains."""
     shapes = shapes or list(cfg.front.shapes)
     unknown = [s for s in shapes if s not in cfg.front.shapes]
     if unknown:
         raise KitError(f"unknown front shape '{unknown[0]}' (valid: {', '.join(cfg.front.shapes) or 'none'})")
     for shape in shapes:
-        kw = front_model_kwargs(cfg, shape)
-        try:
-            utils.FastNet(**kw)
-        except (KitError, TypeError, ValueError) as e:
-            raise KitError(f"front shape '{shape}' cannot be built: {e}") from None
+        check_buildable(front_model_kwargs(cfg, shape), f"front shape '{shape}'")
+    check_outputs(cfg)
+    t0 = time.time()
+    data = load_data(shape_config(cfg, shapes[0], cfg.seed, False), device)
+    for shape in shapes:
         for seed in cfg.front.seeds:
-            c = copy.deepcopy(cfg)
-            c["seed"], c["models"]["fastnet"] = seed, Config(kw)
-            train_and_save(c, "fastnet", device, front_tag(shape, seed), notes=f"front shape {shape}", front=shape)
+            train_and_save(shape_config(cfg, shape, seed, False), "fastnet", device, front_tag(shape, seed), data=data,
+                           notes=f"front shape {shape}", shape=shape, front=True)
+    log(f"train: front of {len(shapes)} shape(s) x {len(cfg.front.seeds)} seed(s) in {time.time() - t0:.0f} s wall")
+
+
+def read_selection(cfg):
+    """front.py's record: {role: {shape, tta, ...}} for F and F85."""
+    path = resolve_path(cfg, cfg.paths.front_selection)
+    try:
+        with open(path) as f:
+            sel = json.load(f)
+        return {role: sel["chosen"][role] for role in ROLES}
+    except FileNotFoundError:
+        raise KitError(f"no {path}: choose F and F85 first (python front.py)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise KitError(f"{path}: not a selection record of front.py ({type(e).__name__}: {e}); rerun front.py") from None
+
+
+def final_runs(cfg, device, force=False):
+    """F's and F85's chosen shapes x final.seeds on all 50k images (tags final_<role>_s<seed>);
+    then the first seed's file of each becomes the shipped one.  Everything is checked first
+    (selection, shapes, destinations, --force); both shipped files are written, or neither."""
+    chosen = read_selection(cfg)
+    dests = {role: resolve_path(cfg, cfg.paths[key]) for role, key in ROLES.items()}
+    for role, c in chosen.items():
+        if c.get("shape") not in cfg.front.shapes:
+            raise KitError(f"{role}'s shape {c.get('shape')!r} is not in front.shapes; rerun front.py")
+        check_buildable(front_model_kwargs(cfg, c["shape"]), f"{role}'s shape '{c['shape']}'")
+    taken = [f"{d} (would become {chosen[r]['shape']} tta {chosen[r]['tta']}, seed {cfg.final.seeds[0]})"
+             for r, d in dests.items() if os.path.exists(d)]
+    if taken and not force:
+        raise KitError(f"{'; '.join(taken)} exist(s): the shipped models are replaced only with --force")
+    check_outputs(cfg, *dests.values())
+    t0 = time.time()
+    data = load_data(cfg, device)
+    first = {}
+    for role, c in chosen.items():
+        for seed in cfg.final.seeds:
+            sc = shape_config(cfg, c["shape"], seed, cfg.train.fastnet.train_on_val)
+            path, _ = train_and_save(sc, "fastnet", device, final_tag(role, seed), data=data, shape=c["shape"],
+                                     tta=c["tta"], role=role, notes=f"final run of {role}: shape {c['shape']}")
+            first.setdefault(role, path)
+    cks = {role: utils.load_checkpoint(p) for role, p in first.items()}  # every source read before any write
+    for role, ck in cks.items():
+        ck["selected"] = dict(chosen[role], role=role, source=os.path.relpath(first[role], os.path.dirname(cfg.config_file)))
+        utils.write_checkpoint(dests[role], ck)
+    what = ", ".join(f"{r}: {c['shape']} tta {c['tta']}" for r, c in chosen.items())
+    log(f"train: final runs ({what}) x {len(cfg.final.seeds)} seeds in {time.time() - t0:.0f} s wall; shipped "
+        + ", ".join(dests.values()))
+
+
+def check_overwrite(cfg, save_as, force):
+    """The shipped final model (or any --save-as file) is replaced only on purpose."""
+    if save_as and not force and os.path.exists(resolve_path(cfg, save_as)):
+        raise KitError(f"{resolve_path(cfg, save_as)} exists (with --final: paths.final_model, the shipped model); "
+                       "add --force to replace it, or write elsewhere with --save-as PATH")
 
 
 def main():
@@ -313,32 +437,30 @@ def main():
     ap.add_argument("--model", choices=MODEL_NAMES, help="architecture to train")
     ap.add_argument("--front", nargs="?", const="all", metavar="SHAPES",
                     help="train the front instead: every shape (or the comma-separated SHAPES) x front.seeds")
-    ap.add_argument("--tag", help="manifest tag and file-name prefix (default: the model name)")
-    ap.add_argument("--save-as", help="also write the checkpoint to this path")
-    ap.add_argument("--final", action="store_true", help="also write it to paths.final_model (the shipped F model)")
-    ap.add_argument("--force", action="store_true", help="allow --final to replace an existing paths.final_model")
+    ap.add_argument("--final-runs", action="store_true",
+                    help="train F's and F85's chosen shapes x final.seeds on all 50k, then ship the first seed's")
+    ap.add_argument("--tag", help="with --model: manifest tag and file-name prefix (default: the model name)")
+    ap.add_argument("--save-as", help="with --model: also write the checkpoint to this path")
+    ap.add_argument("--final", action="store_true", help="with --model: also write it to paths.final_model")
+    ap.add_argument("--force", action="store_true", help="allow replacing an existing shipped model")
     ap.add_argument("--device", default="auto", help="auto (GPU if any), cuda, cuda:N or cpu (default: auto)")
     add_config_args(ap)
     a = ap.parse_args()
-    if bool(a.model) == bool(a.front):
-        ap.error("give either --model NAME or --front")
+    if sum((bool(a.model), bool(a.front), a.final_runs)) != 1:
+        ap.error("give exactly one of --model NAME, --front [SHAPES] or --final-runs")
+    if not a.model and (a.tag or a.save_as or a.final):
+        ap.error("--tag, --save-as and --final go with --model only")
     cfg = load_config(a.config, a.overrides)
     device = utils.resolve_device(a.device)
     if device.type == "cpu":
-        utils.log("train: no GPU in use: training on the CPU (slow; fine for short runs)")
+        log("train: no GPU in use: training on the CPU (slow; fine for short runs)")
     if a.front:
-        return train_front(cfg, device, None if a.front == "all" else a.front.split(","))
+        return train_front(cfg, device, None if a.front == "all" else [s for s in a.front.split(",") if s])
+    if a.final_runs:
+        return final_runs(cfg, device, a.force)
     save_as = a.save_as or (cfg.paths.final_model if a.final else None)
     check_overwrite(cfg, save_as, a.force)
     train_and_save(cfg, a.model, device, utils.check_tag(a.tag or a.model), save_as)
-
-
-def check_overwrite(cfg, save_as, force):
-    """The shipped final model (or any --save-as file) is replaced only on purpose: one CPU epoch
-    once turned the committed 92.35 % F into a 47.35 % one without a word."""
-    if save_as and not force and os.path.exists(resolve_path(cfg, save_as)):
-        raise KitError(f"{resolve_path(cfg, save_as)} exists (with --final: paths.final_model, the shipped model); "
-                       "add --force to replace it, or write elsewhere with --save-as PATH")
 
 
 if __name__ == "__main__":

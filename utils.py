@@ -1,17 +1,16 @@
-"""Shared code of the CIFAR-10 batch-1 latency kit (train.py, eval.py, bench.py, distill.py).
+"""What every script of the kit shares: errors and the command line, seeding and the
+environment record, checkpoints and the manifest, and results.csv.
 
-Sections:  errors & CLI · seeding & environment · data · models
-           · checkpoints · timing · results   (inference paths: inference.py; training loop: train.py)
-
-Nothing here reads global state: every function takes the Config object (config.py) or
-plain arguments, so the module imports cheaply and is tested on the CPU (tests/).
+Data: data.py; networks: models.py; timers and statistics: timing.py; inference paths:
+inference.py; the training loop: train.py.  Nothing here reads global state: every function
+takes the Config object (config.py) or plain arguments, so the module imports cheaply and is
+tested on the CPU (tests/).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
-import gc
 import io
 import json
 import math
@@ -23,17 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from config import ConfigError, MODEL_NAMES, check_model_kwargs, config_hash, resolve_path
+from config import ConfigError, MODEL_NAMES, config_hash, resolve_path
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CKPT_FORMAT = "cifar10-latency-kit/1"
 
 
@@ -122,14 +117,14 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
-# What the kit writes while it runs: changes there are outputs, not a different kit, so they do
+# What the kit writes itself: changes there are outputs, not a different kit, so they do
 # not mark a row's commit '-dirty' (else every row after the first would be).
-OUTPUT_DIRS = ("results", "checkpoints")
+OUTPUT_PATHS = ("results", "checkpoints", "report/rapport.pdf", "report/figures")
 
 
 def git_commit(repo=None):
     """HEAD of the kit's repository (+'-dirty' with uncommitted changes to tracked files outside
-    OUTPUT_DIRS); KIT_GIT_COMMIT wins."""
+    OUTPUT_PATHS); KIT_GIT_COMMIT wins."""
     if os.environ.get("KIT_GIT_COMMIT"):
         return os.environ["KIT_GIT_COMMIT"]
     here = repo or os.path.dirname(os.path.abspath(__file__))
@@ -138,7 +133,7 @@ def git_commit(repo=None):
                              text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        outputs = [f":(top,exclude){d}" for d in OUTPUT_DIRS]
+        outputs = [f":(top,exclude){d}" for d in OUTPUT_PATHS]
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *outputs],
                                cwd=here, capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -167,402 +162,6 @@ def env_info():
             "git_commit": git_commit(),
         }
     return dict(_ENV)
-
-
-# ============================================================================= data
-def load_cifar10_arrays(cfg, need_train=True):
-    """CIFAR-10 as uint8 NHWC numpy arrays (keras layout), found without a manual step, first of:
-    paths.data_npz; the offline bundle beside the project (paths.data_bundle), unpacked once into
-    paths.data_npz; torchvision's download (data.download), cached in paths.download_root.
-    The log says which one was used."""
-    npz = resolve_path(cfg, cfg.paths.data_npz)
-    if not os.path.isfile(npz) and os.path.isfile(os.path.join(resolve_path(cfg, cfg.paths.data_bundle), "unpack.py")):
-        unpack_bundle(resolve_path(cfg, cfg.paths.data_bundle), npz)
-    if os.path.isfile(npz):
-        log(f"data: {npz}")
-        return read_npz(npz, need_train, cfg)
-    return torchvision_arrays(cfg, need_train, npz)
-
-
-def read_npz(npz, need_train, cfg):
-    try:
-        with np.load(npz) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # a truncated file: BadZipFile
-        raise KitError(f"{npz}: not a readable CIFAR-10 .npz ({type(e).__name__}: {e}); "
-                       "delete it and run again to rebuild it") from None
-    if need_train and "x_train" not in arrays:
-        raise KitError(f"{npz} holds the test split only; delete it and run again (the kit rebuilds it "
-                       f"whole from {cfg.paths.data_bundle})")
-    check_cifar10_arrays(arrays, npz, ("train", "test") if need_train else ("test",))
-    return arrays
-
-
-def unpack_bundle(bundle, npz):
-    """Decode the offline bundle into npz, once: under a lock (a second process waits, then finds
-    the file), into a temporary name renamed at the end, so an interrupted unpack is never read."""
-    with file_lock(npz):
-        if os.path.isfile(npz):
-            return
-        log(f"data: no {npz}; unpacking the offline bundle {bundle} into it, once (~5-20 s)")
-        tmp = f"{npz}.part{os.getpid()}"
-        t0 = time.time()
-        try:
-            r = subprocess.run([sys.executable, os.path.join(bundle, "unpack.py"), tmp], capture_output=True,
-                               text=True)
-            if r.returncode != 0:
-                last = (r.stderr.strip().splitlines() or ["no message"])[-1]
-                raise KitError(f"unpacking {bundle} failed ({last}); or fetch with --set data.download=true")
-            os.replace(tmp, npz)
-        finally:
-            for leftover in (tmp, tmp + ".tmp.npz"):
-                if os.path.exists(leftover):
-                    os.remove(leftover)
-        log(f"data: unpacked in {time.time() - t0:.1f}s")
-
-
-def torchvision_arrays(cfg, need_train, npz):
-    """torchvision's CIFAR-10 (downloaded with its progress bar if data.download; it checks the
-    archive's MD5, so a partial download is fetched again, never used)."""
-    root = resolve_path(cfg, cfg.paths.download_root)
-    try:
-        from torchvision.datasets import CIFAR10
-        arrays = {}
-        for split, train in (("train", True), ("test", False)):
-            if split == "train" and not need_train:
-                continue
-            ds = CIFAR10(root, train=train, download=cfg.data.download)
-            arrays[f"x_{split}"] = np.asarray(ds.data, dtype=np.uint8)
-            arrays[f"y_{split}"] = np.asarray(ds.targets, dtype=np.int64)
-        log(f"data: torchvision's CIFAR-10 in {root}")
-        return arrays
-    except (RuntimeError, OSError) as e:
-        how = "data.download is off" if not cfg.data.download else f"the download failed: {' '.join(str(e).split())}"
-        raise KitError(f"CIFAR-10 not found: no {npz}, no offline bundle at {resolve_path(cfg, cfg.paths.data_bundle)} "
-                       f"and no torchvision copy in {root} ({how}); get it offline with `python "
-                       f"<bundle>/unpack.py {npz}` or online with --set data.download=true") from None
-
-
-def check_cifar10_arrays(arrays, where, splits):
-    """Each split's x is uint8 (N, 32, 32, 3) and its y N integer labels in 0-9: a wrong file
-    must stop here, not give a 0.2 % row or a shape error deep in a conv."""
-    for s in splits:
-        for k in (f"x_{s}", f"y_{s}"):
-            if k not in arrays:
-                raise KitError(f"{where}: array '{k}' is missing (have: {', '.join(sorted(arrays)) or 'none'})")
-        x, y = arrays[f"x_{s}"], arrays[f"y_{s}"]
-        if x.dtype != np.uint8:
-            raise KitError(f"{where}: x_{s} must be uint8 pixels 0-255, not {x.dtype}")
-        if x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise KitError(f"{where}: x_{s} must be (N, 32, 32, 3) images, not {tuple(x.shape)}")
-        if y.ndim != 1 or len(y) != len(x):
-            raise KitError(f"{where}: x_{s} holds {len(x)} images but y_{s} {len(y)} labels (shape {tuple(y.shape)})")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise KitError(f"{where}: y_{s} must hold integer labels 0-9, not {y.dtype}")
-        if len(y) and (y.min() < 0 or y.max() > 9):
-            raise KitError(f"{where}: y_{s} must hold labels 0-9, found {int(y.min())}..{int(y.max())}")
-
-
-def split_indices(n, val_size, seed):
-    """A fixed (seeded) train/validation split of n train images."""
-    if not 0 <= val_size < n:
-        raise KitError(f"data.val_size={val_size} must be >= 0 and < {n} (the number of train images)")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[val_size:], perm[:val_size]
-
-
-def to_nchw_u8(x_nhwc, device):
-    """uint8 NHWC numpy -> uint8 NCHW tensor on the device."""
-    return torch.from_numpy(np.ascontiguousarray(x_nhwc)).to(device).permute(0, 3, 1, 2).contiguous()
-
-
-def norm_consts(mean, std, device):
-    """Per-channel (1, 3, 1, 1) mean and std tensors on the device."""
-    return (torch.tensor(mean, device=device).view(1, 3, 1, 1),
-            torch.tensor(std, device=device).view(1, 3, 1, 1))
-
-
-def normalize(x_u8, mean, std, dtype=torch.float32):
-    """uint8 NCHW -> normalised float; mean/std as lists or as norm_consts() tensors."""
-    if not torch.is_tensor(mean):
-        mean, std = norm_consts(mean, std, x_u8.device)
-    return ((x_u8.float() * (1.0 / 255.0) - mean) / std).to(dtype)
-
-
-def load_data(cfg, device, need_train=True):
-    """Data on the device, normalised once (airbench style).
-
-    Returns a dict: train/val (normalised float32 NCHW + labels) when need_train, and
-    test_u8 (uint8 NCHW, for the inference paths, which do their own preprocessing),
-    test (normalised float32) and y_test.
-    """
-    a = load_cifar10_arrays(cfg, need_train)
-    d = {}
-    mean, std = cfg.data.mean, cfg.data.std
-    if need_train:
-        tr, va = split_indices(len(a["x_train"]), cfg.data.val_size, cfg.seed)
-        x = to_nchw_u8(a["x_train"], device)
-        y = torch.from_numpy(a["y_train"].astype(np.int64)).to(device)
-        tr, va = tr.to(device), va.to(device)
-        d["x_train"], d["y_train"] = normalize(x[tr], mean, std), y[tr]
-        d["x_val"], d["y_val"] = normalize(x[va], mean, std), y[va]
-    d["test_u8"] = to_nchw_u8(a["x_test"], device)
-    d["x_test"] = normalize(d["test_u8"], mean, std)
-    d["y_test"] = torch.from_numpy(a["y_test"].astype(np.int64)).to(device)
-    return d
-
-
-def augment(x, pad, flip, gen):
-    """Random crop (reflect padding) and horizontal flip of a whole batch on its device."""
-    b, _, h, w = x.shape
-    if pad:
-        xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=gen, device=x.device)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        bi = torch.arange(b, device=x.device)[:, None, None, None]
-        ci = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        x = xp[bi, ci, rows, cols]
-    if flip:
-        m = torch.rand(b, generator=gen, device=x.device) < 0.5
-        x = torch.where(m[:, None, None, None], x.flip(3), x)
-    return x
-
-
-# ============================================================================= models
-def act_fn(name):
-    """The activation of a fastnet layer: 'relu' or exact (erf) 'gelu'."""
-    return F.relu if name == "relu" else F.gelu
-
-
-class ConvBNAct(nn.Module):
-    """conv (no bias) -> [max-pool 2] -> BatchNorm -> activation: the unit fastnet is made of.
-
-    pool=2 puts the max-pool between conv and BN (airbench's order).  With the BN weight frozen
-    at 1 (bn_frozen) BN's scale 1/sqrt(var+eps) is > 0, so folding it into the conv before the
-    pool is exact for any activation: max(s*z) = s*max(z) for s > 0.
-    """
-
-    def __init__(self, cin, cout, k, padding, act, pool=0, bn_frozen=False, bn_momentum=0.1, bn_eps=1e-5):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(cout, momentum=bn_momentum, eps=bn_eps)
-        if bn_frozen:
-            self.bn.weight.requires_grad_(False)
-        self.act, self.pool = act, pool
-
-    def forward(self, x):
-        x = self.conv(x)
-        if self.pool:
-            x = F.max_pool2d(x, self.pool)
-        return act_fn(self.act)(self.bn(x))
-
-
-class WhitenStem(nn.Module):
-    """k x k valid conv 3 -> 2*3*k*k with bias, then the activation.  Its weights are the +/-
-    eigenvectors of the train set's k x k patch covariance, scaled to unit variance
-    (init_whitening), and stay frozen; only the bias trains (idea: airbench, arXiv 2404.00498)."""
-
-    def __init__(self, k, act):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
-        self.conv.weight.requires_grad_(False)
-        self.act = act
-
-    def forward(self, x):
-        return act_fn(self.act)(self.conv(x))
-
-
-class FastNet(nn.Module):
-    """Our family of batch-1 nets: few, fat 3x3 convolutions, no residuals, no depthwise.
-
-    stem:   k x k conv, no padding, on the image (so normalisation folds into it exactly):
-            'conv' = ConvBNAct(3 -> stem_width), or 'whiten' = WhitenStem (6k^2 channels, frozen)
-    blocks: for each width w and depth d: a conv to w with a 2x2 max-pool, then d-1 convs w -> w.
-            order 'act_pool' (v1):  conv -> BN -> act -> pool  (relu only folds exactly)
-            order 'pool_bn' (v2):   conv -> pool -> BN -> act  (exact for any act if bn_frozen)
-    head:   global max pool -> linear (no bias in v2) -> * logit_scale
-    At inference (fold_for_inference / folded_spec) BN, the input normalisation and the logit
-    scale are folded into the weights.
-    """
-
-    def __init__(self, stem_width=32, stem_kernel=3, widths=(64, 192, 256), depths=(2, 2, 2), act="relu",
-                 stem="conv", order="act_pool", bn_frozen=False, bn_momentum=0.1, bn_eps=1e-5,
-                 head_bias=True, logit_scale=1.0, dirac=False, num_classes=10):
-        super().__init__()
-        if len(widths) != len(depths) or not widths or min(depths) < 1 or min(widths) < 1:
-            raise KitError(f"fastnet: widths {list(widths)} and depths {list(depths)} must be non-empty, "
-                           "of equal length, all >= 1")
-        if order == "act_pool" and act != "relu":
-            raise KitError("fastnet: order 'act_pool' folds exactly only with act 'relu'; use order 'pool_bn'")
-        self.act, self.order, self.logit_scale = act, order, logit_scale
-        bn = dict(bn_frozen=bn_frozen, bn_momentum=bn_momentum, bn_eps=bn_eps)
-        if stem == "whiten":
-            layers, c = [WhitenStem(stem_kernel, act)], 2 * 3 * stem_kernel ** 2
-        else:
-            layers, c = [ConvBNAct(3, stem_width, stem_kernel, 0, act, **bn)], stem_width
-        for w, d in zip(widths, depths):
-            if order == "act_pool":
-                layers += [ConvBNAct(c, w, 3, 1, act, **bn), nn.MaxPool2d(2)]
-            else:
-                layers += [ConvBNAct(c, w, 3, 1, act, pool=2, **bn)]
-            layers += [ConvBNAct(w, w, 3, 1, act, **bn) for _ in range(d - 1)]
-            c = w
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(c, num_classes, bias=head_bias)
-        if dirac:  # identity init of each block conv's first Cin filters: the net starts near a shallow one
-            for m in self.features[1:]:
-                if isinstance(m, ConvBNAct):
-                    nn.init.dirac_(m.conv.weight.data[:m.conv.in_channels])
-
-    def forward(self, x):
-        return self.fc(torch.amax(self.features(x), dim=(2, 3))) * self.logit_scale
-
-    @torch.no_grad()
-    def folded_spec(self, mean, std):
-        """The eval-mode net as plain layers (the contract of inference.py and kernels.py):
-
-        layers: [dict(weight [Cout,Cin,k,k], bias [Cout], padding, pool 0|2, act)], float32
-                each computes y = act(maxpool_pool(conv(x, weight, padding)) + bias)
-        head:   dict(weight [10, C], bias [10]): logits = weight @ max_over_HW(x) + bias
-        The first layer takes raw pixels 0..255: the normalisation is folded into it (exact,
-        the stem has no padding).
-        """
-        a = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float64))
-        b = -torch.tensor(mean, dtype=torch.float64) / torch.tensor(std, dtype=torch.float64)
-        layers = []
-        for m in self.features:
-            if isinstance(m, nn.MaxPool2d):  # act_pool order, relu: pool(relu(z)) = relu(pool(z))
-                layers[-1]["pool"] = 2
-                continue
-            w, bias = fold_conv_bn(m.conv, getattr(m, "bn", None))
-            if not layers:
-                bias = bias + (w * b.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))
-                w = w * a.view(1, 3, 1, 1)
-            pool = getattr(m, "pool", 0)
-            if pool and isinstance(m, ConvBNAct) and self._bn_scale(m.bn).min() <= 0:
-                raise KitError("fastnet: a BN scale <= 0 after a max-pool cannot be folded (use bn_frozen)")
-            layers.append(dict(weight=w.float(), bias=bias.float(), padding=int(m.conv.padding[0]),
-                               pool=pool, act=m.act))
-        wfc = self.fc.weight.detach().double() * self.logit_scale
-        bfc = (self.fc.bias.detach().double() if self.fc.bias is not None
-               else torch.zeros(wfc.shape[0], dtype=torch.float64)) * self.logit_scale
-        return layers, dict(weight=wfc.float(), bias=bfc.float())
-
-    @staticmethod
-    def _bn_scale(bn):
-        return bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-
-    def fold_for_inference(self, mean, std, fuse=True):
-        """An equivalent eval-mode net built from folded_spec: takes raw pixels 0..255 (any float
-        dtype), NCHW; fuse=True runs conv+bias+ReLU as one cuDNN kernel where the net allows."""
-        layers, head = self.folded_spec(mean, std)
-        return nn.Sequential(*[FoldedConv(fuse=fuse, **s) for s in layers], GlobalMaxLinear(head))
-
-
-@torch.no_grad()
-def init_whitening(model, x, eps=5e-4):
-    """Set a WhitenStem's weights from train-set patches: the eigenvectors of the k x k x 3
-    patch covariance of normalised images x (N, 3, 32, 32; a few thousand suffice), each scaled
-    by 1/sqrt(eigenvalue + eps), and their negatives (so the activation keeps both signs).
-    Does nothing for a conv stem."""
-    stem = model.features[0] if isinstance(model, FastNet) else None
-    if not isinstance(stem, WhitenStem):
-        return
-    k = stem.conv.kernel_size[0]
-    patches = x.double().unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * k * k)
-    patches = patches - patches.mean(0)
-    cov = patches.T @ patches / len(patches)
-    evals, evecs = torch.linalg.eigh(cov)
-    filt = (evecs.T / torch.sqrt(evals.clamp_min(0) + eps)[:, None]).reshape(-1, 3, k, k)
-    stem.conv.weight.copy_(torch.cat([filt, -filt]).to(stem.conv.weight))
-
-
-def fold_conv_bn(conv, bn):
-    """Weights and bias (float64) of conv followed by eval-mode BN (or none), as one conv."""
-    w = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    if bn is None:
-        return w, bias
-    scale = FastNet._bn_scale(bn)
-    return w * scale.view(-1, 1, 1, 1), (bias - bn.running_mean.double()) * scale + bn.bias.detach().double()
-
-
-class FoldedConv(nn.Module):
-    """act(maxpool(conv(x, W) + b)): one layer of folded_spec.  pool(z + b) = pool(z) + b, and for
-    ReLU act-then-pool equals pool-then-act, so with fuse=True, ReLU and a CUDA input the conv,
-    bias and ReLU run as one cuDNN kernel (torch.cudnn_convolution_relu) and the pool follows."""
-
-    def __init__(self, weight, bias, padding, pool, act, fuse):
-        super().__init__()
-        self.weight = nn.Parameter(weight.float(), requires_grad=False)
-        self.bias = nn.Parameter(bias.float(), requires_grad=False)
-        self.padding, self.pool, self.act, self.fuse = (padding, padding), pool, act, fuse
-
-    def forward(self, x):
-        if self.fuse and self.act == "relu" and x.is_cuda:
-            x = torch.cudnn_convolution_relu(x, self.weight, self.bias, (1, 1), self.padding, (1, 1), 1)
-            return F.max_pool2d(x, self.pool) if self.pool else x
-        x = F.conv2d(x, self.weight, self.bias, 1, self.padding)
-        if self.pool:
-            x = F.max_pool2d(x, self.pool)
-        return act_fn(self.act)(x)
-
-
-class GlobalMaxLinear(nn.Module):
-    """Global max over H, W then the (folded) linear head."""
-
-    def __init__(self, head):
-        super().__init__()
-        self.weight = nn.Parameter(head["weight"].float(), requires_grad=False)
-        self.bias = nn.Parameter(head["bias"].float(), requires_grad=False)
-
-    def forward(self, x):
-        return F.linear(torch.amax(x, dim=(2, 3)), self.weight, self.bias)
-
-
-def build_model(name, cfg=None):
-    """A fresh, randomly initialised model; every one gives (N, 10) logits on 32x32 RGB."""
-    import torchvision.models as tvm
-    if name == "mobilenetv3":
-        m = tvm.mobilenet_v3_small(num_classes=10)
-        m.features[0][0].stride = (1, 1)            # stem: no downsampling on 32x32 inputs
-        m.features[1].block[0][0].stride = (1, 1)   # first depthwise block: likewise (final map 4x4)
-        for bn in m.modules():  # torchvision's momentum 0.01 leaves eval-mode statistics stale in short runs
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.momentum = 0.1
-        return m
-    if name == "shufflenet":
-        m = tvm.shufflenet_v2_x1_0(num_classes=10)
-        m.conv1[0].stride = (1, 1)
-        m.maxpool = nn.Identity()                   # final map 4x4
-        return m
-    if name == "resnet18":
-        m = tvm.resnet18(num_classes=10)
-        m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # CIFAR stem: 3x3, stride 1, no max-pool
-        m.maxpool = nn.Identity()
-        return m
-    if name == "fastnet":
-        kw = dict(cfg.models.fastnet) if cfg is not None else {}
-        return FastNet(**kw)
-    raise KitError(f"unknown model '{name}' (valid: {', '.join(MODEL_NAMES)})")
-
-
-def model_kwargs(name, cfg):
-    return dict(cfg.models.fastnet) if name == "fastnet" else {}
-
-
-def fold_bn_generic(model):
-    """Fold every Conv->BN pair of a torchvision model (torch.fx), for eval-mode inference."""
-    from torch.fx.experimental.optimization import fuse
-    try:
-        return fuse(model.eval())
-    except Exception as e:  # fx tracing failures come in many types; say which model and why
-        raise KitError(f"cannot fold BatchNorm of {type(model).__name__}: {type(e).__name__}: {e}") from None
-
-
-def param_bytes(module):
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
 # ============================================================================= checkpoints
@@ -613,7 +212,7 @@ def save_checkpoint(path, model, name, cfg, **meta):
     ck = {
         "format": CKPT_FORMAT,
         "model": name,
-        "model_kwargs": model_kwargs(name, cfg),
+        "model_kwargs": dict(cfg.models.fastnet) if name == "fastnet" else {},
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "config": cfg.to_dict(),
         "config_hash": config_hash(cfg),
@@ -621,10 +220,23 @@ def save_checkpoint(path, model, name, cfg, **meta):
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     ck.update(meta)
+    return write_checkpoint(path, ck)
+
+
+def write_checkpoint(path, ck):
+    """A checkpoint dict, as torch.save writes it, atomically (front/final installs use it)."""
     buf = io.BytesIO()
     torch.save(ck, buf)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def json_number(v, digits=None):
+    """A float for a JSON file: None where it is NaN or infinite (json.dumps would write NaN,
+    which is not JSON), else rounded to `digits`."""
+    if v is None or not math.isfinite(float(v)):
+        return None
+    return round(float(v), digits) if digits is not None else float(v)
 
 
 def _load_error_words(e):
@@ -650,34 +262,6 @@ def load_checkpoint(path):
     if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT or "state_dict" not in ck:
         raise KitError(f"{path}: not a checkpoint of this kit (no '{CKPT_FORMAT}' format tag)")
     return ck
-
-
-def load_model(path, expected_model=None, cfg=None):
-    """(model on CPU in eval mode, checkpoint dict).  Wrong architecture -> KitError."""
-    ck = load_checkpoint(path)
-    name = ck["model"]
-    if expected_model and name != expected_model:
-        raise KitError(f"{path} holds a '{name}' model, not '{expected_model}'")
-    if name == "fastnet":
-        kw = {k: v for k, v in ck.get("model_kwargs", {}).items() if k != "head"}  # v1 files carry an unused 'head'
-        try:  # against the models.fastnet schema: an extra key or widths of 200000 stop here, in one line
-            check_model_kwargs("fastnet", kw)
-        except ConfigError as e:
-            raise KitError(f"{path}: bad model_kwargs: {e}") from None
-        model = FastNet(**kw)
-    else:
-        model = build_model(name, cfg)
-    try:
-        result = model.load_state_dict(ck["state_dict"], strict=False)
-    except RuntimeError as e:  # size mismatches
-        detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise KitError(f"{path}: weights do not fit a '{name}' model ({detail[:200]})") from None
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if not missing and not unexpected:
-        return model.eval(), ck
-    what = [f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else "",
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})" if unexpected else ""]
-    raise KitError(f"{path}: weights do not fit a '{name}' model: " + ", ".join(w for w in what if w))
 
 
 def checkpoint_name(tag, epoch, acc):
@@ -759,134 +343,37 @@ def resolve_checkpoint(cfg, spec):
 
 
 # ============================================================================= timing
-def sync_fn(device):
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-
-def time_calls(fn, device, warmup, iters):
-    """Batch-1 latency: per-call wall time in ms, the device synchronised before and after
-    each call (so launch overhead, GPU work and the wait are all inside)."""
-    sync = sync_fn(device)
-    for _ in range(warmup):
-        fn()
-    sync()
-    out = np.empty(iters, dtype=np.float64)
-    clock = time.perf_counter_ns
-    gc.collect(0)  # the young objects only: a full collection over a big heap (compiled graphs, the
-    # data) took ~0.3 s and, called ~100 times a run, made a 10-run bench 3x longer than its timed calls
-    gc_was_on = gc.isenabled()
-    gc.disable()  # a collection inside a timed call would be noise, not the model
-    try:
-        for i in range(iters):
-            sync()
-            t0 = clock()
-            fn()
-            sync()
-            out[i] = (clock() - t0) / 1e6
-    finally:
-        if gc_was_on:
-            gc.enable()
-    return out
-
-
-def time_gpu_events(fn, iters):
-    """GPU-side time per call (ms) from CUDA events recorded around each call, the device
-    synchronised between calls: the span from the call's first to its last GPU work, without
-    the host's launch-and-wait overhead outside it (but with any launch gaps inside it)."""
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    torch.cuda.synchronize()
-    for s, e in ev:
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-    return np.array([s.elapsed_time(e) for s, e in ev], dtype=np.float64)
-
-
-def time_pipelined(fn, n):
-    """GPU time per call (ms) of n calls enqueued back to back (CUDA-graph replays), one sync."""
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(n):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / n
-
-
-def path_timings(ims, device, runs, iters, warmup=100, n_gpu=200):
-    """The GPU tools' timing of InferenceModels (tools/kernel_paths.py, tta_check.py,
-    kernel_profile.py): `runs` interleaved runs of `iters` host-clock calls on each static input,
-    then per path (ms): p50 = median of the run medians, p95 of all calls, GPU time per call from
-    CUDA events (median of n_gpu), pipelined time (n_gpu back-to-back calls / n_gpu)."""
-    lat = {n: [] for n in ims}
-    for _ in range(runs):  # interleaved, as bench.py does
-        for n, im in ims.items():
-            lat[n].append(time_calls(lambda: im(im.static_in), device, warmup, iters))
-    out = {}
-    for n, im in ims.items():
-        fn = lambda: im(im.static_in)  # noqa: E731
-        s = summarize_runs(lat[n])  # p50: median of the run medians; p95: all calls pooled
-        out[n] = {"p50": s["p50"], "p95": s["p95"],
-                  "gpu": float(np.median(time_gpu_events(fn, n_gpu))), "pipe": float(time_pipelined(fn, n_gpu))}
-    return out
-
-
-def speedup_interval(ref_runs, runs, n_boot=2000, seed=0):
-    """Speedup from p50s: median of the reference's run medians / median of the variant's run
-    medians, and a bootstrap 95 % interval (runs resampled with replacement, both sides)."""
-    a = np.array([np.percentile(r, 50) for r in ref_runs])
-    b = np.array([np.percentile(r, 50) for r in runs])
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, len(a), (n_boot, len(a)))
-    ib = rng.integers(0, len(b), (n_boot, len(b)))
-    boot = np.median(a[ia], axis=1) / np.median(b[ib], axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(np.median(a) / np.median(b)), float(lo), float(hi)
-
-
-def latency_stats(ms):
-    ms = np.asarray(ms, dtype=np.float64)
-    return {"mean": float(ms.mean()), "std": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
-            "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "min": float(ms.min())}
-
-
-def summarize_runs(runs):
-    """Stats across runs (list of per-run arrays of ms): mean/std of the run means, CV,
-    percentiles of all calls pooled."""
-    means = np.array([np.mean(r) for r in runs])
-    p50s = np.array([np.percentile(r, 50) for r in runs])
-    pooled = latency_stats(np.concatenate(runs))
-    std = float(means.std(ddof=1)) if len(means) > 1 else 0.0
-    return {"mean": float(means.mean()), "std": std, "cv_pct": 100.0 * std / float(means.mean()),
-            "p50": float(np.median(p50s)),  # median of the run medians: one slow run cannot move it
-            "p50_pooled": pooled["p50"], "p95": pooled["p95"], "p99": pooled["p99"],
-            "run_means": [float(m) for m in means], "run_p50s": [float(p) for p in p50s]}
-
-
 # ============================================================================= results
 RESULT_COLUMNS = [
     "timestamp", "script", "variant", "model", "precision", "memory_format", "compile", "cuda_graph",
     "device", "gpu", "acc", "lat_mean_ms", "lat_std_ms", "lat_p50_ms", "lat_p95_ms", "lat_p99_ms",
     "size_mb", "speedup", "runs", "iters", "checkpoint", "config_hash", "git_commit", "torch",
     "torchvision", "cuda", "cudnn", "python", "driver", "seed",
-    # beyond the issue's minimum
-    "invocation", "label", "fold_bn", "fuse", "cv_pct", "run_means_ms", "run_p50s_ms",
+    "invocation", "label", "fold_bn", "cudnn_relu", "cv_pct", "run_means_ms", "run_p50s_ms",
     "e2e_mean_ms", "e2e_p50_ms", "e2e_p95_ms", "val_acc", "per_class_acc", "batch1_check",
     "epochs", "train_time_s", "n_params", "cpu", "notes",
-    # v2 (issues 8-10): TTA, the front, seed statistics, GPU-side time, speedup intervals
-    "tta", "front", "acc_mean", "acc_std", "acc_seeds", "compile_s", "gpu_lat_mean_ms", "gpu_lat_p50_ms",
+    "tta", "shape", "acc_mean", "acc_std", "acc_seeds", "compile_s", "gpu_lat_mean_ms", "gpu_lat_p50_ms",
     "gpu_pipelined_ms", "speedup_p50", "speedup_ci_low", "speedup_ci_high", "kernels",
+    "split", "io", "e2e_std_ms", "e2e_p99_ms", "e2e_run_p50s_ms", "speedup_e2e", "speedup_e2e_ci_low",
+    "speedup_e2e_ci_high", "acc_ci_low", "acc_ci_high", "recipe_time_s",
 ]
+# The columns, in short (README and bench.py --help say more):
+#   e2e_*: the headline latency, end to end (uint8 image in host memory -> class id on the host)
+#   lat_*: device-side call on an input already on the GPU, host clock with a synchronise around it
+#   gpu_lat_*: CUDA-event time of that call; gpu_pipelined_ms: back-to-back graph replays / count
+#   speedup_e2e*: the reference's e2e p50 / this row's, with a bootstrap 95 % interval over runs
+#   speedup, speedup_p50*: the same from the device-side lat_* columns
+#   acc: accuracy on `split` through the e2e path; acc_mean/std/ci_*: over the seeds in acc_seeds
+#   recipe_time_s: whitening + training + final evaluation (CUDA events); train_time_s: the epochs
 HEADER_LINE = ",".join(RESULT_COLUMNS)
+RENAMED = {"fuse": "cudnn_relu", "front": "shape"}  # old column names -> today's
 
 
 def _upgrade_results_file(path, first):
-    """A results.csv of an earlier schema whose columns are a prefix of today's gets the new
-    columns (empty in old rows), rewritten atomically; nothing is lost."""
-    old = first.split(",")
+    """A results.csv of an earlier schema, whose columns (after RENAMED) are a prefix of today's,
+    gets today's header and the new columns (empty in old rows), rewritten atomically; nothing
+    is lost."""
+    old = [RENAMED.get(c, c) for c in first.split(",")]
     if old != RESULT_COLUMNS[:len(old)]:
         return False
     with open(path, newline="") as f:

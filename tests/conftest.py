@@ -49,13 +49,13 @@ def tiny_config(tmp, tiny_fastnet=True, **extra):
                     "final_model": os.path.join(tmp, "ckpt", "final_model.pth"),
                     "f85_model": os.path.join(tmp, "ckpt", "f85_model.pth"),
                     "front_selection": os.path.join(tmp, "front_selection.json"),
+                    "kernel_tiles": os.path.join(tmp, "tiles.json"),
                     "data_npz": npz, "download_root": os.path.join(tmp, "tv")}
-    # a tiny front: two shapes x two seeds, thresholds any tiny net reaches
+    # a tiny front: two shapes x two seeds, thresholds any tiny net reaches; two final seeds
     raw["front"].update(seeds=[42, 1], f_min_acc=0.0, f85_min_acc=0.0,
                         shapes={"ta": {"widths": [8, 16], "depths": [1, 1]}, "tb": {"widths": [8], "depths": [1]}})
+    raw["final"] = {"seeds": [42, 1]}
     raw["data"]["val_size"] = 16
-    if "AB94" in raw["variants"]:  # the table's airbench94 point is a front checkpoint: the tiny front's
-        raw["variants"]["AB94"]["checkpoint"] = "@front_ta_s42"
     if tiny_fastnet:
         raw["models"]["fastnet"] = dict(TINY_FASTNET_V2)
     for m in raw["train"].values():

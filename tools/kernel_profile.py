@@ -1,66 +1,85 @@
-"""Per-kernel table of F (issue 10): where every µs of one batch-1 call goes, on F's own path
-(our Triton kernels) and on the same weights through cuDNN + torch.compile (variant F_cudnn),
-both built by the kit's InferenceModel exactly as bench.py times them.
+"""Where every µs of one batch-1 call goes: the per-kernel table of variants' CUDA graphs, built
+by the kit's Predictor exactly as bench.py times them (GPU only).
 
-    python tools/kernel_profile.py --out DIR [--variants F,F_cudnn] [--set paths.final_model=...]
-Writes DIR/kernel_bench.json ({path: {p50, p95, gpu, pipe, kernels: [[name, µs], ...]}}, the
-format report/facts.py reads; "cudnn graph" and "kernels" name the two paths) and
-DIR/kernel_bench.log.  Host p50/p95: 10 runs x 300 synchronised replays; gpu: CUDA events per
-call (median); pipe: 200 back-to-back replays / 200; kernels: torch.profiler's CUDA kernel
-records of 20 replays, mean µs per kernel per call, in launch order.
+    python tools/kernel_profile.py --out results/kernel_profile.json [--variants F,F_cudnn,F85]
+
+For each variant: end-to-end host p50 (the user's wait), the device-side call's host p50,
+its CUDA-event GPU time and pipelined time (200 back-to-back replays / 200), and the kernels
+of one end-to-end graph replay in launch order with their mean µs over 20 replays
+(torch.profiler).  Writes the JSON the report reads and prints the table.
 """
 import json
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import timing  # noqa: E402
 import utils  # noqa: E402
 from config import add_config_args, load_config  # noqa: E402
-from inference import InferenceModel  # noqa: E402
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from kernel_bench import profile_kernels  # noqa: E402  (the profiler's kernels of one graph replay)
-
-LOG = []
+from data import host_split  # noqa: E402
+from inference import Predictor  # noqa: E402
 
 
-def log(s):
-    print(s, flush=True)
-    LOG.append(s)
+def profile_kernels(graph, n_rep=20):
+    """[(kernel name, mean µs)] of one replay of a CUDA graph, from torch.profiler's records."""
+    from torch.profiler import ProfilerActivity, profile
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n_rep):
+            graph.replay()
+        torch.cuda.synchronize()
+    ev = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    per = len(ev) // n_rep
+    if per == 0 or len(ev) % n_rep:
+        raise utils.KitError(f"the profiler saw {len(ev)} GPU records for {n_rep} replays (not a whole number a replay)")
+    return [(ev[j].name[:70], sum(ev[r * per + j].time_range.elapsed_us() for r in range(n_rep)) / n_rep)
+            for j in range(per)]
 
 
-def measure(im, dev):
-    """Host p50/p95, GPU-event and pipelined time (µs) and the per-kernel list of one path."""
-    t = utils.path_timings({"path": im}, dev, 10, 300)["path"]
-    return {**{k: 1e3 * v for k, v in t.items()}, "kernels": profile_kernels(im._graph)}
+def measure(clf, imgs, device, runs=10, iters=300):
+    """Host and GPU times (µs) and the per-kernel list of one variant."""
+    sync = timing.sync_fn(device)
+    timing.time_e2e(clf, imgs, 50, sync=sync)
+    e2e = [timing.time_e2e(clf, imgs, iters, r * iters, sync=sync)[0] for r in range(runs)]
+    dev = [timing.time_calls(clf.run_static, device, 50, iters) for _ in range(runs)]
+    return {"e2e_p50": 1e3 * timing.summarize_runs(e2e)["p50"], "device_p50": 1e3 * timing.summarize_runs(dev)["p50"],
+            "gpu": 1e3 * float(np.median(timing.time_gpu_events(clf.run_static, 200))),
+            "pipe": 1e3 * timing.time_pipelined(clf.run_static, 200),
+            "kernels": profile_kernels(clf._e2e_graph)}
 
 
 def main():
     ap = utils.ArgParser(__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--variants", default="F,F_cudnn", help="ours,cudnn: two graph variants on the same weights")
+    ap.add_argument("--out", required=True, help="the JSON file to write")
+    ap.add_argument("--variants", default="F,F_cudnn,F85", help="CUDA-graph variants, comma-separated")
     add_config_args(ap)
     a = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise utils.KitError("kernel_profile.py profiles CUDA graphs: run it on a machine with a CUDA GPU")
+    utils.check_writable(a.out, "give a writable --out file")
     cfg = load_config(a.config, a.overrides)
-    dev = torch.device("cuda")
-    os.makedirs(a.out, exist_ok=True)
+    device = torch.device("cuda")
     env = utils.env_info()
-    log(f"{env['gpu']} (driver {env['driver']}), torch {env['torch']}, triton {__import__('triton').__version__}, "
-        f"commit {env['git_commit']}")
-    ours, cudnn = a.variants.split(",")
-    res = {}
-    for name, v in (("kernels", ours), ("cudnn graph", cudnn)):
-        im = InferenceModel(cfg, v, dev)
-        log(f"{name}: variant {v}, {im.ckpt_path} folded: shape {im.ck_meta.get('front') or '-'}, tta {im.tta}")
-        res[name] = measure(im, dev)
-        r = res[name]
-        log(f"  host p50 {r['p50']:.1f} us  p95 {r['p95']:.1f}  gpu {r['gpu']:.1f}  pipelined {r['pipe']:.1f}  "
-            f"{len(r['kernels'])} kernels, sum {sum(t for _, t in r['kernels']):.1f} us")
+    imgs, _ = host_split(cfg, "test")
+    res = {"env": env, "variants": {}}
+    print(f"{env['gpu']} (driver {env['driver']}), torch {env['torch']}, commit {env['git_commit']}")
+    for v in [s for s in a.variants.split(",") if s]:
+        clf = Predictor(cfg, v, device)
+        if not clf.cuda_graph:
+            raise utils.KitError(f"variant {v} has no CUDA graph to profile")
+        r = measure(clf, imgs, device)
+        r.update(label=clf.label, notes="; ".join(clf.notes), shape=clf.ck_meta["shape"], tta=clf.tta)
+        res["variants"][v] = r
+        print(f"{v}: e2e p50 {r['e2e_p50']:.1f} us, device-side p50 {r['device_p50']:.1f}, GPU {r['gpu']:.1f}, "
+              f"pipelined {r['pipe']:.1f}; {len(r['kernels'])} GPU records, sum {sum(t for _, t in r['kernels']):.1f} us")
         for k, t in r["kernels"]:
-            log(f"    {t:6.2f} us  {k}")
-    json.dump(res, open(os.path.join(a.out, "kernel_bench.json"), "w"), indent=1)
-    open(os.path.join(a.out, "kernel_bench.log"), "w").write("\n".join(LOG) + "\n")
+            print(f"    {t:6.2f} us  {k}")
+    utils.atomic_write_bytes(a.out, (json.dumps(res, indent=1) + "\n").encode())
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,17 @@
-"""Tune the Triton kernels' tiles for every front shape once, on the GPU, into the tile cache
-(issue 10: "tiles chosen per shape at build time and cached").
+"""Tune the Triton kernels' tiles for every front shape once, on the GPU, into the tile cache.
 
-    python tools/kernel_tune.py [--shapes t3,AB94] [--wide] [--fuse-stem] [--workers 14] [--out PATH]
+    python tools/kernel_tune.py [--shapes t3,AB94] [--wide] [--workers 14] [--out PATH]
 
 For each front shape (config front.shapes) and each TTA mode of the front (front.tta: none runs
 1 map per layer, flip 2), a randomly initialised fastnet of that shape is folded as the kit's
 inference path folds it (so the layer shapes and keys match), and every layer's candidate
-tiles (kernels._candidates) are timed alone; the fastest go into the cache file (default
+tiles (kernel_net.candidates) are timed alone; the fastest go into the cache file (default
 paths.kernel_tiles), keyed by GPU name, maps per call and layer shape.  KernelNet reads it at
 build: variants with kernel_tiles: tuned use it, the heuristic where a key is missing.
 Compiling the ~10-30 (BP, BN, BK) kernels of each layer dominates, so phase 1 compiles them
 in --workers processes (Triton's disk cache), phase 2 times them in this one process.
 Prints, per net, the heuristic's and the tuned tiles' GPU µs of each layer alone.
---wide: also 8 warps and 2 / 4 pipeline stages on the long-K layers (6x the compiles);
---fuse-stem: also the nets with the stem fused into the next layer (KernelNet(fuse_stem=True)).
+--wide: also 8 warps and 2 / 4 pipeline stages on the long-K layers (6x the compiles).
 """
 import multiprocessing as mp
 import os
@@ -23,26 +21,26 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import kernels as K  # noqa: E402
+import kernel_net as K  # noqa: E402
 import utils  # noqa: E402
 from config import add_config_args, front_model_kwargs, load_config  # noqa: E402
 from inference import TTA_VIEWS  # noqa: E402
+from models import FastNet  # noqa: E402
 
 
 def folded_random(cfg, shape):
     """A random fastnet of the front shape, folded as inference.kernel_net folds a checkpoint."""
     torch.manual_seed(0)
-    model = utils.FastNet(**front_model_kwargs(cfg, shape)).eval()
+    model = FastNet(**front_model_kwargs(cfg, shape)).eval()
     return model.folded_spec(cfg.data.mean, cfg.data.std)
 
 
-def nets(cfg, shapes, fuse_stem_too=False):
-    """(name, layers, head, KernelNet kwargs) for every shape x front TTA mode (x fuse_stem)."""
+def nets(cfg, shapes):
+    """(name, layers, head, KernelNet kwargs) for every shape x front TTA mode."""
     for shape in shapes:
         layers, head = folded_random(cfg, shape)
         for tta in cfg.front.tta:
-            for fs in (False, True) if fuse_stem_too else (False,):
-                yield f"{shape}/{tta}{'/fuse_stem' if fs else ''}", layers, head, dict(views=TTA_VIEWS[tta], fuse_stem=fs)
+            yield f"{shape}/{tta}", layers, head, dict(views=TTA_VIEWS[tta])
 
 
 def _compile_job(job):
@@ -52,15 +50,15 @@ def _compile_job(job):
     layers, head = folded_random(cfg, name.split("/")[0])
     kn = K.KernelNet(layers, head, batch=1, **kw)
     t0 = time.time()
-    kn._autotune(kn.specs[i], timed=False, autotune=mode)
-    n = len(K._candidates(kn.specs[i]["meta"], kn.nb, kn.n_sm, wide=mode == "wide"))
+    kn.autotune(kn.specs[i], timed=False, autotune=mode)
+    n = len(K.candidates(kn.specs[i]["meta"], kn.nb, kn.n_sm, wide=mode == "wide"))
     return f"{name} L{i}: {n} candidates compiled in {time.time() - t0:.1f}s ({kn.oversized} " \
            f"over the SM's shared memory, left out)"
 
 
 def compile_all(a, cfg, shapes, mode):
     jobs = []
-    for name, layers, head, kw in nets(cfg, shapes, a.fuse_stem):
+    for name, layers, head, kw in nets(cfg, shapes):
         n_specs = len(K.KernelNet(layers, head, batch=1, **kw).specs)
         jobs += [(a.config, a.overrides, name, kw, i, mode) for i in range(n_specs)]
     t0 = time.time()
@@ -75,7 +73,6 @@ def main():
     ap.add_argument("--shapes", default="", help="comma-separated front shapes (default: all)")
     ap.add_argument("--workers", type=int, default=14)
     ap.add_argument("--wide", action="store_true", help="8 warps, 2/4 stages too on the long-K layers")
-    ap.add_argument("--fuse-stem", action="store_true", help="also tune the nets with the stem fused")
     ap.add_argument("--out", default="", help="tile cache file (default: paths.kernel_tiles)")
     add_config_args(ap)
     a = ap.parse_args()
@@ -85,14 +82,14 @@ def main():
     if bad:
         raise utils.KitError(f"--shapes: unknown front shape '{bad[0]}' (valid: {', '.join(cfg.front.shapes)})")
     if not torch.cuda.is_available():
-        raise utils.KitError("kernel_tune.py times kernels on a GPU: run it on the lent machine")
+        raise utils.KitError("kernel_tune.py times kernels on a GPU: run it on a machine with a CUDA GPU")
     out = a.out or cfg.paths.kernel_tiles
     env = utils.env_info()
     print(f"{env['gpu']}, torch {env['torch']}, triton {__import__('triton').__version__}, commit {env['git_commit']}")
     mode = "wide" if a.wide else True
     compile_all(a, cfg, shapes, mode)
     t0 = time.time()
-    for name, layers, head, kw in nets(cfg, shapes, a.fuse_stem):
+    for name, layers, head, kw in nets(cfg, shapes):
         heur = K.KernelNet(layers, head, batch=1, **kw)
         tuned = K.KernelNet(layers, head, batch=1, autotune=mode, **kw)
         x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)

@@ -1,0 +1,464 @@
+"""The host side of our Triton kernels (kernels.py): KernelNet runs a folded fastnet-class net
+as one kernel per conv layer, chooses each layer's tiles (tile cache, build-time search or
+heuristic) and keeps the tile cache that tools/kernel_tune.py writes.
+
+    kn = KernelNet(layers, head, batch=1, views=TTA_VIEWS["flip"], tile_cache="results/tiles.json")
+    logits = kn(x_nhwc)                       # float32 (1, 10), the same buffer every call
+    kn(x_pinned_host, answer=(seq, word))     # also the class id, into pinned host memory
+
+reference_forward() is the float64 ground truth of the tests; random_net() makes test nets.
+"""
+import json
+import math
+import os
+
+import torch
+
+import kernels
+from kernels import ACTS, TRITON_ERROR
+from utils import KitError, atomic_write_bytes
+
+_TILE_CACHE = {}  # (tile key, pdl, autotune) -> tiles chosen at build in this process
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(device="cuda"):
+    """(ok, reason): can KernelNet run here?  The interpreter (TRITON_INTERPRET=1) counts as
+    available on the CPU, for the tests; otherwise CUDA and an sm80+ GPU are needed."""
+    if TRITON_ERROR:
+        return False, TRITON_ERROR
+    if _interpreting():
+        return True, "triton interpreter (TRITON_INTERPRET=1), CPU tensors"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device: the Triton kernels need an sm80+ NVIDIA GPU"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 0):
+        return False, f"GPU {torch.cuda.get_device_name(device)} is sm{cap[0]}{cap[1]}; the kernels need sm80+"
+    return True, f"{torch.cuda.get_device_name(device)} sm{cap[0]}{cap[1]}"
+
+
+def pdl_available():
+    """(ok, reason) for programmatic dependent launch: needs sm90+ and a Triton with gdc_*."""
+    ok, why = available()
+    if not ok or _interpreting():
+        return False, "PDL needs a real sm90+ GPU (not the interpreter)"
+    if torch.cuda.get_device_capability() < (9, 0):
+        return False, "PDL needs sm90+"
+    if kernels.gdc_wait is None:
+        return False, "this Triton has no triton.language.extra.cuda.gdc_wait"
+    return True, "sm90+ and triton.language.extra.cuda.gdc_*"
+
+
+# ============================================================================= reference and test nets
+def reference_forward(layers, head, x, dtype=torch.float64):
+    """Plain-torch forward of the folded net (conv2d, max_pool2d, act, global max, linear) in
+    `dtype` on x's device: the ground truth of the tests.  x: N x 32 x 32 x 3 NHWC pixels."""
+    import torch.nn.functional as F
+    h = x.to(dtype).permute(0, 3, 1, 2)
+    for L in layers:
+        h = F.conv2d(h, L["weight"].to(h), padding=L["padding"])
+        if L["pool"]:
+            h = F.max_pool2d(h, L["pool"])
+        h = h + L["bias"].to(h)[None, :, None, None]
+        h = torch.relu(h) if L["act"] == "relu" else F.gelu(h)
+    feat = torch.amax(h, dim=(2, 3))
+    return feat @ head["weight"].to(h).t() + head["bias"].to(h)
+
+
+def random_net(stem_width=32, stem_kernel=3, widths=(64, 192, 256), depths=(2, 2, 2), act="relu",
+               seed=0, device="cpu"):
+    """A random folded net of the contract's shape, weights scaled so activations stay O(1)
+    (He-like, the stem scaled for 0..255 pixels): for tests and benchmarks."""
+    g = torch.Generator().manual_seed(seed)
+
+    def conv(cin, cout, k, pad, pool, scale=1.0):
+        w = torch.randn(cout, cin, k, k, generator=g) * (scale * math.sqrt(2.0 / (cin * k * k)))
+        b = torch.randn(cout, generator=g) * 0.1
+        return dict(weight=w.to(device), bias=b.to(device), padding=pad, pool=pool, act=act)
+
+    layers = [conv(3, stem_width, stem_kernel, 0, 0, scale=1 / 128.0)]
+    layers[0]["bias"] = layers[0]["bias"] - 1.0  # pixels are 0..255, not centred: recentre
+    c = stem_width
+    for w, d in zip(widths, depths):
+        layers.append(conv(c, w, 3, 1, 2))
+        layers += [conv(w, w, 3, 1, 0) for _ in range(d - 1)]
+        c = w
+    head = dict(weight=(torch.randn(10, c, generator=g) / math.sqrt(c)).to(device),
+                bias=(torch.randn(10, generator=g) * 0.1).to(device))
+    return layers, head
+
+
+# ============================================================================= layer shapes and tiles
+def _pow2(v):
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def _pack_weight(L):
+    """Conv weight [Cout, Cin, k, k] -> the kernels' [(ky, kx, ci), Cout] float32 matrix."""
+    return L["weight"].detach().float().permute(2, 3, 1, 0).reshape(-1, L["weight"].shape[0])
+
+
+def _layer_meta(L, h, w, cin):
+    """Shapes of one layer given its input map (h, w, cin); checks the contract."""
+    cout, cin_w, kh, kw = L["weight"].shape
+    if cin_w != cin or kh != kw:
+        raise ValueError(f"layer weight {tuple(L['weight'].shape)} does not fit input channels {cin}")
+    if L["pool"] not in (0, 2) or L["act"] not in ACTS:
+        raise ValueError(f"layer pool {L['pool']} / act {L['act']!r}: pool must be 0 or 2, act relu|gelu")
+    ho, wo = h + 2 * L["padding"] - kh + 1, w + 2 * L["padding"] - kw + 1
+    if L["pool"]:
+        ho, wo = ho // 2, wo // 2
+    return dict(H=h, W=w, CIN=cin, COUT=cout, KH=kh, PAD=L["padding"], S=4 if L["pool"] else 1,
+                HO=ho, WO=wo, ACT=ACTS[L["act"]])
+
+
+def _k_steps(m, t):
+    """K-loop length of a layer for tile t."""
+    if t["GENERIC"]:
+        return -(-(m["KH"] ** 2 * m["CIN"]) // t["BK"])
+    return m["KH"] ** 2 * (m["CIN"] // t["BK"])
+
+
+def heuristic_tiles(m, batch, n_sm=132, target=None):
+    """Tiles for one layer: 16-row tiles (4 pooled pixels x 4 for a pooled layer), 16-32
+    channel columns, then split K until about `target` programs run (each keeps >= 2 K steps)."""
+    generic = m["CIN"] % 16 != 0
+    ktot = m["KH"] ** 2 * m["CIN"]
+    if generic:
+        bk = 32 if ktot <= 32 else 64
+    else:
+        bk = 64 if m["CIN"] % 64 == 0 else (32 if m["CIN"] % 32 == 0 else 16)
+    t = dict(BP=4 if m["S"] == 4 else 16, BN=32 if m["COUT"] >= 64 else 16, BK=bk, GENERIC=generic,
+             num_warps=4, num_stages=3)
+    return _with_split(m, t, batch, target or n_sm)
+
+
+def _with_split(m, t, batch, target):
+    base = batch * -(-m["HO"] * m["WO"] // t["BP"]) * -(-m["COUT"] // t["BN"])
+    t["SPLIT"] = int(max(1, min(target // base, _k_steps(m, t) // 2)))
+    return t
+
+
+WIDE_LAUNCH = [(4, 2), (4, 4), (8, 2), (8, 3), (8, 4)]  # (num_warps, num_stages) beside the default (4, 3)
+
+
+def candidates(m, batch, n_sm, wide=False):
+    """The build-time search space around the heuristic: row tiles x1/x2 (and the whole map
+    when it has <= 16 pixels), 16-64 channel columns, K steps of 1, 2 or 4 times the
+    heuristic's (a longer step: fewer dependent trips round the K loop), and split-K aimed at
+    1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
+    argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
+    compiles them in parallel processes first (KernelNet.autotune(timed=False)).
+    wide: also 8 warps and 2 / 4 pipeline stages (WIDE_LAUNCH) for layers of >= 64 input
+    channels (the long K loops), 6x the compiles."""
+    h = heuristic_tiles(m, batch, n_sm)
+    bks = [h["BK"]]
+    if not h["GENERIC"]:
+        bks += [bk for bk in (2 * h["BK"], 4 * h["BK"]) if bk <= 256 and m["CIN"] % bk == 0]
+    bps = [h["BP"], 2 * h["BP"]]
+    if m["HO"] * m["WO"] <= 16 and _pow2(m["HO"] * m["WO"]) not in bps:
+        bps.append(_pow2(m["HO"] * m["WO"]))  # the whole (small) map in one row tile: a last layer's head mode 2
+    out = []
+    for bp in bps:
+        for bn in (16, 32, 64):
+            if bn > max(16, _pow2(m["COUT"])):
+                continue
+            for bk in bks:
+                for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):
+                    t = _with_split(m, dict(h, BP=bp, BN=bn, BK=bk), batch, tgt)
+                    if t not in out:
+                        out.append(t)
+    if wide and m["CIN"] >= 64 and not h["GENERIC"]:
+        out += [dict(t, num_warps=w, num_stages=st) for t in list(out) for w, st in WIDE_LAUNCH]
+    return out
+
+
+# ============================================================================= the tile cache
+def tile_key(m, nb, gpu):
+    """The tile cache's key of one layer: the GPU's name, the maps per call, the layer's shape."""
+    return f"{gpu}|nb={nb}|" + ",".join(f"{k}={m[k]}" for k in sorted(m))
+
+
+def read_tile_cache(path):
+    """{key: tiles} from a tile cache file (tools/kernel_tune.py writes it); {} if absent."""
+    if not path or not os.path.exists(path):
+        return {}
+    fix = "delete it (the kernels then use their heuristic tiles) or rerun tools/kernel_tune.py on the GPU"
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # truncated, empty, binary: JSONDecodeError is a ValueError
+        raise KitError(f"{path}: not a readable tile cache ({type(e).__name__}: {str(e)[:120]}); {fix}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("tiles"), dict):
+        raise KitError(f"{path}: not a tile cache (expected {{'tiles': {{key: tiles}}}}); {fix}")
+    return d["tiles"]
+
+
+def write_tile_cache(path, entries, meta):
+    """Merge {key: tiles} into the cache file (atomic replace): the newest tuning of a key wins."""
+    d = {"about": meta, "tiles": {**read_tile_cache(path), **entries}}
+    atomic_write_bytes(path, (json.dumps(d, indent=1, sort_keys=True) + "\n").encode())
+
+
+# ============================================================================= KernelNet
+class KernelNet(torch.nn.Module):
+    """The folded net as one Triton kernel per conv layer (head fused into the last one).
+
+    KernelNet(layers, head, batch=1, device='cuda', autotune=False, pdl=False, views=None,
+              tiles=None, tile_cache=None)
+    forward(x, answer=None): x N x 32 x 32 x 3 (uint8 or fp16, NHWC, contiguous, N == batch,
+    on the GPU or pinned host memory) -> float32 N x 10 logits (the same buffer every call).
+    answer=(seq, word): batch 1 only; the head also writes (call number << 4) | class id into
+    `word` (an int32 tensor in pinned host memory), the call number counted in `seq` (an int32
+    device tensor).  Allocates nothing per call: CUDA-graph capturable.
+
+    views: test-time augmentation in the kernels, [((flip, dy, dx), weight), ...] as
+    inference.TTA_VIEWS: every layer runs batch * len(views) maps, the first layer reads each
+    view straight from the image (mirrored / reflect-shifted loads), the head returns the
+    weighted sum of the views' logits.  Same kernel count as without views, no torch op.
+    Tiles: `tiles` (one dict per layer) if given, else the cache file's entry for this GPU and
+    layer shape, else the build-time search (autotune), else the heuristic.
+    """
+
+    def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
+                 tile_cache=None):
+        super().__init__()
+        ok, why = available(device)
+        if not ok:
+            raise RuntimeError(f"KernelNet unavailable: {why}")
+        if pdl and not pdl_available()[0]:
+            raise RuntimeError(f"KernelNet pdl=True: {pdl_available()[1]}")
+        self.device = torch.device("cpu" if _interpreting() else device)
+        self.batch, self.pdl = int(batch), bool(pdl)
+        self._build_views(views)
+        self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                     if self.device.type == "cuda" else 132)
+        self.oversized = 0  # candidate tiles autotune left out: more shared memory than the SM has
+        self.specs = self._build_specs(layers)
+        self._build_head(head)
+        self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "interpreter"
+        cache = read_tile_cache(tile_cache)
+        for i, sp in enumerate(self.specs):
+            if tiles:
+                sp["tiles"], sp["tile_source"] = dict(tiles[i]), "given"
+            else:
+                sp["tiles"], sp["tile_source"] = self._choose_tiles(sp, autotune, cache)
+            self._alloc_scratch(sp)
+
+    # -- build --------------------------------------------------------------------------------
+    def _build_views(self, views):
+        """TTA views -> (flip, dy, dx) int32 rows and fp32 weights the kernels read; nb = maps
+        per layer.  Shifts are one pixel at most (the reflect index maps -1 and H only)."""
+        views = views or [((False, 0, 0), 1.0)]
+        if any(abs(dy) > 1 or abs(dx) > 1 for (_, dy, dx), _ in views):
+            raise ValueError(f"views {views}: shifts of one pixel at most")
+        self.nv, self.nb = len(views), self.batch * len(views)
+        self.views_in_kernel = views != [((False, 0, 0), 1.0)]
+        self.view_t = torch.tensor([[int(f), dy, dx] for (f, dy, dx), _ in views], dtype=torch.int32,
+                                   device=self.device).flatten()
+        self.view_w = torch.tensor([float(w) for _, w in views], dtype=torch.float32, device=self.device)
+
+    def _build_specs(self, layers):
+        specs, h, w, c = [], 32, 32, 3
+        for L in layers:
+            m = _layer_meta(L, h, w, c)
+            specs.append(dict(meta=m, w=_pack_weight(L).to(self.device, torch.float16).contiguous(),
+                              b=L["bias"].detach().to(self.device, torch.float32).contiguous(),
+                              y=torch.empty(self.nb, m["HO"], m["WO"], m["COUT"], device=self.device,
+                                            dtype=torch.float16)))
+            h, w, c = m["HO"], m["WO"], m["COUT"]
+        return specs
+
+    def _build_head(self, head):
+        wfc = head["weight"].detach().float()
+        ncls, c = wfc.shape
+        if ncls > 16 or c != self.specs[-1]["meta"]["COUT"]:
+            raise ValueError(f"head weight {tuple(wfc.shape)}: needs <= 16 classes and {c} = last width")
+        self.ncls, self.cp = ncls, _pow2(max(c, 16))
+        hw = torch.zeros(16, self.cp)
+        hw[:ncls, :c] = wfc
+        hb = torch.zeros(16)
+        hb[:ncls] = head["bias"].detach().float()
+        dev = self.device
+        self.hw, self.hb = hw.to(dev), hb.to(dev)
+        self.hmax = torch.full((self.nb, c), float("-inf"), device=dev)  # reset by the kernel
+        self.hcnt = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.out = torch.zeros(self.batch, 16, device=dev)  # rows padded to 16, logits[:, :10]
+        self.logits = self.out.view(self.batch, 16)[:, :ncls]
+        self._no_answer = torch.zeros(2, dtype=torch.int32, device=dev)  # pointers for ANSWER=False
+
+    @torch.no_grad()
+    def load_weights(self, layers, head):
+        """Copy another net of the same shapes into the packed weights, in place (a captured CUDA
+        graph then runs the new weights): how bench.py evaluates every seed through this path."""
+        if len(layers) != len(self.specs):
+            raise ValueError(f"{len(layers)} layers, this KernelNet has {len(self.specs)}")
+        for sp, L in zip(self.specs, layers):
+            wt = _pack_weight(L)
+            if wt.shape != sp["w"].shape or L["bias"].shape != sp["b"].shape:
+                raise ValueError(f"layer weights {tuple(L['weight'].shape)} do not fit {tuple(sp['w'].shape)}")
+            sp["w"].copy_(wt.to(sp["w"]))
+            sp["b"].copy_(L["bias"].detach().to(sp["b"]))
+        wfc = head["weight"].detach().float()
+        if wfc.shape[0] != self.ncls or wfc.shape[1] != self.specs[-1]["meta"]["COUT"]:
+            raise ValueError(f"head weight {tuple(wfc.shape)} does not fit this KernelNet")
+        self.hw[:self.ncls, :wfc.shape[1]].copy_(wfc)
+        self.hb[:self.ncls].copy_(head["bias"].detach().float())
+
+    def weight_bytes(self):
+        """Bytes of the weights as run (fp16 conv weights, fp32 biases and the padded head)."""
+        ts = [t for sp in self.specs for t in (sp["w"], sp["b"])] + [self.hw, self.hb]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def _alloc_scratch(self, sp):
+        m, t = sp["meta"], sp["tiles"]
+        mt = -(-m["HO"] * m["WO"] // t["BP"])
+        nt = -(-m["COUT"] // t["BN"])
+        sp["grid"] = (self.nb * mt, nt, t["SPLIT"])
+        sp["m_tiles"] = mt
+        rows = self.nb * mt * t["BP"] * m["S"] if t["SPLIT"] > 1 else 1
+        sp["part"] = torch.zeros(rows, m["COUT"] if t["SPLIT"] > 1 else 1, device=self.device)
+        sp["cnt"] = torch.zeros(self.nb * mt * nt, dtype=torch.int32, device=self.device)
+
+    # -- tiles --------------------------------------------------------------------------------
+    def _choose_tiles(self, sp, autotune, cache):
+        """(tiles, source): the tile cache's entry for this GPU and layer shape ('cache'), else
+        the build-time search if autotune ('autotune'), else the heuristic ('heuristic')."""
+        key = tile_key(sp["meta"], self.nb, self.gpu)
+        if key in cache:
+            return dict(cache[key]), "cache"
+        tune = bool(autotune) and self.device.type == "cuda"  # the interpreter cannot time
+        mem_key = (key, self.pdl, autotune)
+        if mem_key not in _TILE_CACHE:
+            _TILE_CACHE[mem_key] = self.autotune(sp, autotune=autotune) if tune else \
+                heuristic_tiles(sp["meta"], self.nb, self.n_sm)
+        return dict(_TILE_CACHE[mem_key]), "autotune" if tune else "heuristic"
+
+    def tuned_entries(self):
+        """{tile_key: tiles} of this net's autotuned layers: what tools/kernel_tune.py saves."""
+        return {tile_key(sp["meta"], self.nb, self.gpu): dict(sp["tiles"]) for sp in self.specs
+                if sp["tile_source"] == "autotune"}
+
+    def tile_sources(self):
+        """Where each layer's tiles came from: cache | autotune | heuristic | given."""
+        return [sp["tile_source"] for sp in self.specs]
+
+    def tiles(self):
+        return [dict(sp["tiles"]) for sp in self.specs]
+
+    def autotune(self, sp, timed=True, autotune=True):
+        """Time each candidate tile alone (a CUDA graph of 20 launches, on a random input of
+        the layer's shape) and keep the fastest (autotune="wide": the wider search).
+        timed=False: only compile every candidate (one launch each; tools/kernel_tune.py runs
+        that in parallel processes)."""
+        i = self.specs.index(sp)
+        x = self._random_input_of(i)
+        best = None
+        from triton.runtime.errors import OutOfResources
+        for t in candidates(sp["meta"], self.nb, self.n_sm, wide=autotune == "wide"):
+            sp["tiles"] = t
+            self._alloc_scratch(sp)
+            try:
+                self._launch(i, x)  # compiles it; a tile needing more shared memory than the SM has
+            except OutOfResources:  # (big BK x 4 stages) is no candidate, counted in self.oversized
+                self.oversized += 1
+                continue
+            if not timed:
+                continue
+            us = time_launch(lambda: self._launch(i, x), reps=20, graphs=3)
+            if best is None or us < best[0]:
+                best = (us, dict(t))
+        torch.cuda.synchronize()
+        return best[1] if best else None
+
+    def _random_input_of(self, i):
+        m = self.specs[i]["meta"]
+        if i == 0:
+            return torch.randint(0, 256, (self.batch, 32, 32, 3), device=self.device, dtype=torch.uint8)
+        return torch.rand(self.nb, m["H"], m["W"], m["CIN"], device=self.device).half()
+
+    # -- run ----------------------------------------------------------------------------------
+    def head_mode(self, i):
+        """0: not the last layer; 2: the last layer's row tile holds a whole map, so each tile
+        adds its share of the logits (the first kernel zeroes them, ZOUT: needs >= 2 layers);
+        1: a global max over tiles, then the last tile computes the logits."""
+        i = i % len(self.specs)
+        if i != len(self.specs) - 1:
+            return 0
+        return 2 if self.specs[i]["m_tiles"] == 1 and len(self.specs) > 1 else 1
+
+    def _launch(self, i, x, answer=None):
+        """Layer i as its own kernel, one work item per program."""
+        sp, t, m = self.specs[i], self.specs[i]["tiles"], self.specs[i]["meta"]
+        kw = dict(num_warps=t["num_warps"], num_stages=t["num_stages"])
+        if self.pdl:
+            kw["launch_pdl"] = True
+        seq, word = answer if answer is not None else (self._no_answer, self._no_answer)
+        kernels.conv_layer_kernel[sp["grid"]](
+            x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
+            self.view_t, self.view_w, seq, word, sp["m_tiles"], t["SPLIT"], sp["grid"][0] * sp["grid"][1],
+            H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
+            HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
+            GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,
+            VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1, PDL=self.pdl,
+            ANSWER=answer is not None and i == len(self.specs) - 1, **kw)
+
+    def forward(self, x, answer=None):
+        if x.shape != (self.batch, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16):
+            raise ValueError(f"KernelNet input must be {self.batch}x32x32x3 uint8/fp16 NHWC, "
+                             f"got {tuple(x.shape)} {x.dtype}")
+        if not x.is_contiguous():
+            raise ValueError("KernelNet input must be contiguous NHWC")
+        if answer is not None and self.batch != 1:
+            raise ValueError("KernelNet answer words need batch 1")
+        h = x
+        for i, sp in enumerate(self.specs):
+            self._launch(i, h, answer)
+            h = sp["y"]
+        return self.logits
+
+    def kernel_count(self):
+        """Kernels per forward: one per conv layer (the head, the views and the answer are inside)."""
+        return len(self.specs)
+
+    # -- timing -------------------------------------------------------------------------------
+    def time_kernels(self, x, reps=50):
+        """[(name, µs)] per kernel, each timed alone (a graph of `reps` launches of it, on the
+        inputs left by a full forward): the per-layer table of tools/kernel_tune.py."""
+        self.forward(x)
+        rows = []
+        for i in range(len(self.specs)):
+            src = x if i == 0 else self.specs[i - 1]["y"]
+            rows.append((self.layer_name(i), time_launch(lambda: self._launch(i, src), reps=reps)))
+        return rows
+
+    def layer_name(self, i):
+        sp = self.specs[i]
+        m, t = sp["meta"], sp["tiles"]
+        return (f"L{i} {m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
+                f"{' pool' if m['S'] == 4 else ''}{' +head' if i == len(self.specs) - 1 else ''}"
+                f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']} w{t['num_warps']}s{t['num_stages']}")
+
+
+def time_launch(fn, reps=20, graphs=5):
+    """GPU µs per call of fn: a CUDA graph of `reps` back-to-back calls, replayed `graphs`
+    times after one warm replay, timed with events; the median replay / reps."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    g.replay()
+    times = []
+    for _ in range(graphs):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) * 1000.0 / reps)
+    return sorted(times)[len(times) // 2]
