@@ -233,6 +233,14 @@ SCHEMA = {
     "final": {
         "seeds": Field(list, item=int, min_len=1, lo=0),
     },
+    # The study's targets, checked by the report against one bench invocation (met / missed by)
+    "goals": {
+        "f_e2e_ms": Field(float, 0.030, gt=0),       # F's end-to-end p50
+        "f85_e2e_ms": Field(float, 0.015, gt=0),     # F85's end-to-end p50
+        "f_acc_low": Field(float, 94.0, lo=0, hi=100),    # lower bound of the 95 % interval of F's seed mean
+        "f85_acc_low": Field(float, 85.0, lo=0, hi=100),  # the same for F85
+        "recipe_s": Field(float, 5.0, gt=0),         # F's recipe: whitening + training + final evaluation
+    },
 }
 
 
