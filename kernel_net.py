@@ -151,7 +151,7 @@ def candidates(m, batch, n_sm, wide=False):
     heuristic's (a longer step: fewer dependent trips round the K loop), and split-K aimed at
     1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
     argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
-    compiles them in parallel processes first (KernelNet.autotune(timed=False)).
+    compiles them in parallel processes first (KernelNet.search_tiles(timed=False)).
     wide: also 8 warps and 2 / 4 pipeline stages (WIDE_LAUNCH) for layers of >= 64 input
     channels (the long K loops), 6x the compiles."""
     h = heuristic_tiles(m, batch, n_sm)
@@ -236,7 +236,7 @@ class KernelNet(torch.nn.Module):
         self._build_views(views)
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
-        self.oversized = 0  # candidate tiles autotune left out: more shared memory than the SM has
+        self.oversized = 0  # candidate tiles search_tiles left out: more shared memory than the SM has
         self.specs = self._build_specs(layers)
         self._build_head(head)
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "interpreter"
@@ -333,7 +333,7 @@ class KernelNet(torch.nn.Module):
         tune = bool(autotune) and self.device.type == "cuda"  # the interpreter cannot time
         mem_key = (key, self.pdl, autotune)
         if mem_key not in _TILE_CACHE:
-            _TILE_CACHE[mem_key] = self.autotune(sp, autotune=autotune) if tune else \
+            _TILE_CACHE[mem_key] = self.search_tiles(sp, autotune=autotune) if tune else \
                 heuristic_tiles(sp["meta"], self.nb, self.n_sm)
         return dict(_TILE_CACHE[mem_key]), "autotune" if tune else "heuristic"
 
@@ -349,7 +349,7 @@ class KernelNet(torch.nn.Module):
     def tiles(self):
         return [dict(sp["tiles"]) for sp in self.specs]
 
-    def autotune(self, sp, timed=True, autotune=True):
+    def search_tiles(self, sp, timed=True, autotune=True):
         """Time each candidate tile alone (a CUDA graph of 20 launches, on a random input of
         the layer's shape) and keep the fastest (autotune="wide": the wider search).
         timed=False: only compile every candidate (one launch each; tools/kernel_tune.py runs

@@ -262,7 +262,7 @@ def fastnet_params(kw):
     d = dict(stem_width=32, stem_kernel=3, widths=(64, 192, 256), depths=(2, 2, 2), stem="conv", head_bias=True)
     d.update(kw)
     k, c = d["stem_kernel"], (2 * 3 * d["stem_kernel"] ** 2 if d["stem"] == "whiten" else d["stem_width"])
-    n = 3 * k * k * c + 3 * c
+    n = 3 * k * k * c + (c if d["stem"] == "whiten" else 2 * c)  # conv bias, or BN weight and bias
     for w, depth in zip(d["widths"], d["depths"]):
         n += 9 * c * w + (depth - 1) * 9 * w * w + 2 * w * depth
         c = w

@@ -1,5 +1,5 @@
-"""Issue 8, section 3: the defects a hostile new user found, each pinned by a test (in-process,
-so they stay fast; the script-level ones are in test_errors.py)."""
+"""Defects a hostile new user found, each pinned by a test (in-process, so they stay fast; the
+script-level ones are in test_errors.py and test_reliability.py)."""
 import os
 import subprocess
 import sys
@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+import data
+import models
 import utils
 from config import load_config
 from conftest import make_tiny_npz
@@ -52,19 +54,19 @@ def _cfg_with(tmp_path, **arrays):
 def test_bad_data_arrays_are_refused_in_one_line(tmp_path, change, words):
     cfg = _cfg_with(tmp_path, **change)
     with pytest.raises(utils.KitError) as e:
-        utils.load_cifar10_arrays(cfg, need_train=False)
+        data.load_cifar10_arrays(cfg, need_train=False)
     msg = str(e.value)
     assert all(w in msg for w in words) and "\n" not in msg, msg
 
 
 def test_truncated_npz_is_refused_in_one_line(tmp_path):
     good = make_tiny_npz(str(tmp_path / "ok.npz"))
-    data = open(good, "rb").read()
+    blob = open(good, "rb").read()
     cut = tmp_path / "cut.npz"
-    cut.write_bytes(data[: len(data) // 2])
+    cut.write_bytes(blob[: len(blob) // 2])
     cfg = load_config(None, [f"paths.data_npz={cut}"])
     with pytest.raises(utils.KitError, match="not a readable CIFAR-10 .npz") as e:
-        utils.load_cifar10_arrays(cfg, need_train=False)
+        data.load_cifar10_arrays(cfg, need_train=False)
     assert "\n" not in str(e.value)
 
 
@@ -109,7 +111,7 @@ def test_load_error_is_not_cut_short(tmp_path):
 # ---- j. a checkpoint's model_kwargs are validated against the models.fastnet schema -----------
 def _fastnet_ckpt(tmp_path, **kw_changes):
     cfg = load_config(None, ["models.fastnet.widths=[8, 16]", "models.fastnet.depths=[1, 1]"])
-    model = utils.build_model("fastnet", cfg)
+    model = models.build_model("fastnet", cfg)
     path = utils.save_checkpoint(str(tmp_path / "f.pth"), model, "fastnet", cfg)
     ck = torch.load(path, weights_only=True)
     ck["model_kwargs"].update(kw_changes)
@@ -126,15 +128,9 @@ def _fastnet_ckpt(tmp_path, **kw_changes):
 def test_checkpoint_model_kwargs_are_validated(tmp_path, change, words):
     path = _fastnet_ckpt(tmp_path, **change)
     with pytest.raises(utils.KitError) as e:
-        utils.load_model(path)
+        models.load_model(path)
     msg = str(e.value)
     assert all(w in msg for w in words) and "\n" not in msg, msg
-
-
-def test_v1_checkpoint_kwargs_still_load(tmp_path):
-    path = _fastnet_ckpt(tmp_path, head="pool_linear")  # v1 files carry this now-removed key
-    model, _ = utils.load_model(path)
-    assert isinstance(model, utils.FastNet)
 
 
 # ---- k. two runs with the same tag, epoch and accuracy get two files ---------------------------
@@ -205,9 +201,9 @@ def _bundle(tmp_path, fail=False):
 
 def test_bundle_beside_the_project_is_unpacked_once(tmp_path, capsys):
     b, npz, cfg = _bundle(tmp_path)
-    a = utils.load_cifar10_arrays(cfg, need_train=True)
+    a = data.load_cifar10_arrays(cfg, need_train=True)
     assert a["x_test"].shape[1:] == (32, 32, 3) and npz.is_file()
-    utils.load_cifar10_arrays(cfg, need_train=False)
+    data.load_cifar10_arrays(cfg, need_train=False)
     assert (b / "calls").read_text() == "x"  # the second run read the .npz, no second unpack
     out = capsys.readouterr().out
     assert "unpacking the offline bundle" in out and f"data: {npz}" in out
@@ -217,7 +213,7 @@ def test_bundle_beside_the_project_is_unpacked_once(tmp_path, capsys):
 def test_failed_unpack_leaves_nothing_and_says_why(tmp_path):
     b, npz, cfg = _bundle(tmp_path, fail=True)
     with pytest.raises(utils.KitError, match="SHA-256 mismatch") as e:
-        utils.load_cifar10_arrays(cfg, need_train=False)
+        data.load_cifar10_arrays(cfg, need_train=False)
     assert "data.download=true" in str(e.value) and not npz.exists()
     assert [f for f in os.listdir(npz.parent) if "part" in f] == []
 
@@ -226,6 +222,6 @@ def test_no_data_anywhere_names_both_ways(tmp_path):
     cfg = load_config(None, [f"paths.data_npz={tmp_path}/c.npz", f"paths.data_bundle={tmp_path}/none",
                              "data.download=false", f"paths.download_root={tmp_path}/tv"])
     with pytest.raises(utils.KitError) as e:
-        utils.load_cifar10_arrays(cfg, need_train=False)
+        data.load_cifar10_arrays(cfg, need_train=False)
     msg = str(e.value)
     assert "unpack.py" in msg and "data.download=true" in msg and "\n" not in msg, msg

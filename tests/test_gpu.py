@@ -1,11 +1,9 @@
-"""On a CUDA GPU only (skipped elsewhere): is the kit's timer right, and does F's path predict
-as its FP32 reference?  The lead runs this on the lent GPU; CI (CPU-only) skips it.
+"""On a CUDA GPU only (skipped elsewhere; CI has none): the end-to-end call of the shipped models
+against their FP32 reference on all 10,000 test images, its correctness under use (no stale
+answer, no shared buffer, a timed-out wait), every end-to-end I/O mode, the kit's timer against
+torch.utils.benchmark, and our kernels against the float64 reference on random inputs.
 
-- The kit's batch-1 timer (utils.time_calls: sync, call, sync on the host clock) is compared
-  with torch.utils.benchmark.Timer timing the same statement (call + sync), alternately, for F
-  (CUDA graph, ~0.1 ms, where a timer's own overhead would show) and B1 (eager, host-bound).
-- F's path (folded, fused, FP16, channels_last, compiled, graphed) is compared with the same
-  checkpoint run unfolded in FP32 eager, on 1000 real test images.
+Run: python -m pytest -q -rP tests/test_gpu.py   (-rP shows the agreement lines it prints)
 """
 import os
 
@@ -24,101 +22,152 @@ ROUNDS = 3  # kit, Timer, kit, Timer, ...: a slow drift of the card hits both si
 @pytest.fixture(scope="module")
 def gpu_cfg(tmp_path_factory):
     """The committed config, writing into a temp dir; B1 = a random-weight MobileNetV3 (its
-    latency does not depend on the weights), F = the committed final model."""
+    latency does not depend on the weights), F and F85 = the shipped models."""
     from config import load_config
+    import models
     import utils
     tmp = tmp_path_factory.mktemp("gpu")
-    final = os.path.join(ROOT, "checkpoints", "final_model.pth")
-    if not os.path.isfile(final):
-        pytest.skip(f"no {final}")
+    for name in ("final_model.pth", "f85_model.pth"):
+        if not os.path.isfile(os.path.join(ROOT, "checkpoints", name)):
+            pytest.skip(f"no checkpoints/{name}")
     base = load_config()
-    b1 = utils.save_checkpoint(str(tmp / "b1.pth"), utils.build_model("mobilenetv3", base), "mobilenetv3", base)
+    b1 = utils.save_checkpoint(str(tmp / "b1.pth"), models.build_model("mobilenetv3", base), "mobilenetv3", base)
     return load_config(None, [f"paths.results={tmp}/r.csv", f"paths.checkpoints={tmp}",
                               f"paths.manifest={tmp}/manifest.json", f"variants.B1.checkpoint={b1}"])
 
 
-def _kit_ms(im, device):
+@pytest.fixture(scope="module")
+def test_split(gpu_cfg):
+    from data import host_split
     import utils
-    return float(np.median(utils.time_calls(lambda: im(im.static_in), device, 50, 300)))
+    try:
+        return host_split(gpu_cfg, "test")
+    except utils.KitError as e:
+        pytest.skip(str(e))
 
 
-def _timer_ms(im):
-    timer = torch.utils.benchmark.Timer(stmt="im(x); torch.cuda.synchronize()",
-                                        globals={"im": im, "x": im.static_in, "torch": torch})
+def _predictor(cfg, variant, **kw):
+    from inference import Predictor
+    return Predictor(cfg, variant, torch.device("cuda"), **kw)
+
+
+def _reference_ids(cfg, clf, imgs):
+    """The same checkpoint unfolded, FP32 eager, under the same TTA views: class ids."""
+    from data import normalize
+    from inference import folded_net
+    from models import load_model
+    model, _ = load_model(clf.ckpt_path, "fastnet", cfg=cfg)
+    net = folded_net(cfg, model, dict(fold_bn=False, cudnn_relu=False, device=torch.device("cuda"),
+                                      dtype=torch.float32, mem=torch.contiguous_format, tta=clf.tta, kernels=False,
+                                      kernel_tiles="heuristic", kernel_pdl=False))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(imgs), 500):
+            x = torch.from_numpy(imgs[i:i + 500]).cuda().permute(0, 3, 1, 2)
+            out.append(net(normalize(x, cfg.data.mean, cfg.data.std)).argmax(1).cpu())
+    return torch.cat(out).numpy()
+
+
+@pytest.mark.parametrize("variant", ["F", "F85"])
+def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
+    """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
+    FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
+    and the kit's evaluation through the same object gives the same accuracy."""
+    from inference import evaluate
+    imgs, labels = test_split
+    clf = _predictor(gpu_cfg, variant)
+    assert clf.kernels and clf.e2e_input == "mapped" and clf.e2e_wait == "poll"
+    ours = np.array([clf(img) for img in imgs])
+    ref = _reference_ids(gpu_cfg, clf, imgs)
+    agree = 100.0 * float((ours == ref).mean())
+    acc_ours, acc_ref = (100.0 * float((p == labels).mean()) for p in (ours, ref))
+    print(f"{variant} e2e vs FP32 on {len(imgs)} test images: top-1 agreement {agree:.2f} % "
+          f"({int((ours != ref).sum())} differ), accuracy {acc_ours:.2f} % vs {acc_ref:.2f} %; {'; '.join(clf.notes)}")
+    assert len(imgs) == 10000 and agree >= 99.9, f"top-1 agreement {agree:.2f} % on {len(imgs)} images"
+    assert abs(acc_ours - acc_ref) <= 0.05, (acc_ours, acc_ref)
+    assert abs(evaluate(clf, imgs, labels)["acc"] - acc_ours) <= 0.01
+
+
+def _two_images_of_two_classes(clf, imgs):
+    ids = [clf(img) for img in imgs[:200]]
+    j = next(k for k in range(1, 200) if ids[k] != ids[0])
+    return (imgs[0], ids[0]), (imgs[j], ids[j])
+
+
+def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split):
+    clf = _predictor(gpu_cfg, "F")
+    (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
+    got = [clf(a if i % 2 == 0 else b) for i in range(10000)]
+    stale = sum(g != (ca if i % 2 == 0 else cb) for i, g in enumerate(got))
+    assert stale == 0, f"{stale} of 10000 answers were the other image's"
+
+
+def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
+    imgs = test_split[0][:300]
+    f, f85 = _predictor(gpu_cfg, "F"), _predictor(gpu_cfg, "F85")
+    alone = ([f(i) for i in imgs], [f85(i) for i in imgs])
+    mixed = ([], [])
+    for i in imgs:  # interleaved: one's call between two of the other's
+        mixed[0].append(f(i))
+        mixed[1].append(f85(i))
+    assert mixed == alone
+    ptrs = [t.data_ptr() for c in (f, f85) for t in (c.h_in, c.h_word, c._seq, c.kn.out, c.kn.hcnt)]
+    assert len(set(ptrs)) == len(ptrs)
+
+
+def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split):
+    import utils
+    clf = _predictor(gpu_cfg, "F", timeout_s=0.05)
+    img = test_split[0][0]
+    want = clf(img)
+    graph = clf._e2e_graph
+
+    class NoReplay:  # the GPU never runs this call: the answer word keeps the previous call's number
+        def replay(self):
+            pass
+    clf._e2e_graph = NoReplay()
+    with pytest.raises(utils.KitError, match="no answer to call"):
+        clf(img)
+    clf._e2e_graph = graph
+    assert [clf(img) for _ in range(5)] == [want] * 5
+
+
+def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):
+    imgs = test_split[0][:1000]
+    answers = {v: [_predictor(gpu_cfg, v)(i) for i in imgs] for v in ("F", "F_copy", "F_sync", "F_copy_sync")}
+    base = answers.pop("F")
+    for v, a in answers.items():
+        assert a == base, v
+    cudnn = _predictor(gpu_cfg, "F_graph")  # a torch-op CUDA graph with copy nodes and the answer word
+    same = np.mean([cudnn(i) == b for i, b in zip(imgs, base)])
+    assert same >= 0.995, same  # FP16 cuDNN vs our FP16 kernels: a near-tie may flip
+
+
+# -- the kit's timer --------------------------------------------------------------------------------
+def _kit_ms(clf):
+    import timing
+    return float(np.median(timing.time_calls(clf.run_static, torch.device("cuda"), 50, 300)))
+
+
+def _timer_ms(clf):
+    timer = torch.utils.benchmark.Timer(stmt="clf.run_static(); torch.cuda.synchronize()",
+                                        globals={"clf": clf, "torch": torch})
     return timer.blocked_autorange(min_run_time=0.5).median * 1e3
 
 
 @pytest.mark.parametrize("variant", ["F", "B1"])
 def test_kit_timer_agrees_with_torch_benchmark_timer(gpu_cfg, variant):
-    from inference import InferenceModel
-    device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
-    im = InferenceModel(gpu_cfg, variant, device)
+    clf = _predictor(gpu_cfg, variant)
     kit, ref = [], []
     for _ in range(ROUNDS):
-        kit.append(_kit_ms(im, device))
-        ref.append(_timer_ms(im))
+        kit.append(_kit_ms(clf))
+        ref.append(_timer_ms(clf))
     k, r = float(np.median(kit)), float(np.median(ref))
     assert abs(k - r) / r <= 0.10, f"{variant}: kit {kit} ms vs torch.utils.benchmark {ref} ms"
 
 
-def test_f_path_predicts_as_the_fp32_reference(gpu_cfg):
-    import utils
-    from inference import InferenceModel
-    device = torch.device("cuda")
-    try:
-        data = utils.load_data(gpu_cfg, device, need_train=False)
-    except utils.KitError as e:
-        pytest.skip(str(e))
-    data = {"test_u8": data["test_u8"][:1000], "y_test": data["y_test"][:1000]}
-    im = InferenceModel(gpu_cfg, "F", device)
-    model, _ = utils.load_model(im.ckpt_path, "fastnet", cfg=gpu_cfg)
-    ref_net = InferenceModel.folded_net(gpu_cfg, model, dict(fold_bn=False, fuse=False, device=device,
-                                                             dtype=torch.float32, mem=torch.contiguous_format,
-                                                             tta=im.tta))
-    mean, std = utils.norm_consts(gpu_cfg.data.mean, gpu_cfg.data.std, device)
-    with torch.inference_mode():
-        ref_pred = ref_net(utils.normalize(data["test_u8"], mean, std)).argmax(1)
-        fast_pred = torch.cat([im(im.prepare(data["test_u8"][i:i + 1])).argmax(1) for i in range(1000)])
-    differ = int((ref_pred != fast_pred).sum())
-    ref_acc, fast_acc = (100.0 * float((p == data["y_test"]).float().mean()) for p in (ref_pred, fast_pred))
-    # FP16 may flip a near-tie or two; a wrong fold or a stale graph input would flip hundreds
-    assert differ <= 3, f"F's path and the FP32 reference disagree on {differ}/1000 images"
-    assert abs(fast_acc - ref_acc) <= 0.3, (fast_acc, ref_acc)
-
-
-def test_f_kernel_path_on_all_test_images_agrees_with_fp32(gpu_cfg):
-    """Issue 10: F through our kernels (F_kern, the timed path) vs the same weights in FP32 eager
-    (unfolded, no kernels) on all 10,000 test images: top-1 agreement >= 99.9 %, accuracy within
-    0.05 point."""
-    import utils
-    from inference import InferenceModel, evaluate_inference
-    device = torch.device("cuda")
-    try:
-        data = utils.load_data(gpu_cfg, device, need_train=False)
-    except utils.KitError as e:
-        pytest.skip(str(e))
-    im = InferenceModel(gpu_cfg, "F_kern", device)
-    assert im.kernels
-    model, _ = utils.load_model(im.ckpt_path, "fastnet", cfg=gpu_cfg)
-    ref_net = InferenceModel.folded_net(gpu_cfg, model, dict(fold_bn=False, fuse=False, device=device,
-                                                             dtype=torch.float32, mem=torch.contiguous_format,
-                                                             tta=im.tta))
-    mean, std = utils.norm_consts(gpu_cfg.data.mean, gpu_cfg.data.std, device)
-    x, y = data["test_u8"], data["y_test"]
-    with torch.inference_mode():
-        ref = torch.cat([ref_net(utils.normalize(x[i:i + 500], mean, std)).argmax(1) for i in range(0, len(x), 500)])
-        ours = torch.cat([im(im.prepare(x[i:i + 1])).argmax(1) for i in range(len(x))])
-    agree = 100.0 * float((ref == ours).float().mean())
-    acc_ref, acc_ours = (100.0 * float((p == y).float().mean()) for p in (ref, ours))
-    print(f"F_kern vs FP32 on {len(x)} test images: top-1 agreement {agree:.2f} % ({int((ref != ours).sum())} differ), "
-          f"accuracy {acc_ours:.2f} % vs {acc_ref:.2f} %; {'; '.join(im.notes)}")  # shown by pytest -rP
-    assert len(x) == 10000 and agree >= 99.9, f"top-1 agreement {agree:.2f} % on {len(x)} images"
-    assert abs(acc_ours - acc_ref) <= 0.05, (acc_ours, acc_ref)
-    assert abs(evaluate_inference(im, data, gpu_cfg.eval.batch_size, 0)["acc"] - acc_ours) <= 0.01  # the kit's eval
-
-
-# -- our Triton kernels (kernels.py): TTA views fused into the kernels ----------------------------
+# -- our kernels against the float64 reference ------------------------------------------------------
 def _ttanet_reference(K, layers, head, mode):
     """TTANet (torch views, weighted mean) over the float64 reference of the folded net."""
     from inference import TTANet
@@ -129,60 +178,37 @@ def _ttanet_reference(K, layers, head, mode):
     return TTANet(Ref(), mode, device="cuda")
 
 
-def _check_kernel_net(K, layers, head, ref, replays=10, **kw):
-    """KernelNet(**kw) vs ref (NCHW pixels -> float64 logits): eager, then replayed in a CUDA
-    graph on fresh inputs with its output poisoned (every logit must be rewritten)."""
-    net = K.KernelNet(layers, head, batch=1, **kw)
-    rel = lambda o, r: ((o.double() - r).norm() / r.norm()).item()  # noqa: E731
-    x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
-    assert rel(net(x).clone(), ref(x.permute(0, 3, 1, 2))) < 1e-2
-    xs = x.clone()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = net(xs)
-    for r in range(replays):
-        if r % 10 == 0:  # a fresh input every 10 replays (the float64 reference is slow)
-            xs.copy_(torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8))
-            want = ref(xs.permute(0, 3, 1, 2))
-        out.fill_(float("nan"))
-        g.replay()
-        torch.cuda.synchronize()
-        err = rel(out.clone(), want)
-        assert err < 1e-2, (r, err)
-    assert net.barrier_timeouts() == 0  # a pair's grid barrier never gave up waiting
-    return net
-
-
-@pytest.mark.parametrize("mode", ["flip", "flip_translate"])
+@pytest.mark.parametrize("mode", ["none", "flip", "flip_translate"])
 @pytest.mark.parametrize("pdl", [False, True])
-def test_kernels_fused_tta_vs_reference(mode, pdl):
-    """AB94's shape (whitening stem 2x2 -> 24, gelu, 64/256/256 x 2), random weights: the
-    fused-view KernelNet vs TTANet over the float64 reference; same kernel count as without."""
-    import kernels as K
+def test_kernels_in_a_graph_vs_reference(mode, pdl):
+    """AB94's shape (whitening stem 2x2 -> 24, gelu, 64/256/256 x 2), random weights, views in the
+    kernels: replayed in a CUDA graph on fresh inputs read from pinned host memory, the logits
+    poisoned before each replay (every one must be rewritten) and the answer word checked."""
+    import kernel_net as K
     from inference import TTA_VIEWS
     if pdl and not K.pdl_available()[0]:
         pytest.skip(K.pdl_available()[1])
     layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=(64, 256, 256), depths=(2, 2, 2),
                                 act="gelu", seed=3, device="cuda")
-    net = _check_kernel_net(K, layers, head, _ttanet_reference(K, layers, head, mode), pdl=pdl,
-                            views=TTA_VIEWS[mode])
-    assert net.kernel_count() == K.KernelNet(layers, head, batch=1).kernel_count()
-
-
-@pytest.mark.parametrize("widths,fuse,pdl", [((64, 256, 256), "stem", False), ((64, 256, 256), "pairs", False),
-                                              ((64, 256, 256), "stem+pairs", False), ((64, 256, 256), "stem+pairs", True),
-                                              ((96, 384, 384), "stem+pairs", False), ((96, 384, 384), "stem+pairs", True)])
-def test_kernels_fewer_kernels_vs_reference(widths, fuse, pdl):
-    """fuse_stem / fuse_pairs (off by default) on AB94 / w7 shapes with flip views: the grid
-    barrier of a pair with all its programs really running at once (the interpreter cannot),
-    200 graph replays to give a race a chance."""
-    import kernels as K
-    from inference import TTA_VIEWS
-    if pdl and not K.pdl_available()[0]:
-        pytest.skip(K.pdl_available()[1])
-    layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=widths, depths=(2, 2, 2), act="gelu",
-                                seed=4, device="cuda")
-    kw = dict(fuse_stem="stem" in fuse, fuse_pairs="pairs" in fuse)
-    net = _check_kernel_net(K, layers, head, _ttanet_reference(K, layers, head, "flip"), replays=200, pdl=pdl,
-                            views=TTA_VIEWS["flip"], **kw)
-    assert net.kernel_count() == {"stem": 6, "pairs": 4, "stem+pairs": 3}[fuse]
+    net = K.KernelNet(layers, head, batch=1, pdl=pdl, views=TTA_VIEWS[mode])
+    ref = _ttanet_reference(K, layers, head, mode)
+    h_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8).pin_memory()
+    word = torch.zeros(4, dtype=torch.int32).pin_memory()
+    seq = torch.zeros(1, dtype=torch.int32, device="cuda")
+    net(h_in, answer=(seq, word))  # compile (outside the capture), then count from zero
+    torch.cuda.synchronize()
+    seq.zero_()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = net(h_in, answer=(seq, word))
+    for r in range(20):
+        x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+        h_in.copy_(x)
+        want = ref(x.cuda().permute(0, 3, 1, 2))
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        err = ((out.double() - want).norm() / want.norm()).item()
+        assert err < 1e-2, (r, err)
+        assert int(word[0]) == ((r + 1) << 4 | int(out[0].argmax())), (r, int(word[0]))
+    assert net.kernel_count() == len(layers)  # the views, the head and the answer cost no kernel

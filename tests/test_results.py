@@ -81,3 +81,17 @@ def test_git_commit_is_not_dirty_from_the_kits_own_outputs(tmp_path, monkeypatch
     assert utils.git_commit(str(repo / "results")) == clean  # from a subfolder too
     (repo / "code.py").write_text("v2\n")
     assert utils.git_commit(str(repo)) == clean + "-dirty"
+
+
+def test_an_older_header_is_upgraded_with_its_renamed_columns(tmp_path):
+    """A results.csv whose header used the old names (fuse, front) and fewer columns keeps every
+    row: today's header, the renamed columns carrying their old values, the new ones empty."""
+    old_cols = [{"cudnn_relu": "fuse", "shape": "front"}.get(c, c) for c in utils.RESULT_COLUMNS[:56]]
+    path = tmp_path / "r.csv"
+    row = ["x"] * 56
+    row[old_cols.index("front")] = "AB94"
+    path.write_text(",".join(old_cols) + "\n" + ",".join(row) + "\n")
+    utils.check_results_file(str(path))
+    rows = list(csv.DictReader(open(path)))
+    assert open(path).readline().strip() == utils.HEADER_LINE and len(rows) == 1
+    assert rows[0]["shape"] == "AB94" and rows[0]["split"] == "" and rows[0]["timestamp"] == "x"

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernel_net as K  # noqa: E402
 import utils  # noqa: E402
-from config import add_config_args, front_model_kwargs, load_config  # noqa: E402
+from config import add_config_args, front_model_kwargs, load_config, resolve_path  # noqa: E402
 from inference import TTA_VIEWS  # noqa: E402
 from models import FastNet  # noqa: E402
 
@@ -50,7 +50,7 @@ def _compile_job(job):
     layers, head = folded_random(cfg, name.split("/")[0])
     kn = K.KernelNet(layers, head, batch=1, **kw)
     t0 = time.time()
-    kn.autotune(kn.specs[i], timed=False, autotune=mode)
+    kn.search_tiles(kn.specs[i], timed=False, autotune=mode)
     n = len(K.candidates(kn.specs[i]["meta"], kn.nb, kn.n_sm, wide=mode == "wide"))
     return f"{name} L{i}: {n} candidates compiled in {time.time() - t0:.1f}s ({kn.oversized} " \
            f"over the SM's shared memory, left out)"
@@ -83,7 +83,8 @@ def main():
         raise utils.KitError(f"--shapes: unknown front shape '{bad[0]}' (valid: {', '.join(cfg.front.shapes)})")
     if not torch.cuda.is_available():
         raise utils.KitError("kernel_tune.py times kernels on a GPU: run it on a machine with a CUDA GPU")
-    out = a.out or cfg.paths.kernel_tiles
+    out = a.out or resolve_path(cfg, cfg.paths.kernel_tiles)
+    utils.check_writable(out, "give a writable --out file")
     env = utils.env_info()
     print(f"{env['gpu']}, torch {env['torch']}, triton {__import__('triton').__version__}, commit {env['git_commit']}")
     mode = "wide" if a.wide else True

@@ -1,0 +1,96 @@
+"""inference.Predictor, the object users call, on the CPU: the end-to-end call and its input
+checks, batches, the answer-word wait (poll, timeout, resync) with the GPU parts faked."""
+import numpy as np
+import pytest
+import torch
+
+import utils
+from config import load_config
+from conftest import run_script
+from inference import Predictor, check_image
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory):
+    from conftest import tiny_config
+    cfg_path = tiny_config(str(tmp_path_factory.mktemp("pred")))
+    r = run_script("train.py", "--model", "fastnet", "--final", "--config", cfg_path)
+    assert r.returncode == 0, r.stderr
+    return Predictor.load("F", cfg=load_config(cfg_path), device="cpu")
+
+
+def test_call_and_predict_agree_with_the_logits(clf):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    ids = clf.predict(imgs)
+    assert ids.dtype == np.int64 and ids.shape == (6,)
+    with torch.no_grad():
+        want = [int(clf.logits(clf.prepare(torch.from_numpy(i)[None].permute(0, 3, 1, 2))).argmax()) for i in imgs]
+    assert [clf(i) for i in imgs] == want == ids.tolist()
+    assert all(isinstance(clf(i), int) for i in imgs[:2])
+
+
+@pytest.mark.parametrize("bad, words", [
+    ([[0] * 3] * 32, "numpy uint8 array"),
+    (np.zeros((32, 32, 3), dtype=np.float32), "uint8"),
+    (np.zeros((3, 32, 32), dtype=np.uint8), "shape (32, 32, 3)"),
+    (np.zeros((1, 32, 32, 3), dtype=np.uint8), "shape (32, 32, 3)"),
+    (np.zeros((32, 64, 3), dtype=np.uint8)[:, ::2], "C-contiguous"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(clf, bad, words):
+    before = clf.calls
+    with pytest.raises(utils.KitError) as e:
+        clf(bad)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert clf.calls == before
+
+
+def test_a_stack_must_be_a_stack():
+    with pytest.raises(utils.KitError, match=r"\(N, 32, 32, 3\)"):
+        check_image(np.zeros((32, 32, 3), dtype=np.uint8), stack=True)
+    assert check_image(np.zeros((2, 32, 32, 3), dtype=np.uint8), stack=True).shape == (2, 32, 32, 3)
+
+
+def test_load_by_checkpoint_path_runs_it_through_fs_path(clf):
+    other = Predictor.load(clf.ckpt_path, cfg=clf._cfg, device="cpu")
+    img = np.full((32, 32, 3), 100, dtype=np.uint8)
+    assert other.variant == "F" and other(img) == clf(img)
+
+
+class _FakeGPU:
+    """The parts of a CUDA Predictor that _wait touches: the pinned answer word (a numpy array
+    here), the device call counter, and torch.cuda.synchronize."""
+
+    def __init__(self, monkeypatch, word, seq, wait="poll"):
+        self.p = Predictor.__new__(Predictor)
+        self.p.variant, self.p.e2e_wait, self.p.timeout_s, self.p.calls = "F", wait, 0.01, 0
+        self.p._word_np = np.array([word, 0, 0, 0], dtype=np.int32)
+        self.p._seq = torch.tensor([seq], dtype=torch.int32)
+        self.syncs = []
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: self.syncs.append(1))
+
+
+@pytest.mark.parametrize("wait", ["poll", "sync"])
+def test_wait_returns_the_class_of_this_call(monkeypatch, wait):
+    g = _FakeGPU(monkeypatch, word=(1 << 4) | 7, seq=1, wait=wait)
+    assert g.p._wait(1) == 7 and g.p.calls == 1
+    assert len(g.syncs) == (0 if wait == "poll" else 1)  # polling needs no synchronise when the word is there
+
+
+def test_a_stale_word_times_out_raises_and_the_next_call_resyncs(monkeypatch):
+    g = _FakeGPU(monkeypatch, word=(4 << 4) | 3, seq=4)  # the GPU answered call 4; we wait for call 5
+    with pytest.raises(utils.KitError, match="no answer to call 5") as e:
+        g.p._wait(5)
+    assert "\n" not in str(e.value) and g.syncs  # bounded poll, then a synchronise, then the error
+    assert g.p.calls == 4  # resynced to the GPU's own count: the next call waits for call 5 again
+    g.p._word_np[0] = (5 << 4) | 2  # the next replay ran to its end
+    assert g.p._wait(g.p.calls + 1) == 2 and g.p.calls == 5
+
+
+def test_call_numbers_wrap_like_the_kernels_answer_word(monkeypatch):
+    from inference import SEQ_MASK
+    import kernels
+    assert SEQ_MASK == kernels.SEQ_MASK
+    n = SEQ_MASK + 3  # past the 27 bits the word keeps
+    g = _FakeGPU(monkeypatch, word=((n & SEQ_MASK) << 4) | 9, seq=n)
+    assert g.p._wait(n) == 9
