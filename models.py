@@ -143,7 +143,7 @@ class FastNet(nn.Module):
         return bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
 
     def fold_for_inference(self, mean, std, cudnn_relu=False):
-        """An equivalent eval-mode net built from folded_spec: takes raw pixels 0..255 (any float
+        """An eval-mode net computing the same function, built from folded_spec: raw pixels 0..255 (any float
         dtype), NCHW; cudnn_relu=True runs conv+bias+ReLU as one cuDNN kernel where the net allows."""
         layers, head = self.folded_spec(mean, std)
         return nn.Sequential(*[FoldedConv(cudnn_relu=cudnn_relu, **s) for s in layers], GlobalMaxLinear(head))
