@@ -68,9 +68,9 @@ class FastNet(nn.Module):
     stem:   k x k conv, no padding, on the image (so normalisation folds into it exactly):
             'conv' = ConvBNAct(3 -> stem_width), or 'whiten' = WhitenStem (6k^2 channels, frozen)
     blocks: for each width w and depth d: a conv to w with a 2x2 max-pool, then d-1 convs w -> w.
-            order 'act_pool' (v1):  conv -> BN -> act -> pool  (relu only folds exactly)
-            order 'pool_bn' (v2):   conv -> pool -> BN -> act  (exact for any act if bn_frozen)
-    head:   global max pool -> linear (no bias in v2) -> * logit_scale
+            order 'act_pool':  conv -> BN -> act -> pool  (relu only folds exactly)
+            order 'pool_bn':   conv -> pool -> BN -> act  (exact for any act if bn_frozen)
+    head:   global max pool -> linear (head_bias optional) -> * logit_scale
     At inference (fold_for_inference / folded_spec) BN, the input normalisation and the logit
     scale are folded into the weights.
     """

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 TINY_FASTNET = {"stem_width": 8, "stem_kernel": 3, "widths": [8, 16], "depths": [1, 2], "act": "relu"}
-# the tiny v2 shape (whitening stem, pool -> BN -> GELU, frozen BN weight), as config.yaml's fastnet
+# the tiny shape of config.yaml's fastnet style (whitening stem, pool -> BN -> GELU, frozen BN weight)
 TINY_FASTNET_V2 = dict(TINY_FASTNET, stem="whiten", stem_width=24, stem_kernel=2, act="gelu", order="pool_bn",
                        bn_frozen=True, bn_momentum=0.4, bn_eps=1e-12, head_bias=False, logit_scale=0.1111, dirac=True)
 
