@@ -1,12 +1,10 @@
-"""report/: input errors (one line, exit 2, nothing written), F / F85 taken from the invocation
-front.py chose them from (never newer rows named "F"), the config-hash check, a whole build on a
-synthetic single invocation, and the table recovered from a synthetic cut bench's run lines."""
+"""report/: the whole report (table, checkpoints README, figures, PDF) built from a synthetic
+results.csv, front_selection.json and kernel_profile.json in a temporary folder; the table's
+columns and computed speedups; goals met and missed; bad inputs as one 'error:' line, exit 2."""
 import json
 import os
 import sys
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import ROOT, run_script
@@ -14,302 +12,226 @@ from conftest import ROOT, run_script
 sys.path.insert(0, os.path.join(ROOT, "report"))
 import build  # noqa: E402
 import facts  # noqa: E402
-import layout  # noqa: E402
-from config import config_hash, load_config  # noqa: E402
+import inputs  # noqa: E402
+import utils  # noqa: E402
+from config import front_variant_name, load_config  # noqa: E402
 
-OUTPUTS = [os.path.join(ROOT, "results", "final_table.md"), os.path.join(ROOT, "results", "v2_tables.md"),
-           os.path.join(ROOT, "checkpoints", "README.md")]
-KERNELS = os.path.join(ROOT, "results", "kernels", "call2", "kernel_bench.json")
-COMMITTED = os.path.join(ROOT, "results", "results.csv")
-
-
-@pytest.mark.parametrize("content", [b"", b'a,b\n1,"2\n', b"\xff\xfe\x00bad bytes\x00\n", None,
-                                     b"script,device,invocation,variant,timestamp\ntrain,cuda,,,2026\n"])
-def test_unreadable_results_csv_is_one_line_exit_2(tmp_path, content):
-    # issue 8 m: an unreadable CSV was a pandas traceback; a CSV without GPU bench rows is one line too
-    p = tmp_path / "r.csv"
-    if content is not None:
-        p.write_bytes(content)
-    before = [os.path.getmtime(o) if os.path.exists(o) else None for o in OUTPUTS]
-    r = run_script("report/build.py", "--results", str(p), "--table-only")
-    err = r.stderr.strip()
-    assert r.returncode == 2, (r.returncode, err)
-    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
-    assert str(p) in err or "no GPU bench rows" in err, err
-    assert [os.path.getmtime(o) if os.path.exists(o) else None for o in OUTPUTS] == before
+CFG = load_config()
+GPU = "Synthetic GPU 141GB"
+FORBIDDEN = ("lease", "lent ", "today", "gpu6", "issue")
 
 
-# ============================================================================= synthetic results
-def row(inv, ts, variant, p50, acc, h, **kw):
-    """One GPU bench row with the columns the report reads."""
-    r = dict(script="bench", device="cuda", invocation=inv, timestamp=ts, variant=variant, gpu="Test GPU 80GB",
-             torch="2.x", cuda="13.0", driver="1.0", runs=10, iters=300, config_hash=h, acc=acc, lat_p50_ms=p50,
-             lat_p95_ms=p50 * 1.1, lat_mean_ms=p50 * 1.02, cv_pct=2.0, gpu_lat_p50_ms=p50 * 0.9,
-             gpu_pipelined_ms=p50 * 0.8, e2e_p50_ms=p50 + 0.04, size_mb=1.0, label=f"{variant} label", model="fastnet",
-             precision="fp16", memory_format="channels_last", fold_bn=True, fuse=False, compile="none",
-             cuda_graph=True, kernels=True, tta="none", speedup_p50=4.0 / p50, speedup_ci_low=3.0 / p50,
-             speedup_ci_high=5.0 / p50)
+def bench_row(inv, variant, e2e, acc=90.0, **kw):
+    """One bench row as bench.py writes it (the numbers made up, their relations kept)."""
+    v = CFG.variants[variant]
+    r = dict(script="bench", invocation=inv, variant=variant, label=v.label, model=v.model or "fastnet", gpu=GPU,
+             driver="999.1", torch="2.x", cuda="13.0", git_commit="abc123def456", config_hash="feedbeef0001",
+             acc=acc, split="val" if v.shape else "test", e2e_p50_ms=e2e, e2e_mean_ms=e2e * 1.05, e2e_p95_ms=e2e * 1.3,
+             e2e_p99_ms=e2e * 1.6, e2e_std_ms=e2e * 0.1, lat_p50_ms=e2e * 0.8, lat_mean_ms=e2e * 0.82,
+             lat_p95_ms=e2e, gpu_lat_p50_ms=e2e * 0.6, gpu_pipelined_ms=e2e * 0.5 if v.cuda_graph else None,
+             size_mb=1.5, tta="none", shape=v.shape or "", io="mapped+poll" if v.kernels else "copy+sync",
+             cuda_graph=v.cuda_graph, runs=10, iters=200, seed=42, checkpoint=f"/x/ckpt/{variant}_e18.pth",
+             speedup_e2e_ci_low=None, speedup_e2e_ci_high=None)
     r.update(kw)
     return r
 
 
-def single_invocation(inv, ts, h, cfg):
-    """Every table variant, the ablation and both TTA modes of every configured front shape."""
-    rows = [row(inv, ts, v, p, a, h, model="mobilenetv3", cuda_graph=False, kernels=False)
-            for v, p, a in (("B1", 4.0, 88.0), ("B2", 2.0, 92.8), ("O1", 5.0, 88.0), ("O2", 0.6, 88.0),
-                            ("O3", 4.5, 88.0), ("D1", 5.5, 88.5), ("O2d", 3.0, 88.0))]
-    rows += [row(inv, ts, v, p, 94.4, h) for v, p in (("F", 0.058), ("F_fp32", 0.9), ("F_fp16", 1.1), ("F_cl", 0.87),
-                                                   ("F_fold", 0.64), ("F_fuse", 0.35), ("F_graph", 0.1),
-                                                   ("F_compile", 0.075), ("F_cudnn", 0.084), ("F_kern", 0.058))]
-    rows += [row(inv, ts, "F85", 0.030, 86.2, h), row(inv, ts, "F85_cudnn", 0.045, 86.2, h)]
-    for i, shape in enumerate(cfg.front.shapes):
-        for tta, dl, da in (("none", 0.0, 0.0), ("flip", 0.012, 0.7)):
-            acc = 86.0 + 1.7 * i + da
-            rows.append(row(inv, ts, f"P_{shape}" + ("" if tta == "none" else "_flip"), 0.030 + 0.006 * i + dl, acc, h,
-                            front=shape, tta=tta, acc_mean=acc + 0.1, acc_std=0.15, acc_seeds="42:1;1:2;2:3"))
-    rows += [dict(script="train", device="cuda", timestamp="2026-12-01T00:00:00", label=f"front_{s}_s42", front=s,
-                  acc=90.0, epochs=30, train_time_s=7.0, model="fastnet") for s in cfg.front.shapes]
+def seeds_fields(values):
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((x - mean) ** 2 for x in values) / (n - 1)) ** 0.5
+    return dict(acc_mean=mean, acc_std=std, acc_ci_low=mean - std, acc_ci_high=mean + std,
+                acc_seeds=";".join(f"{s}:{a:.2f}" for s, a in zip(CFG.final.seeds, values)))
+
+
+def study_rows(inv, f_e2e=0.025, f_ci_low=94.3, f85_e2e=0.012):
+    """A complete invocation: every table and ablation variant and every front point."""
+    base = {"B1": 3.5, "B2": 1.8, "O1": 4.6, "O2": 0.58, "O3": 3.9, "D1": 4.7, "F": f_e2e, "F85": f85_e2e}
+    rows = []
+    for v in inputs.table_variants(CFG) + inputs.ablation_variants(CFG):
+        e2e = base.get(v, f_e2e * 1.5)
+        r = bench_row(inv, v, e2e, acc=94.5 if v.startswith("F") and "85" not in v else 88.0,
+                      speedup_e2e_ci_low=0.9 * base["B1"] / e2e, speedup_e2e_ci_high=1.1 * base["B1"] / e2e)
+        if v in ("F", "F85"):
+            vals = [94.5, 94.4, 94.6] if v == "F" else [86.0, 86.4, 86.2]
+            r.update(seeds_fields(vals), shape="AB94" if v == "F" else "t3", recipe_time_s=4.2)
+            r["acc_ci_low"] = f_ci_low if v == "F" else 85.5
+        rows.append(r)
+    for i, shape in enumerate(CFG.front.shapes):
+        for tta in CFG.front.tta:
+            acc = 86.0 + i * 1.8 + (0.3 if tta != "none" else 0.0)
+            e2e = 0.01 + 0.006 * i + (0.004 if tta != "none" else 0)
+            rows.append(bench_row(inv, front_variant_name(shape, tta), e2e, acc=acc, tta=tta,
+                                  **seeds_fields([acc - 0.1, acc, acc + 0.1])))
     return rows
 
 
-def write_study(tmp_path, h):
-    """results.csv: an old partial invocation, the complete one, then a newer partial one (only F);
-    and a front_selection.json naming points of the complete one."""
-    cfg = load_config()
-    old = [row("bench-old", "2026-11-30T00:00:00", v, p, 90.0, h) for v, p in (("B1", 4.0), ("F", 0.07))]
-    full = single_invocation("bench-full", "2026-12-01T01:00:00", h, cfg)
-    newer = [row("bench-newer", "2026-12-02T00:00:00", "F", 0.05, 94.4, h)]
-    cols = list(pd.read_csv(COMMITTED, nrows=0).columns)
-    csv = tmp_path / "results.csv"
-    pd.DataFrame(old + full + newer).reindex(columns=cols).to_csv(csv, index=False)
-    shapes = list(cfg.front.shapes)
-    sel = {role: {"variant": f"P_{s}", "front": s, "tta": "none", "acc": 90.0, "acc_mean": 90.0,
-                  "invocation": "bench-full"} for role, s in (("F", shapes[-1]), ("F85", shapes[0]))}
-    (tmp_path / "sel.json").write_text(json.dumps(dict(sel, F_reached_threshold=True)))
-    return str(csv), str(tmp_path / "sel.json"), shapes
+def train_rows():
+    rows = [dict(script="train", label=f"final_{role}_s{seed}", shape=shape, acc=acc, recipe_time_s=4.0 + 0.1 * k)
+            for role, shape, acc in (("F", "AB94", 94.5), ("F85", "t3", 86.2))
+            for k, seed in enumerate(CFG.final.seeds)]
+    rows += [dict(script="train", label=f"front_{shape}_s{seed}", shape=shape, val_acc=90.0, recipe_time_s=3.0)
+             for shape in CFG.front.shapes for seed in CFG.front.seeds]
+    return rows
 
 
-def test_single_invocation_is_chosen_and_the_whole_report_builds(tmp_path, capsys):
-    h = config_hash(load_config())
-    csv, sel, shapes = write_study(tmp_path, h)
-    out = build.outputs(str(tmp_path / "out"))
-    f = build.run(csv, KERNELS, out=out, selection=sel)
-    said = capsys.readouterr().out
-    assert f.mode == "single" and list(f.invs.invocation) == ["bench-full"]  # not the newer one
-    assert "ONE GPU invocation, bench-full" in said and "No single bench invocation" not in said
-    assert list(f.table.index) == list(facts.TABLE_IDS) and list(f.ablation.index) == list(facts.ABLATION_IDS)
-    assert f.table.loc["AB94"].variant == "P_AB94" and len(f.front) == 2 * len(shapes)
-    # F / F85 are the selection's front points, not the rows named "F" / "F85" (nor bench-newer's F)
-    assert f.table.loc["F"].variant == f"P_{shapes[-1]}" and f.table.loc["F85"].variant == f"P_{shapes[0]}"
-    p_f = 0.030 + 0.006 * (len(shapes) - 1)
-    assert f.table.loc["F"].lat_p50_ms == pytest.approx(p_f) and f.table.loc["F"].sp == pytest.approx(4.0 / p_f)
-    assert f.n["f_cudnn"]["x"] == pytest.approx(0.084 / 0.058)  # F_cudnn vs F_kern, complete rows
-    assert f.n["rule"]["F85"] == f"P_{shapes[0]}"  # front.py's rule re-applied to this front
-    assert f.hash_check["ok"] and "Config check: the rows used carry" in said
-    assert f.rec.empty and not f.recovered  # nothing recovered when the invocation holds every row
-    table = open(out["table"]).read()
-    assert "bench-full" in table and "bench-newer" not in table.split("Not used:")[0]  # named only as not used
-    acc_f = 86.0 + 1.7 * (len(shapes) - 1)
-    assert f"| F | fastnet {shapes[-1]} | {acc_f:.2f} |" in table and f"{p_f:.4f}" in table
-    assert "NOT committed" in open(out["ckpt"]).read() or "NOT in the repository" in open(out["ckpt"]).read()
-    assert os.path.getsize(out["pdf"]) > 10_000 and os.path.isfile(os.path.join(out["figs"], "front.png"))
+def write_study(folder, rows, selection=True, profile=True):
+    path = os.path.join(folder, "results.csv")
+    for r in rows:
+        utils.append_result(path, r)
+    if selection:
+        cand = [{"variant": r["variant"], "acc_mean": r["acc_mean"], "e2e_p50_ms": r["e2e_p50_ms"]}
+                for r in rows if r.get("variant", "").startswith("P_")]
+        sel = {"rule": "F = the fastest point >= f_min_acc; F85 = the fastest point >= f85_min_acc", "split": "val",
+               "calibration": "none", "f_min_acc": 94.0, "f85_min_acc": 85.0, "F_reached_threshold": True,
+               "invocation": "bench-front", "gpu": GPU, "seeds": [42, 1, 2], "partial": [],
+               "chosen": {"F": cand[-1], "F85": cand[0]}, "candidates": cand}
+        with open(os.path.join(folder, "front_selection.json"), "w") as fh:
+            json.dump(sel, fh)
+    if profile:
+        kern = {"F": [["conv1_kernel", 3.1], ["conv2_kernel", 5.2], ["head", 1.0]],
+                "F_cudnn": [["cudnn_conv", 6.0], ["triton_pool", 4.0], ["cudnn_conv", 7.5], ["amax", 2.0]]}
+        prof = {"env": {"gpu": GPU}, "variants": {v: {"e2e_p50": 25.0, "device_p50": 20.0, "gpu": 15.0, "pipe": 12.0,
+                                                      "kernels": k, "label": v, "notes": "", "shape": "AB94",
+                                                      "tta": "none"} for v, k in kern.items()}}
+        with open(os.path.join(folder, "kernel_profile.json"), "w") as fh:
+            json.dump(prof, fh)
+    os.makedirs(os.path.join(folder, "logs"), exist_ok=True)
+    with open(os.path.join(folder, "logs", "bench.log"), "w") as fh:
+        fh.write("== bench: 2026\n...\n== bench: wall time 415 s, exit 0\n")
+    with open(os.path.join(folder, "logs", "test_gpu.log"), "w") as fh:
+        fh.write("F e2e vs FP32 on 10000 test images: top-1 agreement 99.96 %\n15 passed in 60.2s\n")
+    return path
 
 
-def test_config_hash_mismatch_warns(tmp_path, capsys):
-    csv, sel, _ = write_study(tmp_path, "0123456789ab")
-    out = build.outputs(str(tmp_path / "out"))
-    f = build.run(csv, KERNELS, table_only=True, out=out, selection=sel)
-    said = capsys.readouterr().out
-    assert not f.hash_check["ok"]
-    line = "warning: config hash differs: config.yaml hashes to"
-    assert line in said and "carry 0123456789ab" in said and line in open(out["table"]).read()
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The whole report from a complete invocation, with a newer incomplete one after it."""
+    tmp = tmp_path_factory.mktemp("report")
+    rows = study_rows("bench-complete") + train_rows() + [bench_row("bench-newer-cut", "B1", 9.9)]
+    path = write_study(str(tmp), rows)
+    s, blocks = build.build(path, root=str(tmp / "out"), pages_dir=str(tmp / "pages"))
+    return tmp, s, blocks
 
 
-def test_committed_results_take_f_from_the_front_invocation_and_recover_the_cut_bench():
-    f = facts.gather(COMMITTED, KERNELS)
-    if f.mode == "single":
-        pytest.skip("results.csv now holds one invocation with every row")
-    sel = json.load(open(os.path.join(ROOT, "results", "front_selection.json")))
-    inv = sel["F"]["invocation"]
-    assert list(f.invs.invocation) == [inv] and f.front_inv == inv
-    for role in ("F", "F85"):  # the selected P_ rows, not the newest rows named F / F85
-        assert f.table.loc[role].variant == sel[role]["variant"] and f.table.loc[role].invocation == inv
-    assert f.table.loc["B1"].invocation == inv and pd.notna(f.table.loc["F"].sp)
-    assert layout.provenance(f)[0].startswith("No single bench invocation holds every row")
-    rec = f.recovered
-    assert rec["used"] in rec["invs"] and list(f.rec.index) == list(facts.TABLE_IDS + facts.ABLATION_IDS)
-    assert set(f.rec.loc[["F", "F85", "AB94"]].acc_src) == {"path"} and f.rec.loc["B2"].acc_src == "ckpt"
-    assert f.rec.loc["F"].acc == f.table.loc["F"].acc
+def read(tmp, *parts):
+    with open(os.path.join(tmp, "out", *parts), encoding="utf-8") as fh:
+        return fh.read()
 
 
-def test_host_vs_gpu_cells():
-    # rows benched before the GPU-side columns existed say so; others give the launch + host share
-    new = pd.Series({"lat_p50_ms": 0.1, "gpu_lat_p50_ms": 0.04, "gpu_pipelined_ms": 0.03})
-    old = pd.Series({"lat_p50_ms": 4.0, "gpu_lat_p50_ms": float("nan"), "gpu_pipelined_ms": float("nan")})
-    assert layout.host_gpu_cells(new) == ["0.1000", "0.0400", "0.0300", "60"]
-    assert layout.host_gpu_cells(old) == ["4.0000", "not measured", "not measured", "–"]
+def test_table_has_the_plans_columns_and_one_row_per_table_variant(built):
+    tmp, s, _ = built
+    assert s.invocation == "bench-complete"  # the newer invocation lacks variants: not used
+    text = read(tmp, "results", "final_table.md")
+    lines = text.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("| ID |"))
+    header = [c.strip() for c in lines[head].strip("|").split("|")]
+    assert header[:7] == ["ID", "Variant", "Acc. (%)", "Lat. mean (ms)", "Lat. p95 (ms)", "Size (MB)", "Speedup [95 %]"]
+    assert {"e2e p50 (ms)", "device p50 (ms)", "GPU p50 (ms)"} <= set(header)
+    body = [ln for ln in lines[head + 2:] if ln.startswith("|")]
+    ids = [ln.strip("|").split("|")[0].strip() for ln in body[:8]]
+    assert ids == inputs.table_variants(CFG) == ["B1", "B2", "O1", "O2", "O3", "D1", "F", "F85"]
+    assert "| 3.6750 |" in body[0]  # B1's e2e mean (3.5 x 1.05), not the newer cut invocation's 9.9
 
 
-def test_pareto_keeps_only_undominated_points():
-    fr = pd.DataFrame({"lat_p50_ms": [0.03, 0.031, 0.04, 0.05], "acc_mean": [86.0, 85.0, 90.0, 89.0]},
-                      index=["a", "b", "c", "d"])
-    assert facts.pareto(fr) == ["a", "c"]
+def test_speedup_is_computed_from_the_e2e_p50s(built):
+    _, s, _ = built
+    header, rows = facts.main_table(s)
+    col = {r[0]: r[header.index("Speedup [95 %]")] for r in rows}
+    assert col["B1"].startswith("1.00×")
+    assert col["O2"].startswith(f"{3.5 / 0.58:.2f}×") and col["F"].startswith(f"{3.5 / 0.025:.2f}×")
+    assert "[" in col["F"]  # the bootstrap interval from the row
 
 
-# ============================================================================= recovered cut bench
-def cut_runs(inv, variants, p50, runs, drop=()):
-    """Run lines of one cut bench: variant v's run r has p50 p50[v] * (1 + r / 100); (r, v) in drop is
-    missing (the run was cut there)."""
-    return [dict(invocation=inv, gpu="Test GPU 80GB", run=r, variant=v, mean_ms=p50[v] * (1 + r / 100) * 1.1,
-                 p50_ms=p50[v] * (1 + r / 100), p95_ms=p50[v] * 1.5) for r in range(1, runs + 1) for v in variants
-            if (r, v) not in drop]
+def test_markdown_outputs_name_the_source_and_no_build_history(built):
+    tmp, _, blocks = built
+    table, readme = read(tmp, "results", "final_table.md"), read(tmp, "checkpoints", "README.md")
+    assert "bench-complete" in table and GPU in table and "abc123def456" in table
+    assert "final_model.pth" in readme and "f85_model.pth" in readme and "Predictor.load" in readme
+    assert "<tag>_e<epoch>_acc<accuracy>_<run id>.pth" in readme
+    words = (table + readme + " ".join(t for _, t in blocks)).lower()
+    assert not [w for w in FORBIDDEN if w in words]
 
 
-def test_recovered_table_from_a_synthetic_cut_bench(tmp_path):
-    import utils
-    h = config_hash(load_config())
-    csv, sel, shapes = write_study(tmp_path, h)
-    d = pd.read_csv(csv)  # keep only B1 and the front points of the complete invocation: a front stage
-    d = d[(d.invocation != "bench-full") | d.variant.isin(["B1"]) | d.variant.str.startswith("P_", na=False)
-          | (d.script != "bench")]
-    d.to_csv(csv, index=False)
-    ids = list(facts.TABLE_IDS + facts.ABLATION_IDS)
-    p50 = {v: 4.0 if v in facts.BASELINES else 0.05 + 0.001 * i for i, v in enumerate(ids)}
-    old = cut_runs("bench-20990101-000000-aaaa", ids[:-1], p50, 3)  # lacks F85_cudnn: not usable
-    new = cut_runs("bench-20990101-010000-bbbb", ids, p50, 4, drop={(4, "F_kern")})  # run 4 incomplete
-    runs = tmp_path / "cut.csv"
-    pd.DataFrame(old + new).to_csv(runs, index=False)
-    out = build.outputs(str(tmp_path / "out"))
-    f = build.run(csv, KERNELS, out=out, selection=sel, cut_runs=str(runs))
-    assert f.mode == "partial" and f.recovered["used"] == "bench-20990101-010000-bbbb"
-    assert f.recovered["n_full"] == 3 and list(f.rec.index) == ids
-    r = f.rec.loc["F_fp32"]
-    expect = [p50["F_fp32"] * (1 + k / 100) for k in (1, 2, 3)]  # complete runs only
-    assert r.runs == 3 and r.p50_ms == pytest.approx(np.median(expect))
-    sp = utils.speedup_interval([[p50["B1"] * (1 + k / 100)] for k in (1, 2, 3)], [[x] for x in expect])
-    assert (r.speedup_p50, r.ci_low, r.ci_high) == pytest.approx(sp)
-    assert r.hw == pytest.approx(100 * max(sp[0] - sp[1], sp[2] - sp[0]) / sp[0])
-    assert r.other_p50 == pytest.approx(np.median([p50["F_fp32"] * (1 + k / 100) for k in (1, 2, 3)]))
-    # accuracy: through the path for the selected points, the checkpoint's train row otherwise
-    assert f.rec.loc["F"].acc_src == "path" and f.rec.loc["F"].acc == f.table.loc["F"].acc
-    assert f.rec.loc["F_fp32"].acc_src == "ckpt" and f.rec.loc["F_fp32"].acc_of == f"front_{shapes[-1]}_s42"
-    assert f.rec.loc["B2"].acc_src in ("ckpt", "")  # no resnet18 train row in the synthetic study: left empty
-    table = open(out["table"]).read()
-    assert "timing only, recovered from the log of a cut bench" in table and "bench-20990101-010000-bbbb" in table
-    assert "No single bench invocation holds every row" in table
-    assert os.path.getsize(out["pdf"]) > 10_000 and os.path.isfile(os.path.join(out["figs"], "latency_bar.png"))
+def test_pdf_has_the_five_parts_and_its_pages(built):
+    tmp, _, blocks = built
+    heads = [t for k, t in blocks if k == "h1"]
+    assert heads == ["1. Introduction", "2. Method", "3. Results", "4. Conclusion", "Appendix: provenance"]
+    assert {"latency.png", "accuracy_latency.png", "host_gpu.png"} <= {t for k, t in blocks if k == "image"}
+    with open(os.path.join(tmp, "out", "report", "rapport.pdf"), "rb") as fh:
+        assert fh.read(5) == b"%PDF-"
+    assert len(os.listdir(tmp / "pages")) >= 4
+    text = " ".join(t for k, t in blocks if k == "p")
+    assert "15 passed in 60.2s" in text and "F e2e vs FP32" in text
+    tables = [t for k, t in blocks if k == "table"]
+    assert "Anchor | Published | Ours (F) | Comparable?" in tables and "Stage | Wall time (s) | Exit" in tables
 
 
-@pytest.mark.parametrize("f_shape_ok", [True, False])
-def test_the_complete_bench_after_the_front_stage_is_used(tmp_path, capsys, f_shape_ok):
-    # reproduce.sh: the front stage's invocation (front points + B1) is where front.py chose F / F85;
-    # the bench stage's later invocation holds every row, its F / F85 rows benching those files
-    h, cfg = config_hash(load_config()), load_config()
-    shapes = list(cfg.front.shapes)
-    front_only = [r for r in single_invocation("bench-front", "2026-12-01T01:00:00", h, cfg)
-                  if r.get("variant") in ("B1",) or str(r.get("variant", "")).startswith("P_") or r["script"] == "train"]
-    full = [r for r in single_invocation("bench-full", "2026-12-01T02:00:00", h, cfg) if r["script"] == "bench"]
-    full.append(row("bench-full", "2026-12-01T02:00:00", "AB94", 0.05, 94.0, h))  # the table's own AB94 variant
-    for r in full:
-        if r["variant"] in ("F", "F85"):
-            shape = shapes[-1] if r["variant"] == "F" else shapes[0]
-            r["notes"] = f"front shape {shape if f_shape_ok else 'other'} (chosen by front.py)"
-    cols = list(pd.read_csv(COMMITTED, nrows=0).columns)
-    csv = tmp_path / "results.csv"
-    pd.DataFrame(front_only + full).reindex(columns=cols).to_csv(csv, index=False)
-    sel = {role: {"variant": f"P_{s}", "front": s, "tta": "none", "acc": 90.0, "acc_mean": 90.0,
-                  "invocation": "bench-front"} for role, s in (("F", shapes[-1]), ("F85", shapes[0]))}
-    (tmp_path / "sel.json").write_text(json.dumps(dict(sel, F_reached_threshold=True)))
-    f = build.run(str(csv), KERNELS, out=build.outputs(str(tmp_path / "out")), selection=str(tmp_path / "sel.json"),
-                  table_only=True)
-    said = capsys.readouterr().out
-    if f_shape_ok:
-        assert f.mode == "single" and f.front_inv == "bench-full" and f.select_inv == "bench-front", said
-        assert f.table.loc["F"].variant == "F" and f.table.loc["F"].lat_p50_ms == pytest.approx(0.058)
-        assert "chose F and F85 from bench-front" in said
-    else:  # its F row benched another file: not the shipped F's bench, so not used
-        assert f.front_inv == "bench-front" and f.mode == "partial", said
+def goal_verdicts(tmp, **kw):
+    path = write_study(str(tmp), study_rows("bench-goals", **kw) + train_rows(), selection=False, profile=False)
+    return {key: (text, met) for key, (_, _, text, met) in facts.goals(inputs.load(CFG, path)).items()}
 
 
-def _paths_log(path, rows):
-    head = f"{'path':<24s} {'p50 us':>7s} {'p95 us':>7s} {'gpu us':>7s} {'pipe us':>7s} {'max|dlogit|':>11s}  notes"
-    lines = ["GPU X, torch 2.x, commit abc; 10 runs x 300 calls", head]
-    lines += [f"{n:<24s} {p:7.1f} {p + 5:7.1f} {p - 3:7.1f} {p - 9:7.1f} {0.0:11.2e}  kernel tiles: 7 cache" for n, p in rows]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    open(path, "w").write("\n".join(lines) + "\n")
+def test_goals_met(tmp_path):
+    g = goal_verdicts(tmp_path, f_e2e=0.5 * CFG.goals.f_e2e_ms, f_ci_low=CFG.goals.f_acc_low + 0.25)
+    assert g["f_e2e_ms"] == (f"met ({0.5 * CFG.goals.f_e2e_ms:.4f} ms to spare)", True)
+    assert g["f_acc_low"] == ("met (0.25 points to spare)", True)
+    assert g["recipe_s"] == (f"met ({CFG.goals.recipe_s - 4.35:.2f} s to spare)", True)  # the final runs' mean
 
 
-def test_kernel_option_logs_calls_deltas_and_repeats(tmp_path, monkeypatch):
-    """tools/kernel_paths.py logs: a lease with one log is named by its folder, one with several by
-    folder + the log's suffix; each option against tuned tiles; F tuned timed twice is grouped by
-    file (logs with 'F@none' rows were made while F was another file)."""
-    import analysis
-    k = tmp_path / "kernels"
-    _paths_log(str(k / "gpuA" / "kernel_paths_old.log"), [("F heuristic", 48.0), ("F tuned", 44.0),
-                                                           ("F tuned +pdl", 47.0), ("F@none tuned", 40.0)])
-    _paths_log(str(k / "gpuB" / "kernel_paths_pairs.log"), [("F heuristic", 40.0), ("F tuned", 37.0),
-                                                            ("F tuned +pairs", 39.0), ("F tuned +stem +pairs", 41.0)])
-    _paths_log(str(k / "gpuB" / "kernel_paths_wide.log"), [("F tuned", 41.0), ("F wide", 40.5)])
-    monkeypatch.setattr(facts, "RES", str(tmp_path))
-    rows = facts.kernel_option_logs()
-    assert list(dict.fromkeys(r["call"] for r in rows)) == ["gpuA", "gpuB pairs", "gpuB wide"]
-    e = {x["call"]: x for x in facts.option_effects(rows) if x["base"] == "F"}
-    assert e["gpuA"]["f_then"] and e["gpuA"]["+pdl"] == pytest.approx(3.0) and e["gpuA"]["heur"] == 48.0
-    assert not e["gpuB pairs"]["f_then"] and e["gpuB pairs"]["+pairs"] == pytest.approx(2.0)
-    assert e["gpuB pairs"]["+stem +pairs"] == pytest.approx(4.0)
-    assert e["gpuB wide"]["heur"] is None and e["gpuB wide"]["wide"] == pytest.approx(-0.5)
-
-    class F:  # the two fields analysis reads
-        n = {"opts": facts.option_effects(rows)}
-    assert analysis.f_repeats(F) == [("today's F", [("gpuB pairs", 37.0), ("gpuB wide", 41.0)])]
-    s = analysis.tuned_tiles(F)
-    assert "F 40.0 → 37.0 µs" in s and "F -0.5 µs" in s and "gpuB/kernel_paths_pairs.log" in s, s
+def test_goals_missed_by_how_much(tmp_path):
+    g = goal_verdicts(tmp_path, f_e2e=1.4 * CFG.goals.f_e2e_ms, f_ci_low=CFG.goals.f_acc_low - 0.5,
+                      f85_e2e=CFG.goals.f85_e2e_ms)
+    assert g["f_e2e_ms"] == (f"missed by {0.4 * CFG.goals.f_e2e_ms:.4f} ms (40 %)", False)
+    assert g["f_acc_low"] == ("missed by 0.50 points", False)
+    assert g["f85_e2e_ms"][1] is True  # exactly at the goal is met
 
 
-def test_gpu_test_log_is_read_and_a_failed_run_is_not_cited(tmp_path):
-    import analysis
-    p = tmp_path / "test_gpu.log"
-    p.write_text("torch 2.x | triton 3.x | NVIDIA H100 80GB HBM3\ncommit 0123456789ab\n..\n"
-                 "F_kern vs FP32 on 10000 test images: top-1 agreement 99.96 % (4 differ), accuracy 94.27 % vs 94.23 %; "
-                 "kernel tiles: 7 cache\n14 passed in 73.69s (0:01:13)\n")
-    t = facts.gpu_test_log(str(p))
-    assert t["passed"].startswith("14 passed") and t["commit"] == "0123456789ab" and t["gpu"] == "NVIDIA H100 80GB HBM3"
-    assert t["f_kern"].endswith("94.27 % vs 94.23 %") and t["failed"] is None
-    assert facts.gpu_test_log(str(tmp_path / "none.log")) == {}
-    p.write_text(p.read_text().replace("14 passed", "1 failed, 13 passed"))
-    assert facts.gpu_test_log(str(p))["failed"] == "1 failed"
-
-    class F:  # what analysis.our_kernels reads
-        n = {"f_cudnn": {"a": 0.073, "b": 0.0385, "x": 1.9}, "f85_cudnn": None}
-        timing_src = "invocation X"
-        kernels = {}
-        gpu_tests = facts.gpu_test_log(str(p))
-    assert "agreement" not in analysis.our_kernels(F)  # a failed run is not cited as a result
-    p.write_text(p.read_text().replace("1 failed, 13 passed", "14 passed"))
-    F.gpu_tests = facts.gpu_test_log(str(p))
-    assert "top-1 agreement 99.96 % (4 differ)" in analysis.our_kernels(F)
-    p.write_text("note: an earlier run at this commit had a timer test fail\n" + p.read_text())
-    F.gpu_tests = facts.gpu_test_log(str(p))
-    assert "; an earlier run at this commit had a timer test fail)" in analysis.our_kernels(F)
+def test_mixed_gpus_in_one_invocation_is_an_error(tmp_path):
+    rows = study_rows("bench-mixed")
+    rows[3]["gpu"] = "Another GPU"
+    path = write_study(str(tmp_path), rows, selection=False, profile=False)
+    with pytest.raises(inputs.ReportError, match="mixes GPUs"):
+        inputs.load(CFG, path)
 
 
-def test_fuse_tail_reads_the_paired_measurement(monkeypatch, tmp_path):
-    """Next steps: fuse_pairs on today's F, its kernel counts from the row notes; 'not faster' only
-    when every measurement says so."""
-    import analysis
-    k = tmp_path / "kernels" / "gpuB" / "kernel_paths.log"
-    _paths_log(str(k), [("F heuristic", 40.0), ("F tuned", 37.0), ("F tuned +pairs", 39.0)])
-    txt = k.read_text().splitlines()
-    txt = [ln + ("; 4 kernels" if "+pairs" in ln else "; 7 kernels") if ln.startswith("F ") else ln for ln in txt]
-    k.write_text("\n".join(txt) + "\n")
-    monkeypatch.setattr(facts, "RES", str(tmp_path))
+def test_missing_selection_is_said_in_one_line(tmp_path):
+    path = write_study(str(tmp_path), study_rows("bench-nosel"), selection=False, profile=False)
+    _, blocks = build.build(path, root=str(tmp_path / "out"))
+    said = [t for _, t in blocks if "front_selection.json" in t]
+    assert len(said) == 1 and said[0].startswith("No results/front_selection.json")
 
-    class F:
-        n = {"f_kernels": {"tail3": 15.9, "sum": 26.5}, "opts": facts.option_effects(facts.kernel_option_logs())}
-        tta_kernels = {}
-    s = analysis.fuse_tail(F)
-    assert "4 kernels instead of 7" in s and "+2.0 µs host p50 (gpuB)" in s and "not faster" in s, s
-    k.write_text(k.read_text().replace("F tuned +pairs              39.0", "F tuned +pairs              36.0"))
-    F.n["opts"] = facts.option_effects(facts.kernel_option_logs())
-    s = analysis.fuse_tail(F)
-    assert "-1.0 µs" in s and "not faster" not in s, s
+
+def test_failed_gpu_tests_are_said_instead_of_the_agreement(tmp_path):
+    log = tmp_path / "test_gpu.log"
+    log.write_text("F e2e vs FP32 on 10000 test images: top-1 agreement 99.96 %\n"
+                   "==== 2 failed, 13 passed in 61.0s ====\n")
+    t = inputs.read_gpu_tests(str(log))
+    assert t["failed"] and t["summary"] == "2 failed, 13 passed in 61.0s"
+
+
+def bad_results(tmp, kind):
+    p = tmp / "results.csv"
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "binary":
+        p.write_bytes(b'\xff\xfe\x00bad"\nbytes\x00,"\n')
+    elif kind == "incomplete":
+        return write_study(str(tmp), [bench_row("bench-cut", v, 1.0) for v in ("B1", "B2", "F")], selection=False)
+    return str(p)
+
+
+def test_a_folder_for_results_is_a_report_error(tmp_path):
+    with pytest.raises(inputs.ReportError, match="cannot read"):
+        inputs.read_csv(str(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["empty", "binary", "incomplete"])
+def test_bad_results_is_one_error_line_and_exit_2(tmp_path, kind):
+    path = bad_results(tmp_path, kind)
+    out = tmp_path / "out"
+    r = run_script("report/build.py", "--results", path, "--root", str(out))
+    err = r.stderr.strip()
+    assert r.returncode == 2, (r.returncode, err)
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and path in err, err
+    assert not out.exists()  # nothing written
