@@ -142,14 +142,20 @@ VARIANT = {
     "e2e_wait": Field(str, "poll", choices=("poll", "sync")),
 }
 
-# A front shape: widths/depths, and optionally other models.fastnet keys it changes.
+# fastnet's choices and bounds, shared by models.fastnet and the front shapes.  Upper bounds too:
+# a checkpoint's model_kwargs are checked against this schema, and widths of 200000 would be a
+# 1.4 TB allocation, not an error
+ACTS, STEMS = ("relu", "gelu"), ("conv", "whiten")
+MAX_WIDTH, MAX_DEPTH, MAX_STEM_KERNEL = 4096, 64, 31
+
+# A front shape: widths/depths, and optionally other models.fastnet keys it changes (None: keep).
 SHAPE = {
-    "widths": Field(list, item=int, min_len=1, lo=1),
-    "depths": Field(list, item=int, min_len=1, lo=1),
-    "stem": Field((str, type(None)), None),
-    "stem_width": Field((int, type(None)), None, lo=1),
-    "stem_kernel": Field((int, type(None)), None, lo=1),
-    "act": Field((str, type(None)), None),
+    "widths": Field(list, item=int, min_len=1, lo=1, hi=MAX_WIDTH),
+    "depths": Field(list, item=int, min_len=1, lo=1, hi=MAX_DEPTH),
+    "stem": Field((str, type(None)), None, choices=STEMS),
+    "stem_width": Field((int, type(None)), None, lo=1, hi=MAX_WIDTH),
+    "stem_kernel": Field((int, type(None)), None, lo=1, hi=MAX_STEM_KERNEL),
+    "act": Field((str, type(None)), None, choices=ACTS),
 }
 
 SCHEMA = {
@@ -177,14 +183,12 @@ SCHEMA = {
     },
     "models": {
         "fastnet": {
-            # upper bounds too: a checkpoint's model_kwargs are checked against this schema, and
-            # widths of 200000 would be a 1.4 TB allocation, not an error
-            "stem_width": Field(int, lo=1, hi=4096),
-            "stem_kernel": Field(int, lo=1, hi=31),
-            "widths": Field(list, item=int, min_len=1, lo=1, hi=4096),
-            "depths": Field(list, item=int, min_len=1, lo=1, hi=64),
-            "act": Field(str, "relu", choices=("relu", "gelu")),
-            "stem": Field(str, "conv", choices=("conv", "whiten")),
+            "stem_width": Field(int, lo=1, hi=MAX_WIDTH),
+            "stem_kernel": Field(int, lo=1, hi=MAX_STEM_KERNEL),
+            "widths": Field(list, item=int, min_len=1, lo=1, hi=MAX_WIDTH),
+            "depths": Field(list, item=int, min_len=1, lo=1, hi=MAX_DEPTH),
+            "act": Field(str, "relu", choices=ACTS),
+            "stem": Field(str, "conv", choices=STEMS),
             "order": Field(str, "act_pool", choices=("act_pool", "pool_bn")),
             "bn_frozen": Field(bool, False),
             "bn_momentum": Field(float, 0.1, lo=0, hi=1),
@@ -308,7 +312,7 @@ def _check_leaf(key, value, field):
             raise ConfigError(f"config key '{key}': expected {field.describe()}, got {len(value)} item(s) {value!r}")
         item = Field(field.item, lo=field.lo, hi=field.hi, gt=field.gt)  # the bounds hold for each item
         value = None if value is None else [_check_number(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if field.choices and value not in field.choices:
+    if field.choices and value is not None and value not in field.choices:  # None: an optional key left unset
         raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, field.choices))}")
     return value
 

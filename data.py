@@ -34,6 +34,8 @@ def load_cifar10_arrays(cfg, need_train=True):
     paths.data_npz; torchvision's download (data.download), cached in paths.download_root.
     The log says which one was used."""
     npz = resolve_path(cfg, cfg.paths.data_npz)
+    if os.path.isdir(npz):  # else it would be taken as missing: an unpack into it, a download
+        raise KitError(f"paths.data_npz {npz} is a folder; give the .npz file's path (e.g. {npz}/cifar10.npz)")
     if not os.path.isfile(npz) and os.path.isfile(os.path.join(resolve_path(cfg, cfg.paths.data_bundle), "unpack.py")):
         unpack_bundle(resolve_path(cfg, cfg.paths.data_bundle), npz)
     if os.path.isfile(npz):
@@ -42,12 +44,22 @@ def load_cifar10_arrays(cfg, need_train=True):
     return torchvision_arrays(cfg, need_train, npz)
 
 
+def open_npz(npz):
+    """np.load of a .npz archive, never unpickling; a bare .npy array (np.load returns the array
+    itself for one, whatever the file is named) is a ValueError like any other wrong file."""
+    z = np.load(npz, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError("a single .npy array, not a .npz archive of named arrays")
+    return z
+
+
 def read_npz(npz, need_train, cfg):
     try:
-        with np.load(npz) as z:
+        with open_npz(npz) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # a truncated file: BadZipFile
-        raise KitError(f"{npz}: not a readable CIFAR-10 .npz ({type(e).__name__}: {e}); "
+        reason = str(e).split(". ")[0]  # numpy's first sentence; the next ones advise loading pickles unsafely
+        raise KitError(f"{npz}: not a readable CIFAR-10 .npz ({type(e).__name__}: {reason}); "
                        "delete it and run again to rebuild it") from None
     if need_train and "x_train" not in arrays:
         raise KitError(f"{npz} holds the test split only; delete it and run again (the kit rebuilds it "
@@ -124,6 +136,8 @@ def check_cifar10_arrays(arrays, where, splits):
 # ============================================================================= split, normalise, augment
 def split_indices(n, val_size, seed):
     """A fixed (seeded) train/validation split of n train images."""
+    if n == 0:
+        raise KitError("the train split holds no images: the data file is empty; delete it and run again")
     if not 0 < val_size < n:
         raise KitError(f"data.val_size={val_size} must be > 0 and < {n} (the number of train images)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

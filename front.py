@@ -92,6 +92,20 @@ def candidate(row):
     return out
 
 
+def choice_words(chosen):
+    """{'F': {'variant': ...}, 'F85': {...}} -> 'F P_t3_flip, F85 P_t1'."""
+    return ", ".join(f"{role} {c.get('variant')}" for role, c in chosen.items())
+
+
+def recorded_choice(path):
+    """The choice an existing selection record holds, in words ('unreadable' if it is not one)."""
+    try:
+        with open(path) as fh:
+            return choice_words(json.load(fh)["chosen"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # the refusal stands either way
+        return "unreadable"
+
+
 def main():
     ap = utils.ArgParser(__doc__)
     ap.add_argument("--invocation", help="bench invocation id (default: the newest with front rows)")
@@ -103,6 +117,8 @@ def main():
     a = ap.parse_args()
     cfg = load_config(a.config, a.overrides)
     out = resolve_path(cfg, cfg.paths.front_selection)
+    if not a.dry_run:
+        utils.check_writable(out, "set another file with --set paths.front_selection=FILE")
     fr = front_rows(cfg, a.invocation)
     lost = missing_points(cfg, fr)
     if lost and not a.allow_partial:
@@ -123,15 +139,10 @@ def main():
     if a.dry_run:
         return
     if os.path.exists(out):
-        try:
-            with open(out) as fh:
-                old = {k: v.get("variant") for k, v in json.load(fh).get("chosen", {}).items()}
-        except (OSError, ValueError, AttributeError):
-            old = "unreadable"
-        new = {k: v["variant"] for k, v in sel["chosen"].items()}
+        change = f"choice {recorded_choice(out)} -> {choice_words(sel['chosen'])}"
         if not a.force:
-            raise utils.KitError(f"{out} exists (choice {old}; this one {new}): add --force to replace it")
-        utils.log(f"front: replacing {out} (choice {old} -> {new})")
+            raise utils.KitError(f"{out} exists ({change}): add --force to replace it")
+        utils.log(f"front: replacing {out} ({change})")
     text = json.dumps(sel, indent=1, allow_nan=False)  # NaN would not be JSON: json_number made them null
     utils.atomic_write_bytes(out, (text + "\n").encode())
     utils.log(f"front: wrote {out}; next: python train.py --final-runs")

@@ -186,7 +186,7 @@ def read_tile_cache(path):
     """{key: tiles} from a tile cache file (tools/kernel_tune.py writes it); {} if absent."""
     if not path or not os.path.exists(path):
         return {}
-    fix = "delete it (the kernels then use their heuristic tiles) or rerun tools/kernel_tune.py on the GPU"
+    fix = "delete it (the kernels then use their heuristic tiles; tools/kernel_tune.py on a GPU writes a new one)"
     try:
         with open(path) as f:
             d = json.load(f)

@@ -150,9 +150,14 @@ def train_epoch(net, model, opt, sched, data, tcfg, cfg, ctx, epoch):
             ctx["lookahead"].step((epoch - 1) * steps + s + 1, ctx["total"])
         if epoch == 1 and s == 0 and not x.is_cuda:
             dt = time.time() - t0
-            log(f"{ctx['desc']}: one step took {dt:.1f} s on the CPU: about {dt * ctx['total'] / 3600:.1f} h for "
+            log(f"{ctx['desc']}: one step took {dt:.1f} s on the CPU: about {duration_words(dt * ctx['total'])} for "
                 f"{tcfg.epochs} epochs of {steps} steps (a GPU takes seconds to minutes)")
     return loss_sum
+
+
+def duration_words(s):
+    """Seconds as a rough duration read at a glance: '40 s', '12 min', '3.5 h'."""
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
 
 
 def compile_warmup(net, model, data, tcfg, ctx):
@@ -283,15 +288,15 @@ def check_buildable(kw, what):
         raise KitError(f"{what} cannot be built: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
 
 
-def check_outputs(cfg, *files):
+def check_outputs(cfg, *files, hint="write elsewhere with --save-as PATH"):
     """Every file a run will write, checked before the work: results.csv, the checkpoint folder,
-    the manifest, and any extra destination."""
+    the manifest, and any extra destination (`hint` says how to move those)."""
     utils.check_results_file(resolve_path(cfg, cfg.paths.results))
-    hint = "set another place with --set paths.checkpoints=DIR / paths.manifest=FILE"
-    utils.check_writable(os.path.join(resolve_path(cfg, cfg.paths.checkpoints), ".new-checkpoint"), hint)
-    utils.check_writable(resolve_path(cfg, cfg.paths.manifest), hint)
+    where = "set another place with --set paths.checkpoints=DIR / paths.manifest=FILE"
+    utils.check_writable(os.path.join(resolve_path(cfg, cfg.paths.checkpoints), ".new-checkpoint"), where)
+    utils.check_writable(resolve_path(cfg, cfg.paths.manifest), where)
     for f in files:
-        utils.check_writable(resolve_path(cfg, f), "write elsewhere with --save-as PATH")
+        utils.check_writable(resolve_path(cfg, f), hint)
 
 
 def train_and_save(cfg, model_name, device, tag, data=None, save_as=None, script="train", loss_factory=None,
@@ -402,11 +407,9 @@ def final_runs(cfg, device, force=False):
         if c.get("shape") not in cfg.front.shapes:
             raise KitError(f"{role}'s shape {c.get('shape')!r} is not in front.shapes; rerun front.py")
         check_buildable(front_model_kwargs(cfg, c["shape"]), f"{role}'s shape '{c['shape']}'")
-    taken = [f"{d} (would become {chosen[r]['shape']} tta {chosen[r]['tta']}, seed {cfg.final.seeds[0]})"
-             for r, d in dests.items() if os.path.exists(d)]
-    if taken and not force:
-        raise KitError(f"{'; '.join(taken)} exist(s): the shipped models are replaced only with --force")
-    check_outputs(cfg, *dests.values())
+    check_destinations(chosen, dests, cfg.final.seeds[0], force)
+    check_outputs(cfg, *dests.values(),
+                  hint="set other places with --set paths.final_model=FILE / paths.f85_model=FILE")
     t0 = time.time()
     data = load_data(cfg, device)
     first = {}
@@ -416,13 +419,48 @@ def final_runs(cfg, device, force=False):
             path, _ = train_and_save(sc, "fastnet", device, final_tag(role, seed), data=data, shape=c["shape"],
                                      tta=c["tta"], role=role, notes=f"final run of {role}: shape {c['shape']}")
             first.setdefault(role, path)
-    cks = {role: utils.load_checkpoint(p) for role, p in first.items()}  # every source read before any write
-    for role, ck in cks.items():
-        ck["selected"] = dict(chosen[role], role=role, source=os.path.relpath(first[role], os.path.dirname(cfg.config_file)))
-        utils.write_checkpoint(dests[role], ck)
+    install_shipped(cfg, chosen, first, dests)
     what = ", ".join(f"{r}: {c['shape']} tta {c['tta']}" for r, c in chosen.items())
     log(f"train: final runs ({what}) x {len(cfg.final.seeds)} seeds in {time.time() - t0:.0f} s wall; shipped "
         + ", ".join(dests.values()))
+
+
+def shipped_words(path):
+    """What a shipped model file holds, in words, for the refusal to replace it."""
+    try:
+        ck = utils.load_checkpoint(path)
+    except KitError:  # the refusal still stands; it just cannot say what the file held
+        return "an unreadable file"
+    sel = ck.get("selected") or {}
+    shape, tta = sel.get("shape") or ck.get("shape") or ck.get("model"), sel.get("tta") or ck.get("tta") or "none"
+    return f"{shape} tta {tta}, seed {ck.get('seed')}"
+
+
+def check_destinations(chosen, dests, seed, force):
+    """The shipped files: one path each, and an existing one replaced only with --force (the
+    refusal says what each would change from and to)."""
+    if len({os.path.realpath(d) for d in dests.values()}) < len(dests):
+        raise KitError(f"paths.final_model and paths.f85_model are the same file ({dests['F']}): give each its own")
+    taken = [f"{d}: {shipped_words(d)} -> {chosen[r]['shape']} tta {chosen[r]['tta']}, seed {seed}"
+             for r, d in dests.items() if os.path.exists(d)]
+    if taken and not force:
+        raise KitError(f"the shipped models exist and are replaced only with --force ({'; '.join(taken)})")
+
+
+def install_shipped(cfg, chosen, first, dests):
+    """The first seed's checkpoint of each role becomes its shipped file, with the choice recorded
+    in it: every source read first, then both files written or neither."""
+    files = {}
+    for role, path in first.items():
+        ck = utils.load_checkpoint(path)
+        ck["selected"] = dict(chosen[role], role=role, source=os.path.relpath(path, os.path.dirname(cfg.config_file)))
+        files[dests[role]] = utils.checkpoint_bytes(ck)
+    try:
+        utils.atomic_write_files(files)
+    except OSError as e:  # e.g. the disk filled up after the up-front check
+        kept = resolve_path(cfg, cfg.paths.checkpoints)
+        raise KitError(f"cannot install {' and '.join(files)} ({e.filename}: {e.strerror or e}): neither was "
+                       f"changed; the final runs' checkpoints stay in {kept}") from None
 
 
 def check_overwrite(cfg, save_as, force):

@@ -192,19 +192,30 @@ def sweep_stale_temps(folder):
 
 def atomic_write_bytes(path, data):
     """Write to '<path>.tmp<PID>', fsync, rename: readers see the old file or the new, never half."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    sweep_stale_temps(folder)
-    tmp = f"{path}.tmp{os.getpid()}"
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files):
+    """Write {path: bytes} all or none: every file goes to its '<path>.tmp<PID>' (fsynced) first,
+    and only once all of them are written are they renamed into place (a rename in the same
+    folder needs no space), so a full disk or an unwritable folder leaves every path as it was."""
+    tmps = {}
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, exist_ok=True)
+            sweep_stale_temps(folder)
+            tmps[path] = f"{path}.tmp{os.getpid()}"
+            with open(tmps[path], "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def save_checkpoint(path, model, name, cfg, **meta):
@@ -224,11 +235,16 @@ def save_checkpoint(path, model, name, cfg, **meta):
 
 
 def write_checkpoint(path, ck):
-    """A checkpoint dict, as torch.save writes it, atomically (front/final installs use it)."""
+    """A checkpoint dict, as torch.save writes it, atomically."""
+    atomic_write_bytes(path, checkpoint_bytes(ck))
+    return path
+
+
+def checkpoint_bytes(ck):
+    """A checkpoint dict as torch.save writes it, in memory (for atomic_write_files)."""
     buf = io.BytesIO()
     torch.save(ck, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
 def json_number(v, digits=None):
@@ -239,16 +255,24 @@ def json_number(v, digits=None):
     return round(float(v), digits) if digits is not None else float(v)
 
 
+# torch's weights-only unpickler names what it blocked as "GLOBAL module.name", in several
+# wordings ("Unsupported global: GLOBAL x", "unsupported GLOBAL posix.system whose module posix is
+# blocked"): any of them is code in the file.  Its advice lines (re-run with weights_only=False,
+# trust the source) are left out: the kit never loads a checkpoint that way.
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+_ADVICE_RE = re.compile(r"weights_only|weights only load failed|trust", re.I)
+
+
 def _load_error_words(e):
-    """torch.load's many-line error in the kit's words, whole (no cut)."""
+    """torch.load's many-line error in the kit's words, whole (no cut), without torch's advice."""
     text = str(e)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    found = _GLOBAL_RE.search(text)
     if found:
         return (f"refused: the file holds code objects ({found.group(1)}), not plain tensors; the kit loads "
-                "checkpoints with weights_only=True and never runs code from one")
+                "plain tensors only and never runs code from a checkpoint")
     detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)  # the reason, not the advice
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__]
-    reason = " ".join(detail.group(1).split()) if detail else lines[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not _ADVICE_RE.search(ln)]
+    reason = " ".join(detail.group(1).split()) if detail else (lines or [type(e).__name__])[0]
     return f"not a readable checkpoint ({type(e).__name__}: {reason})"
 
 
@@ -319,7 +343,8 @@ def update_manifest(cfg, tag, entry):
     with file_lock(path):
         m = read_manifest(cfg)
         m[tag] = entry
-        atomic_write_bytes(path, (json.dumps(m, indent=2, sort_keys=True) + "\n").encode())
+        # allow_nan=False: NaN is not JSON (strict readers fail on it); numbers go in through json_number
+        atomic_write_bytes(path, (json.dumps(m, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def resolve_checkpoint(cfg, spec):
@@ -395,8 +420,18 @@ def check_writable(path, hint="set another file with --set paths.results=FILE"):
         else:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
                 pass
-    except OSError as e:
-        raise KitError(f"cannot write {path} ({e.strerror or e}); {hint}") from None
+    except OSError as e:  # 'File exists' / 'Not a directory' for a file in the folder's place: say which
+        blocker = _file_in_the_way(folder)
+        raise KitError(f"cannot write {path} ({f'{blocker} is a file, not a folder' if blocker else e.strerror or e}); "
+                       f"{hint}") from None
+
+
+def _file_in_the_way(folder):
+    """The nearest existing ancestor of folder (itself included) if it is not a folder, else None."""
+    p = folder
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    return None if os.path.isdir(p) else p
 
 
 def check_results_file(path):

@@ -81,10 +81,11 @@ def main():
     bad = [s for s in shapes if s not in cfg.front.shapes]
     if bad:
         raise utils.KitError(f"--shapes: unknown front shape '{bad[0]}' (valid: {', '.join(cfg.front.shapes)})")
-    if not torch.cuda.is_available():
-        raise utils.KitError("kernel_tune.py times kernels on a GPU: run it on a machine with a CUDA GPU")
     out = a.out or resolve_path(cfg, cfg.paths.kernel_tiles)
     utils.check_writable(out, "give a writable --out file")
+    K.read_tile_cache(out)  # the new entries merge into it: a damaged cache stops here, not after the tuning
+    if not torch.cuda.is_available():
+        raise utils.KitError("kernel_tune.py times kernels on a GPU: run it on a machine with a CUDA GPU")
     env = utils.env_info()
     print(f"{env['gpu']}, torch {env['torch']}, triton {__import__('triton').__version__}, commit {env['git_commit']}")
     mode = "wide" if a.wide else True
