@@ -97,7 +97,7 @@ TRAIN = {
     "label_smoothing": Field(float, 0.0, lo=0, hi=1),
     "amp": Field(bool, True),
     "channels_last": Field(bool, True),
-    # v2 recipe knobs; the defaults reproduce the v1 recipe
+    # fastnet recipe knobs (airbench's ideas); at their defaults the recipe is plain SGD
     "lr_start": Field(float, 0.0, lo=0),            # warm-up starts at lr_start x lr
     "bias_lr_scale": Field(float, 1.0, gt=0),       # lr multiplier of BN biases and other vectors
     "decay_biases": Field(bool, False),       # decay them by weight_decay / bias_lr_scale

@@ -299,7 +299,7 @@ def check_outputs(cfg, *files, hint="write elsewhere with --save-as PATH"):
         utils.check_writable(resolve_path(cfg, f), hint)
 
 
-def train_and_save(cfg, model_name, device, tag, data=None, save_as=None, script="train", loss_factory=None,
+def train_and_save(cfg, model_name, device, tag, *, data=None, save_as=None, script="train", loss_factory=None,
                    notes="", shape="", tta="none", role="", front=False):
     """Train model_name with train.<model_name>; save, register and record it.  front=True: a
     front run (validation split only: the test set is not read).  Shared with distill.py."""
@@ -498,7 +498,7 @@ def main():
         return final_runs(cfg, device, a.force)
     save_as = a.save_as or (cfg.paths.final_model if a.final else None)
     check_overwrite(cfg, save_as, a.force)
-    train_and_save(cfg, a.model, device, utils.check_tag(a.tag or a.model), save_as)
+    train_and_save(cfg, a.model, device, utils.check_tag(a.tag or a.model), save_as=save_as)
 
 
 if __name__ == "__main__":

@@ -353,21 +353,21 @@ def resolve_checkpoint(cfg, spec):
     if spec in ("@final", "@f85"):
         path = resolve_path(cfg, cfg.paths.final_model if spec == "@final" else cfg.paths.f85_model)
         if not os.path.isfile(path):
-            raise KitError(f"no checkpoint at {path} ('{spec}'): make it with `sh reproduce.sh front` "
-                           "(train.py --front, bench.py --variant front, front.py)")
+            raise KitError(f"no checkpoint at {path} ('{spec}'): make it with `sh reproduce.sh front` then "
+                           "`sh reproduce.sh final` (the front, front.py's choice, train.py --final-runs)")
         return path
     if spec.startswith("@"):
         tag = spec[1:]
         entry = read_manifest(cfg).get(tag)
         if entry is None:
             hint = f"python train.py --model {tag}" if tag in MODEL_NAMES else \
-                "python train.py --front" if tag.startswith("front_") else "python distill.py"
+                "python train.py --front" if tag.startswith("front_") else \
+                "python train.py --final-runs" if tag.startswith("final_") else "python distill.py"
             raise KitError(f"no checkpoint for '{spec}' in {cfg.paths.manifest}: make it first ({hint})")
         return resolve_path(cfg, entry["path"])
     return resolve_path(cfg, spec)
 
 
-# ============================================================================= timing
 # ============================================================================= results
 RESULT_COLUMNS = [
     "timestamp", "script", "variant", "model", "precision", "memory_format", "compile", "cuda_graph",
