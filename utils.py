@@ -248,8 +248,7 @@ def checkpoint_bytes(ck):
 
 
 def json_number(v, digits=None):
-    """A float for a JSON file: None where it is NaN or infinite (json.dumps would write NaN,
-    which is not JSON), else rounded to `digits`."""
+    """A float for a JSON file: None for NaN or inf (json.dumps would write NaN: not JSON)."""
     if v is None or not math.isfinite(float(v)):
         return None
     return round(float(v), digits) if digits is not None else float(v)
@@ -382,14 +381,11 @@ RESULT_COLUMNS = [
     "split", "io", "e2e_std_ms", "e2e_p99_ms", "e2e_run_p50s_ms", "speedup_e2e", "speedup_e2e_ci_low",
     "speedup_e2e_ci_high", "acc_ci_low", "acc_ci_high", "recipe_time_s",
 ]
-# The columns, in short (README and bench.py --help say more):
-#   e2e_*: the headline latency, end to end (uint8 image in host memory -> class id on the host)
-#   lat_*: device-side call on an input already on the GPU, host clock with a synchronise around it
-#   gpu_lat_*: CUDA-event time of that call; gpu_pipelined_ms: back-to-back graph replays / count
-#   speedup_e2e*: the reference's e2e p50 / this row's, with a bootstrap 95 % interval over runs
-#   speedup, speedup_p50*: the same from the device-side lat_* columns
-#   acc: accuracy on `split` through the e2e path; acc_mean/std/ci_*: over the seeds in acc_seeds
-#   recipe_time_s: whitening + training + final evaluation (CUDA events); train_time_s: the epochs
+# e2e_*: the headline latency, end to end (uint8 image in host memory -> class id on the host);
+# lat_*: the device-side call (input on the GPU, host clock around a synchronise); gpu_lat_*: its
+# CUDA-event time; speedup_e2e*: the reference's e2e p50 / this row's (+ bootstrap interval),
+# speedup*: the same from lat_*; acc: on `split` through the e2e path, acc_mean/std/ci_*: over
+# acc_seeds; recipe_time_s: whitening + training + final evaluation (CUDA events).
 HEADER_LINE = ",".join(RESULT_COLUMNS)
 RENAMED = {"fuse": "cudnn_relu", "front": "shape"}  # old column names -> today's
 
@@ -446,13 +442,11 @@ def check_results_file(path):
 
 
 def _fmt(v):
-    if v is None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def _set_torn_line_aside(path):
