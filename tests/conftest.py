@@ -70,6 +70,13 @@ def tiny_config(tmp, tiny_fastnet=True, **extra):
     return path
 
 
+def git_in(repo, *args):
+    """git in a test's own repository, with an author (the tests make throw-away commits)."""
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                            GIT_COMMITTER_EMAIL="t@t"))
+
+
 def run_script(script, *args, env_extra=None):
     """Run one of the kit's scripts as a user would; returns CompletedProcess (text)."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")

@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import runpy
-import subprocess
 import sys
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, make_tiny_npz, run_script, tiny_config
+from conftest import ROOT, git_in, make_tiny_npz, run_script, tiny_config
 import config
 import kernel_net
 import models
@@ -430,12 +429,6 @@ def test_durations_read_at_a_glance(seconds, words):
 
 
 # ============================================================================= 10. the report's files are outputs
-def _git(repo, *args):
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-                            GIT_COMMITTER_EMAIL="t@t"))
-
-
 def test_rebuilding_the_report_does_not_mark_rows_dirty(tmp_path, monkeypatch):
     monkeypatch.delenv("KIT_GIT_COMMIT", raising=False)
     repo = tmp_path / "kit"
@@ -444,9 +437,9 @@ def test_rebuilding_the_report_does_not_mark_rows_dirty(tmp_path, monkeypatch):
     for rel in files:
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_bytes(b"v1\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", *files)
-    _git(repo, "commit", "-qm", "init")
+    git_in(repo, "init", "-q")
+    git_in(repo, "add", *files)
+    git_in(repo, "commit", "-qm", "init")
     clean = utils.git_commit(str(repo))
     assert len(clean) == 12, clean
     for rel in ("report/rapport.pdf", "report/figures/front.png", "results/results.csv"):  # what build.py writes

@@ -6,6 +6,7 @@ import os
 import pytest
 
 import utils
+from conftest import git_in
 
 
 def _writer(path, wid, n):
@@ -57,13 +58,6 @@ def test_values_are_formatted_stably(tmp_path):
     assert row["acc"] == "92.3457" and row["cuda_graph"] == "true" and row["speedup"] == "" and row["runs"] == "3"
 
 
-def _git(repo, *args):
-    import subprocess
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
-                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-                            GIT_COMMITTER_EMAIL="t@t"))
-
-
 def test_git_commit_is_not_dirty_from_the_kits_own_outputs(tmp_path, monkeypatch):
     # section 2: writing results/ or checkpoints/ used to mark every later row '-dirty'
     monkeypatch.delenv("KIT_GIT_COMMIT", raising=False)
@@ -71,9 +65,9 @@ def test_git_commit_is_not_dirty_from_the_kits_own_outputs(tmp_path, monkeypatch
     for rel in ("code.py", "results/results.csv", "checkpoints/README.md"):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_text("v1\n")
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "init")
+    git_in(repo, "init", "-q")
+    git_in(repo, "add", ".")
+    git_in(repo, "commit", "-qm", "init")
     clean = utils.git_commit(str(repo))
     assert len(clean) == 12 and not clean.endswith("-dirty")
     (repo / "results" / "results.csv").write_text("v1\nrow\n")
