@@ -7,12 +7,9 @@
     python report/build.py --root DIR               # the outputs under DIR instead of the kit's folder
 
 Reads results.csv (the newest bench invocation holding every table variant and front rows),
-and, beside it, front_selection.json, kernel_profile.json, logs/*.log (each optional), and
-config.yaml.  Writes results/final_table.md, checkpoints/README.md, report/figures/*.png and
-report/rapport.pdf.  A bad input stops with one 'error:' line and exit code 2.
-
-Modules: inputs.py (read and check), facts.py (every number and table cell), mdfiles.py (the
-markdown files), figures.py, sections.py (the PDF's text) laid out by pdfdoc.py.
+front_selection.json, kernel_profile.json and logs/*.log beside it (each optional) and config.yaml;
+a bad input stops with one 'error:' line and exit code 2.  Modules: inputs.py (read, check),
+facts.py (every number), mdfiles.py, figures.py, sections.py (the PDF's text), pdfdoc.py (layout).
 """
 import argparse
 import os
@@ -30,9 +27,8 @@ from inputs import ReportError, load  # noqa: E402
 
 def outputs(root):
     """Where the report's files go under a root (a test passes a temporary one)."""
-    return {"table": os.path.join(root, "results", "final_table.md"),
-            "readme": os.path.join(root, "checkpoints", "README.md"),
-            "figures": os.path.join(root, "report", "figures"), "pdf": os.path.join(root, "report", "rapport.pdf")}
+    return {k: os.path.join(root, *p) for k, p in (("table", ("results", "final_table.md")), ("figures", (
+        "report", "figures")), ("readme", ("checkpoints", "README.md")), ("pdf", ("report", "rapport.pdf")))}
 
 
 def write(path, text):

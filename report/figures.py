@@ -1,5 +1,4 @@
-"""The report's figures (matplotlib, Agg), drawn from a Study: latency per table variant,
-accuracy against latency with the goals, and host against GPU time of the graph variants."""
+"""The report's figures (matplotlib, Agg): latency per table variant, accuracy against latency, host vs GPU."""
 import os
 
 import matplotlib

@@ -1,6 +1,5 @@
-"""The report's inputs, read once and checked: results.csv (one bench invocation of it), then,
-beside it, front_selection.json, kernel_profile.json and logs/*.log.  A bad input raises
-ReportError with a one-line reason; optional files that are absent are None or empty."""
+"""The report's inputs, read once and checked: results.csv (one bench invocation), front_selection.json,
+kernel_profile.json and logs/*.log beside it; a bad one raises ReportError (one line), absent optional ones are None."""
 import glob
 import json
 import os
@@ -37,7 +36,7 @@ class Study:
     selection: dict            # front_selection.json, or None
     profile: dict              # kernel_profile.json's "variants", or None
     stages: list               # [(stage, wall s, exit code)] from logs/*.log
-    gpu_tests: dict            # test_gpu.log: summary, agreement line, failed; or None
+    gpu_tests: dict            # test_gpu.log: summary, agreement lines, failed tests; or None
 
 
 def table_variants(cfg):
@@ -188,13 +187,16 @@ def read_stages(folder):
 
 
 def read_gpu_tests(path):
-    """The pytest summary of tests/test_gpu.py and its F-vs-FP32 agreement line."""
+    """The pytest summary of tests/test_gpu.py, the failed tests' names and every e2e-vs-FP32 line."""
     if not os.path.isfile(path):
         return None
     lines = read_lines(path)
     summary = next((m.group(1) for m in map(PYTEST_SUMMARY.match, reversed(lines)) if m), "")
-    agree = next((ln.strip() for ln in lines if ln.startswith("F e2e vs FP32")), "")
-    return {"summary": summary, "agreement": agree, "failed": bool(re.search(r"failed|error", summary))}
+    agree = [ln.strip() for ln in lines if re.match(r"F\w* e2e vs FP32", ln)]
+    parts = re.split(r"\n=+ (\w[\w ]*?) =+\n", "\n" + "\n".join(lines) + "\n")  # pytest's ==== NAME ==== sections
+    fails = parts[parts.index("FAILURES") + 1] if "FAILURES" in parts else ""  # passes (-rP) have headers too
+    failed = re.findall(r"^_{3,} (test\S+) _{3,}$", fails, re.M)
+    return {"summary": summary, "agreement": agree, "failed": failed or bool(re.search(r"failed|error", summary))}
 
 
 def load(cfg, results):

@@ -1,5 +1,4 @@
-"""The markdown outputs: results/final_table.md (the plan's table, J5-10) and
-checkpoints/README.md (J5-06), from the same cells as the PDF (facts.py)."""
+"""results/final_table.md (J5-10) and checkpoints/README.md (J5-06), from the PDF's cells (facts.py)."""
 import os
 
 import facts
@@ -19,8 +18,9 @@ def final_table_md(s):
              "\n".join(f"- {facts.seed_line(s, role)}" for role in ("F", "F85")), facts.source_line(s),
              "## Ablation and alternatives", md_table(*facts.ablation_table(s)),
              "## Front points (validation split)",
-             "Accuracy: mean over the front seeds on the validation split (the test set is not read); "
-             "latency: end-to-end p50; recipe: mean training recipe time of the shape's front runs.",
+             "Accuracy: mean over the front seeds on the validation split (the test set is not read); latency: "
+             "end-to-end p50; recipe: mean recipe time of the shape's front runs (an upper bound where other "
+             "training shared the GPU; F's own recipe time is from its final runs).",
              md_table(*facts.front_table(s))]
     return "\n\n".join(parts) + "\n"
 

@@ -1,7 +1,6 @@
-"""A small A4 layout on matplotlib: headings, paragraphs, bullets, monospace tables and images,
-flowing down pages.  Lines are wrapped by their measured width and tables shrink their font
-to the text width, so nothing runs off the page.  Every block's text is kept in `blocks`, so
-a test can check what the PDF says without a PDF reader."""
+"""A small A4 layout on matplotlib: headings, paragraphs, bullets, monospace tables and images
+flowing down pages, lines wrapped by their measured width, tables shrunk to the text width.
+Every block's text is kept in `blocks`: a test checks what the PDF says without a PDF reader."""
 import functools
 import os
 import re

@@ -202,12 +202,16 @@ def test_missing_selection_is_said_in_one_line(tmp_path):
     assert len(said) == 1 and said[0].startswith("No results/front_selection.json")
 
 
-def test_failed_gpu_tests_are_said_instead_of_the_agreement(tmp_path):
+def test_failed_gpu_tests_are_named_beside_every_agreement_line(tmp_path):
     log = tmp_path / "test_gpu.log"
-    log.write_text("F e2e vs FP32 on 10000 test images: top-1 agreement 99.96 %\n"
-                   "==== 2 failed, 13 passed in 61.0s ====\n")
+    log.write_text("===== FAILURES =====\n____ test_e2e_path_agrees_with_fp32_on_all_test_images[F85] ____\n"
+                   "F85 e2e vs FP32 on 10000 test images: top-1 agreement 99.89 %\n===== PASSES =====\n"
+                   "____ test_e2e_path_agrees_with_fp32_on_all_test_images[F] ____\n"
+                   "F e2e vs FP32 on 10000 test images: top-1 agreement 99.96 %\n"
+                   "==== 1 failed, 13 passed in 61.0s ====\n")
     t = inputs.read_gpu_tests(str(log))
-    assert t["failed"] and t["summary"] == "2 failed, 13 passed in 61.0s"
+    assert t["failed"] == ["test_e2e_path_agrees_with_fp32_on_all_test_images[F85]"]
+    assert t["summary"] == "1 failed, 13 passed in 61.0s" and [a[:3] for a in t["agreement"]] == ["F85", "F e"]
 
 
 def bad_results(tmp, kind):
