@@ -237,10 +237,6 @@ def build_model(name, cfg=None):
     raise KitError(f"unknown model '{name}' (valid: {', '.join(MODEL_NAMES)})")
 
 
-def model_kwargs(name, cfg):
-    return dict(cfg.models.fastnet) if name == "fastnet" else {}
-
-
 def fold_bn_generic(model):
     """Fold every Conv->BN pair of a torchvision model (torch.fx), for eval-mode inference."""
     from torch.fx.experimental.optimization import fuse
