@@ -131,16 +131,22 @@ if triton is not None:
         return a.to(tl.float16), k
 
     @triton.jit
-    def _answer(logits, cls, seq_ptr, word_ptr):
+    def _answer(logits, cls, seq_ptr, word_ptr, req):
         # The class id of one image's 16 padded logits (the first of equal maxima, as
-        # torch.argmax), and this call's number from the device counter, as one word in pinned
-        # host memory: written through L2 (.wt) so the polling host sees it at once.
+        # torch.argmax), and this call's number (the request number req of the persistent
+        # kernel, else the device counter's next), as one word in pinned host memory: written
+        # through L2 (.wt) so the polling host sees it at once.
         best = tl.argmax(tl.where(cls < 10, logits, float("-inf")), axis=0)
-        n = tl.atomic_add(seq_ptr, 1) + 1
+        if req < 0:
+            n = (tl.atomic_add(seq_ptr, 1) + 1).to(tl.int32)
+        else:  # the persistent kernel: seq_ptr is its trace stamp's address (or 0: none)
+            n = req
+            if seq_ptr.dtype.element_ty == tl.int64:
+                tl.store(seq_ptr, _clock())
         tl.store(word_ptr, ((n & 134217727) << 4) | best, cache_modifier=".wt")
 
     @triton.jit
-    def _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, NB: tl.constexpr,
+    def _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, NB: tl.constexpr,
                      NV: tl.constexpr, COUT: tl.constexpr, CP: tl.constexpr, ANSWER: tl.constexpr):
         # Run by the last tile of the last layer: every channel max is in hmax now.  Read it
         # at L2 (atomic max with -inf changes nothing), then reset it for the next forward.
@@ -161,12 +167,12 @@ if triton is not None:
                 acc += tl.load(vw_ptr + v) * (tl.sum(wfc * f[None, :], axis=1) + bfc)
             tl.store(out_ptr + i * 16 + cls, acc, mask=cls < 10)  # rows padded to 16
             if ANSWER:  # batch 1 only (the host checks)
-                _answer(acc, cls, seq_ptr, word_ptr)
+                _answer(acc, cls, seq_ptr, word_ptr, req)
         tl.store(hcnt_ptr, 0)
 
     @triton.jit
     def _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
-                  hcnt_ptr, vw_ptr, seq_ptr, word_ptr, n_fin, BP: tl.constexpr, S: tl.constexpr, BN: tl.constexpr,
+                  hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, n_fin, BP: tl.constexpr, S: tl.constexpr, BN: tl.constexpr,
                   HWO: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr,
                   NV: tl.constexpr, CP: tl.constexpr, ANSWER: tl.constexpr):
         # pool (max of 4 consecutive rows) before bias and activation: exact for any act;
@@ -191,7 +197,7 @@ if triton is not None:
                 done = tl.atomic_add(hcnt_ptr, 1)
                 if done == n_fin - 1:
                     logits = tl.atomic_add(out_ptr + cls, tl.zeros([16], dtype=tl.float32))
-                    _answer(logits, cls, seq_ptr, word_ptr)
+                    _answer(logits, cls, seq_ptr, word_ptr, req)
                     tl.store(hcnt_ptr, 0)
         elif HEAD == 1:
             # global max: this tile's max per channel, then the last tile does the linear
@@ -200,7 +206,7 @@ if triton is not None:
             tl.debug_barrier()  # all threads' atomics issued before the arrival count
             done = tl.atomic_add(hcnt_ptr, 1)
             if done == n_fin - 1:
-                _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, NB, NV, COUT,
+                _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, NB, NV, COUT,
                              CP, ANSWER)
         else:
             offs = ((n * HWO + q) * COUT)[:, None] + cols[None, :]
@@ -218,17 +224,30 @@ if triton is not None:
                           NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
                           ANSWER: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
-        (NB * m_tiles, n_tiles, SPLIT): row tile pid_m = (map, tile), channel tile pid_n, K
-        slice sid of SPLIT (KI K steps in all).  Map n = image n // NV, TTA view n % NV; the
-        first layer (VIEW) makes the view itself from its image's loads.  The constant
-        operands of the epilogue (bias, the head's weights) are loaded first, before the PDL
-        wait (weights do not depend on the previous layer).  ZOUT: this is the first layer of
-        a net whose head adds into the output (HEAD == 2): zero it.  ANSWER: the head also
-        writes the answer word (_answer)."""
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        sid = tl.program_id(2)
-        n_tiles = tl.num_programs(1)
+        (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program."""
+        _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
+                   x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
+                   view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
+                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER)
+
+    @triton.jit
+    def _conv_item(pid_m, pid_n, sid, n_tiles, x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+                   hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr, req,
+                   m_tiles, SPLIT, n_fin,
+                   H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                   KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
+                   WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
+                   BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
+                   GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
+                   NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
+                   ANSWER: tl.constexpr):
+        """Work item (pid_m, pid_n, sid) of one layer: row tile pid_m = (map, tile), channel
+        tile pid_n of n_tiles, K slice sid of SPLIT (KI K steps in all).  Map n = image n // NV,
+        TTA view n % NV; the first layer (VIEW) makes the view itself from its image's loads.
+        The constant operands of the epilogue (bias, the head's weights) are loaded first,
+        before the PDL wait (weights do not depend on the previous layer).  ZOUT: this is the
+        first layer of a net whose head adds into the output (HEAD == 2): zero it.  ANSWER:
+        the head also writes the answer word (_answer)."""
         n = pid_m // m_tiles
         tile = pid_m - n * m_tiles
         BM: tl.constexpr = BP * S
@@ -272,7 +291,7 @@ if triton is not None:
             acc = tl.dot(a, b, acc)
         if SPLIT == 1:
             _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
-                      hcnt_ptr, vw_ptr, seq_ptr, word_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP,
+                      hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP,
                       ANSWER)
         else:
             # split-K: add this slice into the fp32 scratch; the last slice to arrive at the
@@ -291,5 +310,151 @@ if triton is not None:
                 tl.store(pp, zero, mask=cmask[None, :])
                 tl.store(cnt_ptr + tid, 0)
                 _epilogue(tot, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr,
-                          out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB,
+                          out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB,
                           NV, CP, ANSWER)
+
+    # ========================================================================= the persistent kernel
+    # serve_kernel runs the whole net for every request of a host, in ONE launch that stays on
+    # the GPU: no launch per call.  Its programs (all resident at once) take the work items of
+    # each layer in turn (the graph path's items: same tiles, same code) and meet at a grid
+    # barrier between layers.  Program 0 polls a request word in pinned host memory; the host
+    # writes the image into a pinned buffer, then the request number; program 0 copies the
+    # image to the device in one coalesced read and releases the others; the last layer's
+    # head writes the answer word as in the graph path.  Plain (L1-cached) loads read what
+    # other SMs wrote before a barrier: the barrier's acquire fence makes those stores visible
+    # and drops stale L1 lines.  A negative request stops the kernel.
+
+    @triton.jit
+    def _clock():
+        # the GPU's global nanosecond clock (%globaltimer), the same on every SM
+        return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False,
+                                         pack=1)
+
+    @triton.jit
+    def _fence_acquire(ASM: tl.constexpr):
+        # after a relaxed (volatile) load saw the last arrival: the others' stores become visible
+        # to this program's plain loads (a gpu-scope fence also drops this SM's stale L1 lines)
+        if ASM:
+            tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+
+    @triton.jit
+    def _grid_sync(bar_ptr, gen, NP, ASM: tl.constexpr):
+        # bar_ptr: an int64 arrival count that only grows (zeroed before the launch); barrier
+        # number gen is passed when it reaches (gen + 1) * NP: one release add per program,
+        # then a spin on plain loads of the count and one acquire fence
+        tl.debug_barrier()  # this program's stores issued before its arrival
+        target = (gen + 1) * NP
+        tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+        v = tl.load(bar_ptr, volatile=True)
+        while v < target:
+            v = tl.load(bar_ptr, volatile=True)
+        _fence_acquire(ASM)
+        tl.debug_barrier()
+        return gen + 1
+
+    @triton.jit
+    def _layer_phase(pid, NP, x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
+                     hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr, req, LAYERS: tl.constexpr, LI: tl.constexpr,
+                     NB: tl.constexpr, CP: tl.constexpr, NV: tl.constexpr):
+        # layer LI's constants (kernel_server.LAYER_FIELDS order; the whole tuple is passed: a
+        # tuple argument's items would be passed as values): its work items go round the
+        # programs, item = ((pid_m * N_TILES) + pid_n) * SPLIT + sid
+        H: tl.constexpr = LAYERS[LI][0]
+        W: tl.constexpr = LAYERS[LI][1]
+        CIN: tl.constexpr = LAYERS[LI][2]
+        COUT: tl.constexpr = LAYERS[LI][3]
+        KH: tl.constexpr = LAYERS[LI][4]
+        PAD: tl.constexpr = LAYERS[LI][5]
+        S: tl.constexpr = LAYERS[LI][6]
+        WO: tl.constexpr = LAYERS[LI][7]
+        HWO: tl.constexpr = LAYERS[LI][8]
+        ACT: tl.constexpr = LAYERS[LI][9]
+        BP: tl.constexpr = LAYERS[LI][10]
+        BN: tl.constexpr = LAYERS[LI][11]
+        BK: tl.constexpr = LAYERS[LI][12]
+        KI: tl.constexpr = LAYERS[LI][13]
+        GENERIC: tl.constexpr = LAYERS[LI][14]
+        HEAD: tl.constexpr = LAYERS[LI][15]
+        M_TILES: tl.constexpr = LAYERS[LI][16]
+        N_TILES: tl.constexpr = LAYERS[LI][17]
+        SPLIT: tl.constexpr = LAYERS[LI][18]
+        XOFF: tl.constexpr = LAYERS[LI][19]
+        WOFF: tl.constexpr = LAYERS[LI][20]
+        BOFF: tl.constexpr = LAYERS[LI][21]
+        YOFF: tl.constexpr = LAYERS[LI][22]
+        POFF: tl.constexpr = LAYERS[LI][23]
+        COFF: tl.constexpr = LAYERS[LI][24]
+        VIEW: tl.constexpr = LAYERS[LI][25]
+        ZOUT: tl.constexpr = LAYERS[LI][26]
+        ANSWER: tl.constexpr = LAYERS[LI][27]
+        N_ITEMS: tl.constexpr = NB * M_TILES * N_TILES * SPLIT
+        for item in range(pid, N_ITEMS, NP):
+            sid = item % SPLIT
+            rest = item // SPLIT
+            pid_n = rest % N_TILES
+            pid_m = rest // N_TILES
+            _conv_item(pid_m, pid_n, sid, N_TILES, x_ptr + XOFF, w_ptr + WOFF, b_ptr + BOFF, y_ptr + YOFF,
+                       part_ptr + POFF, cnt_ptr + COFF, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr,
+                       vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, NB * M_TILES * N_TILES,
+                       H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT,
+                       False, ANSWER)
+
+    @triton.jit
+    def serve_kernel(req_ptr, img_ptr, dimg_ptr, ctl_ptr, word_ptr, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr,
+                     hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, trace_ptr, bar_ptr, last_req,
+                     max_calls, LAYERS: tl.constexpr, NL: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
+                     NV: tl.constexpr, IMG: tl.constexpr, TRACE: tl.constexpr, ASM: tl.constexpr):
+        """The persistent server: requests until a negative one (or max_calls of them: the
+        tests' interpreter runs one program to completion before the next).  The layers'
+        inputs are the device image (layer 0) or the previous layer's output in act_ptr.
+        TRACE: program 0 stamps the GPU clock (ns) when it sees a request, after the image
+        copy and after each barrier, into row (request % 256) of trace_ptr [256, 16] int64;
+        the program that answers stamps column 15."""
+        pid = tl.program_id(0)
+        NP = tl.num_programs(0)
+        gen = pid.to(tl.int64) * 0  # barriers passed in this launch
+        last = last_req
+        calls = 0
+        run = max_calls > 0
+        while run:
+            t0 = pid.to(tl.int64) * 0
+            t1 = t0
+            if pid == 0:  # wait for the host, then bring its image in with one coalesced read
+                r = tl.load(req_ptr, volatile=True)
+                while r == last:
+                    r = tl.load(req_ptr, volatile=True)
+                if TRACE:
+                    t0 = _clock()
+                offs = tl.arange(0, IMG)
+                px = tl.load(img_ptr + offs, mask=offs < 3072, cache_modifier=".cv")
+                tl.store(dimg_ptr + offs, px, mask=offs < 3072)
+                tl.store(ctl_ptr + 16, r)
+                if TRACE:
+                    t1 = _clock()
+            gen = _grid_sync(bar_ptr, gen, NP, ASM)
+            last = tl.load(ctl_ptr + 16, volatile=True)
+            row = trace_ptr + (last & 255) * 16
+            if TRACE:
+                stamp = row + 15
+            else:
+                stamp = ctl_ptr + 48
+            if TRACE and pid == 0:
+                tl.store(row, t0)
+                tl.store(row + 1, t1)
+                tl.store(row + 2, _clock())
+            if last >= 0:
+                for li in tl.static_range(NL):
+                    if li == 0:
+                        src = dimg_ptr
+                    else:
+                        src = act_ptr
+                    _layer_phase(pid, NP, src, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr,
+                                 out_ptr, hcnt_ptr, view_ptr, vw_ptr, stamp, word_ptr, last, LAYERS, li,
+                                 NB, CP, NV)
+                    if li < NL - 1:  # the answer is out when the last layer ends: no barrier after it
+                        gen = _grid_sync(bar_ptr, gen, NP, ASM)
+                        if TRACE and pid == 0:
+                            tl.store(row + 3 + li, _clock())
+            calls += 1
+            run = (last >= 0) & (calls < max_calls)

@@ -1,6 +1,7 @@
 """On a CUDA GPU only (skipped elsewhere; CI has none): the end-to-end call of the shipped models
 against their FP32 reference on all 10,000 test images, its correctness under use (no stale
-answer, no shared buffer, a timed-out wait), every end-to-end I/O mode, the kit's timer against
+answer, no shared buffer, a timed-out wait), every end-to-end I/O mode, the persistent kernel
+against the graph path, the kit's timer against
 torch.utils.benchmark, and our kernels against the float64 reference on random inputs.
 
 Run: python -m pytest -q -rP tests/test_gpu.py   (-rP shows the agreement lines it prints)
@@ -130,6 +131,54 @@ def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split):
         clf(img)
     clf._e2e_graph = graph
     assert [clf(img) for _ in range(5)] == [want] * 5
+
+
+@pytest.mark.parametrize("variant", ["F", "F85"])
+@pytest.mark.parametrize("fit_split", [False, True])
+def test_persistent_kernel_answers_as_the_graph_path(gpu_cfg, test_split, variant, fit_split):
+    """kernel_server: the same answers as the graph path on 2,000 test images, no stale answer
+    over 4,000 calls alternating two images, and it stops and starts again."""
+    from kernel_server import KernelServer
+    clf = _predictor(gpu_cfg, variant)
+    imgs = test_split[0][:2000]
+    want = clf.predict(imgs)
+    srv = KernelServer(clf.kn, timeout_s=3.0, fit_split=fit_split)
+    srv.start()
+    try:
+        got = np.array([srv(i) for i in imgs])
+        (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
+        stale = sum(srv(a if k % 2 == 0 else b) != (ca if k % 2 == 0 else cb) for k in range(4000))
+        srv.stop()
+        assert not srv.alive()
+        srv.start()
+        again = [srv(i) for i in imgs[:100]]
+    finally:
+        srv.stop()
+    print(f"{variant} persistent (fit_split={fit_split}) vs graph: {(got == want).mean() * 100:.2f} % agree")
+    assert (got == want).all(), f"{int((got != want).sum())} of 2000 answers differ from the graph path's"
+    assert stale == 0
+    assert again == list(want[:100])
+
+
+def test_persistent_kernel_timeout_raises_and_the_next_call_works(gpu_cfg, test_split):
+    import utils
+    from kernel_server import KernelServer
+    clf = _predictor(gpu_cfg, "F85")
+    img = test_split[0][0]
+    srv = KernelServer(clf.kn, timeout_s=0.05)
+    srv.start()
+    try:
+        want = srv(img)
+        req = srv._req_np
+        srv._req_np = np.zeros_like(req)  # this request never reaches the kernel: no answer comes
+        with pytest.raises(utils.KitError, match="no answer to request"):
+            srv(img)
+        srv._req_np = req
+        assert [srv(img) for _ in range(5)] == [want] * 5
+    finally:
+        srv.stop()
+    with pytest.raises(utils.KitError, match="start"):
+        srv(img)
 
 
 def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):

@@ -7,7 +7,8 @@ The interpreter is slow (every tl op is numpy on the host), so the nets are tiny
 tiles large (few programs), yet split-K, the pool in the epilogue and the head all run.
 Not run here, with the reason: programmatic dependent launch (griddepcontrol is a GPU
 instruction the interpreter lacks), pinned host memory, CUDA graphs and timing: tests/test_gpu.py
-checks those on a GPU.
+checks those on a GPU.  The persistent kernel (kernel_server.py) runs one program here, one
+request per launch: the same code path without the spinning.
 """
 import functools
 import json
@@ -208,6 +209,44 @@ def _tile_cache():
                 err=_rel_err(net(x).clone(), K.reference_forward(layers, head, x)))
 
 
+def _persistent(K, views, fit_split, last_bp=None):
+    """kernel_server.KernelServer (one program, one request per launch under the interpreter) vs
+    the same KernelNet's graph-path logits: three requests on different images, the head's bias
+    pushed towards another class each time; and its one-line refusals."""
+    import numpy as np
+    from kernel_server import KernelServer
+    from utils import KitError
+    cfg = dict(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 1), act="relu")
+    layers, head = K.random_net(seed=31, **cfg)
+    tiles = _big_tiles(K, layers, head, len(views) if views else 1, 2, views=views)
+    if last_bp:
+        tiles[-1]["BP"] = last_bp
+    net = K.KernelNet(layers, head, batch=1, tiles=tiles, views=views)
+    srv = KernelServer(net, fit_split=fit_split)
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    refused = []
+    for bad in (lambda: srv(img), lambda: KernelServer(net, programs=10 ** 6),
+                lambda: KernelServer(K.KernelNet(layers, head, batch=2, tiles=tiles))):
+        try:
+            bad()
+            refused.append("")
+        except (KitError, ValueError) as e:
+            refused.append(str(e))
+    srv.start()
+    got, want, diff = [], [], []
+    for i in range(3):
+        img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        net.hb[:10] = torch.as_tensor(head["bias"]).float() + 50.0 * (torch.arange(10) == 3 * i + 1)
+        got.append(srv(img))
+        logits = net(torch.from_numpy(img)[None]).clone()
+        want.append(int(logits[0].argmax()))
+        diff.append(float((srv.out[0, :10] - logits[0]).abs().max()))
+    srv.stop()
+    return dict(got=got, want=want, diff=diff, splits=srv.splits, tiles=[t["SPLIT"] for t in net.tiles()],
+                head_mode=net.head_mode(-1), refused=refused, req=srv.req)
+
+
 def _case(name):
     """The interpreter cases (run in a subprocess by _run_case)."""
     import kernel_net as K
@@ -221,6 +260,10 @@ def _case(name):
     if name == "answers_flip":  # two views: the answer is the argmax of their weighted sum
         cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(1, 1), act="gelu")
         return _answers(K, cfg, seed=23, views=TTA_VIEWS["flip"])
+    if name == "persistent_flip":  # two views, split-K 2, head mode 2 (one row tile on the last map)
+        return _persistent(K, TTA_VIEWS["flip"], fit_split=False)
+    if name == "persistent_fit_mode1":  # split-K refitted to one program, head mode 1 (4 row tiles)
+        return _persistent(K, None, fit_split=True, last_bp=4)
     if name == "inference_flip":
         return _inference_flip()
     if name == "tile_cache":
@@ -288,6 +331,22 @@ def test_answer_word_holds_the_call_number_and_the_class(case, mode):
     assert r["want"] == [1, 4, 7], r  # the logits follow the head's bias
     assert r["got"] == [(n + 1) << 4 | c for n, c in enumerate(r["want"])], r  # this call's number, its argmax
     assert r["seq"] == 3 and r["untouched"] == [-1, -1, -1], r  # one word written, nothing beside it
+
+
+@pytest.mark.parametrize("case", ["persistent_flip", "persistent_fit_mode1"])
+def test_persistent_kernel_answers_as_the_kernel_net(case):
+    r = _run_case(case)
+    assert r["got"] == r["want"] and len(set(r["want"])) > 1, r
+    # the same work items give the same sums; refitted split-K sums in another order (logits ~50)
+    assert max(r["diff"]) < (1e-5 if r["splits"] == r["tiles"] else 1e-3), r
+    assert r["req"] == 3
+    if case == "persistent_flip":
+        assert r["splits"] == r["tiles"] and max(r["splits"]) == 2 and r["head_mode"] == 2
+    else:
+        assert r["splits"] == [1] * len(r["splits"]) and r["head_mode"] == 1
+    assert "start() it first" in r["refused"][0]
+    assert "programs=1000000: give 1.." in r["refused"][1]
+    assert "batch=1" in r["refused"][2]
 
 
 def test_wrong_weights_are_caught():

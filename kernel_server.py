@@ -1,0 +1,198 @@
+"""The persistent kernel's host side (kernels.serve_kernel): KernelServer answers batch-1 calls
+through one launch that stays on the GPU, so a call costs no kernel launch at all.
+
+    srv = KernelServer(kn)         # kn: a batch-1 KernelNet (its layers, tiles and head)
+    srv.start()                    # the kernel now waits for requests, spinning on the SMs
+    cls = srv(img)                 # uint8 (32, 32, 3) numpy -> class id: write image, write request, poll
+    srv.stop()                     # a negative request ends the kernel
+
+A call: the host copies the image into a pinned buffer and then writes the request number
+into a pinned word; program 0 of the kernel, polling that word over PCIe, copies the image to
+the device in one read; the layers run as in the graph path (same work items, same tiles),
+their programs meeting at a grid barrier between layers; the head writes (request << 4) |
+class id into the pinned answer word, which the host polls.
+
+While it runs the kernel occupies one program's worth of every SM it holds and spins: other
+work of the process still runs beside it, but a device-wide synchronise (torch.cuda.synchronize)
+would wait for it forever.  Predictor stops it before anything else uses the GPU (close()).
+Under the Triton interpreter (the CPU tests) the kernel runs one program, one request per
+launch: the same code path without the spinning.
+"""
+import time
+
+import numpy as np
+import torch
+
+import kernels
+from kernel_net import _interpreting, _k_steps
+from utils import KitError
+
+# one layer's constants in kernels.serve_kernel, in this order
+LAYER_FIELDS = ("H", "W", "CIN", "COUT", "KH", "PAD", "S", "WO", "HWO", "ACT", "BP", "BN", "BK", "KI", "GENERIC",
+                "HEAD", "M_TILES", "N_TILES", "SPLIT", "XOFF", "WOFF", "BOFF", "YOFF", "POFF", "COFF", "VIEW", "ZOUT",
+                "ANSWER")
+ALIGN = 64  # elements: each layer's slice of an arena starts on a 128-byte line
+IMG_BYTES, IMG_BLOCK = 32 * 32 * 3, 4096
+STOP = -1
+SEQ_MASK = kernels.SEQ_MASK
+
+
+def _slices(sizes):
+    """Aligned offsets of consecutive slices, and the arena's length."""
+    offs, n = [], 0
+    for s in sizes:
+        offs.append(n)
+        n += -(-int(s) // ALIGN) * ALIGN
+    return offs, max(n, ALIGN)
+
+
+class KernelServer:
+    """The persistent kernel of one batch-1 KernelNet (a copy of its weights: refresh() after
+    KernelNet.load_weights).  programs: how many programs (at most one per SM, all resident;
+    default the SM count, 1 under the interpreter)."""
+
+    def __init__(self, kn, programs=None, timeout_s=1.0, trace=False, fit_split=False):
+        if kn.batch != 1:
+            raise ValueError("KernelServer answers batch-1 calls: build the KernelNet with batch=1")
+        self.kn, self.timeout_s, self.trace, self.fit_split = kn, float(timeout_s), bool(trace), bool(fit_split)
+        self.interp = _interpreting()
+        dev = kn.device
+        n = int(programs or kn.n_sm)
+        if not 1 <= n <= 4 * kn.n_sm:
+            raise ValueError(f"programs={n}: give 1..{4 * kn.n_sm} (all must be resident at once)")
+        self.programs = 1 if self.interp else n
+        specs = kn.specs
+        self.splits = [self._split(sp) for sp in specs]
+        w_off, nw = _slices(sp["w"].numel() for sp in specs)
+        b_off, nbias = _slices(sp["b"].numel() for sp in specs)
+        y_off, ny = _slices(sp["y"].numel() for sp in specs)
+        p_off, npart = _slices(kn.nb * sp["m_tiles"] * sp["tiles"]["BP"] * sp["meta"]["S"] * sp["meta"]["COUT"]
+                               if k > 1 else 1 for sp, k in zip(specs, self.splits))
+        c_off, ncnt = _slices(sp["cnt"].numel() for sp in specs)
+        self.w = torch.zeros(nw, dtype=torch.float16, device=dev)
+        self.b = torch.zeros(nbias, dtype=torch.float32, device=dev)
+        self.act = torch.zeros(ny, dtype=torch.float16, device=dev)
+        self.part = torch.zeros(npart, dtype=torch.float32, device=dev)
+        self.cnt = torch.zeros(ncnt, dtype=torch.int32, device=dev)
+        self._w_off, self._b_off = w_off, b_off
+        self.refresh()
+        self.hmax = torch.full_like(kn.hmax, float("-inf"))
+        self.hcnt = torch.zeros_like(kn.hcnt)
+        self.out = torch.zeros_like(kn.out)
+        self.dimg = torch.zeros(IMG_BLOCK, dtype=torch.uint8, device=dev)
+        self.trace_buf = torch.zeros(256, 16, dtype=torch.int64, device=dev)
+        self.ctl = torch.zeros(64, dtype=torch.int32, device=dev)  # [16]: the request, for every program
+        self.bar = torch.zeros(16, dtype=torch.int64, device=dev)  # the barrier's arrival count, zeroed per launch
+        pin = not self.interp
+        self.h_req = torch.zeros(16, dtype=torch.int32, pin_memory=pin)
+        self.h_img = torch.zeros(IMG_BLOCK, dtype=torch.uint8, pin_memory=pin)
+        self.h_word = torch.zeros(16, dtype=torch.int32, pin_memory=pin)
+        self._req_np, self._img_np, self._word_np = self.h_req.numpy(), self.h_img.numpy(), self.h_word.numpy()
+        self.layers = tuple(self._layer(i, sp, w_off[i], b_off[i], y_off, p_off[i], c_off[i])
+                            for i, sp in enumerate(specs))
+        self.req = 0  # the last request number written
+        self.running = False
+        self._stream = None if self.interp else torch.cuda.Stream(device=dev)  # a non-blocking stream
+        self._done = None
+
+    def _split(self, sp):
+        """The layer's split-K: its tiles' (graph path), or with fit_split as many K slices as
+        keep the layer's work items within one round of the programs."""
+        if not self.fit_split:
+            return sp["tiles"]["SPLIT"]
+        base = self.kn.nb * sp["m_tiles"] * sp["grid"][1]
+        return int(max(1, min(self.programs // base, _k_steps(sp["meta"], sp["tiles"]) // 2)))
+
+    def _layer(self, i, sp, woff, boff, y_off, poff, coff):
+        kn, m, t = self.kn, sp["meta"], sp["tiles"]
+        last = i == len(kn.specs) - 1
+        v = dict(m, HWO=m["HO"] * m["WO"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
+                 GENERIC=int(bool(t["GENERIC"])), HEAD=kn.head_mode(i), M_TILES=sp["m_tiles"],
+                 N_TILES=sp["grid"][1], SPLIT=self.splits[i], XOFF=0 if i == 0 else y_off[i - 1], WOFF=woff,
+                 BOFF=boff, YOFF=y_off[i], POFF=poff, COFF=coff, VIEW=int(i == 0 and kn.views_in_kernel),
+                 ZOUT=int(i == 0 and len(kn.specs) > 1), ANSWER=int(last))
+        return tuple(int(v[k]) for k in LAYER_FIELDS)
+
+    @torch.no_grad()
+    def refresh(self):
+        """Copy the KernelNet's packed weights and biases in (the server must be stopped)."""
+        if getattr(self, "running", False):
+            raise KitError("KernelServer.refresh: stop the server first")
+        for sp, wo, bo in zip(self.kn.specs, self._w_off, self._b_off):
+            self.w[wo:wo + sp["w"].numel()].copy_(sp["w"].flatten())
+            self.b[bo:bo + sp["b"].numel()].copy_(sp["b"].flatten())
+
+    # -- the kernel ----------------------------------------------------------------------------
+    def _launch(self, max_calls, last_req):
+        kn = self.kn
+        kernels.serve_kernel[(self.programs,)](
+            self.h_req, self.h_img, self.dimg, self.ctl, self.h_word, self.w, self.b, self.act, self.part, self.cnt,
+            self.hmax, kn.hw, kn.hb, self.out, self.hcnt, kn.view_t, kn.view_w, self.trace_buf, self.bar, last_req, max_calls,
+            LAYERS=self.layers, NL=len(self.layers), NB=kn.nb, CP=kn.cp, NV=kn.nv, IMG=IMG_BLOCK, TRACE=self.trace,
+            ASM=not self.interp,
+            num_warps=4, num_stages=3)
+
+    def start(self):
+        """Launch the kernel (compiled at the first start); it then waits for requests."""
+        if self.running:
+            return
+        self._req_np[0] = self.req  # nothing new to answer yet
+        if self.interp:  # one launch per request (__call__)
+            self.running = True
+            return
+        with torch.cuda.stream(self._stream):
+            self.bar.zero_()
+            self._launch(2 ** 31 - 1, self.req)
+            self._done = torch.cuda.Event()
+            self._done.record(self._stream)
+        self.running = True
+
+    def stop(self):
+        """A negative request ends the kernel; wait (at most timeout_s) until it has."""
+        if not self.running:
+            return
+        self.running = False
+        if self.interp:
+            return
+        self._req_np[0] = STOP
+        t_end = time.perf_counter() + max(self.timeout_s, 1.0)
+        while not self._done.query():
+            if time.perf_counter() > t_end:
+                raise KitError("the persistent kernel did not stop within "
+                               f"{max(self.timeout_s, 1.0):g} s; the process must exit to free the GPU")
+            time.sleep(0)
+
+    def alive(self):
+        """Is the kernel still running (False after stop, or if it ended by itself)?"""
+        return self.running and (self.interp or not self._done.query())
+
+    # -- calls ---------------------------------------------------------------------------------
+    def __call__(self, img):
+        """img: a uint8 (32, 32, 3) C-contiguous numpy array (the caller checks) -> class id."""
+        if not self.running:
+            raise KitError("KernelServer: start() it first")
+        np.copyto(self._img_np[:IMG_BYTES], img.reshape(-1))
+        n = self.req + 1
+        self.req = n
+        self._req_np[0] = n  # after the image: the kernel reads the image once it sees n
+        if self.interp:
+            self.bar.zero_()
+            self._launch(1, n - 1)
+        return self._wait(n)
+
+    def _wait(self, n):
+        want, word = n & SEQ_MASK, self._word_np
+        clock, deadline, spins = time.perf_counter, None, 0
+        while (int(word[0]) >> 4) != want:
+            spins += 1
+            if spins & 1023 == 0:
+                now = clock()
+                deadline = deadline or now + self.timeout_s
+                if now > deadline:
+                    if not self.alive():
+                        self.running = False
+                        raise KitError("the persistent kernel is not running (it ended or was never started); "
+                                       "start() it again")
+                    raise KitError(f"the persistent kernel gave no answer to request {n} within "
+                                   f"{self.timeout_s:g} s; the next call sends a new request")
+        return int(word[0]) & 15
