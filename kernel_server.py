@@ -12,9 +12,9 @@ the device in one read; the layers run as in the graph path (same work items, sa
 their programs meeting at a grid barrier between layers; the head writes (request << 4) |
 class id into the pinned answer word, which the host polls.
 
-While it runs the kernel occupies one program's worth of every SM it holds and spins: other
-work of the process still runs beside it, but a device-wide synchronise (torch.cuda.synchronize)
-would wait for it forever.  Predictor stops it before anything else uses the GPU (close()).
+While it runs, the kernel holds a program on every SM and spins: stop() it before the process
+uses the GPU otherwise.  A device-wide synchronise (torch.cuda.synchronize) would wait for it
+forever, and a CUDA-graph call of the same process made while it ran was seen to hang.
 Under the Triton interpreter (the CPU tests) the kernel runs one program, one request per
 launch: the same code path without the spinning.
 """

@@ -142,11 +142,11 @@ def test_persistent_kernel_answers_as_the_graph_path(gpu_cfg, test_split, varian
     clf = _predictor(gpu_cfg, variant)
     imgs = test_split[0][:2000]
     want = clf.predict(imgs)
+    (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])  # the graph path: before the server runs
     srv = KernelServer(clf.kn, timeout_s=3.0, fit_split=fit_split)
     srv.start()
     try:
         got = np.array([srv(i) for i in imgs])
-        (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
         stale = sum(srv(a if k % 2 == 0 else b) != (ca if k % 2 == 0 else cb) for k in range(4000))
         srv.stop()
         assert not srv.alive()
