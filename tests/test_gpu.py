@@ -165,10 +165,11 @@ def test_persistent_kernel_timeout_raises_and_the_next_call_works(gpu_cfg, test_
     from kernel_server import KernelServer
     clf = _predictor(gpu_cfg, "F85")
     img = test_split[0][0]
-    srv = KernelServer(clf.kn, timeout_s=0.05)
+    srv = KernelServer(clf.kn, timeout_s=3.0)
     srv.start()
     try:
         want = srv(img)
+        srv.timeout_s = 0.05
         req = srv._req_np
         srv._req_np = np.zeros_like(req)  # this request never reaches the kernel: no answer comes
         with pytest.raises(utils.KitError, match="no answer to request"):
