@@ -127,9 +127,9 @@ class KernelServer:
         kn = self.kn
         kernels.serve_kernel[(self.programs,)](
             self.h_req, self.h_img, self.dimg, self.ctl, self.h_word, self.w, self.b, self.act, self.part, self.cnt,
-            self.hmax, kn.hw, kn.hb, self.out, self.hcnt, kn.view_t, kn.view_w, self.trace_buf, self.bar, last_req, max_calls,
-            LAYERS=self.layers, NL=len(self.layers), NB=kn.nb, CP=kn.cp, NV=kn.nv, IMG=IMG_BLOCK, TRACE=self.trace,
-            ASM=not self.interp,
+            self.hmax, kn.hw, kn.hb, self.out, self.hcnt, kn.view_t, kn.view_w, self.trace_buf, self.bar, last_req,
+            max_calls, LAYERS=self.layers, NL=len(self.layers), NB=kn.nb, CP=kn.cp, NV=kn.nv, IMG=IMG_BLOCK,
+            TRACE=self.trace, ASM=not self.interp,
             num_warps=4, num_stages=3)
 
     def start(self):

@@ -7,9 +7,10 @@
     python report/build.py --root DIR               # the outputs under DIR instead of the kit's folder
 
 Reads results.csv (the newest bench invocation holding every table variant and front rows),
-front_selection.json, kernel_profile.json and logs/*.log beside it (each optional) and config.yaml;
-a bad input stops with one 'error:' line and exit code 2.  Modules: inputs.py (read, check),
-facts.py (every number), mdfiles.py, figures.py, sections.py (the PDF's text), pdfdoc.py (layout).
+front_selection.json, kernel_profile.json, persistent.json and logs/*.log beside it (each optional)
+and config.yaml; a bad input stops with one 'error:' line and exit code 2.  Modules: inputs.py
+(read, check), facts.py (every number), mdfiles.py (+ checkpoints.md.in), figures.py, sections.py
+(the PDF's text), pdfdoc.py (layout).
 """
 import argparse
 import os

@@ -109,6 +109,11 @@ def source_line(s):
 
 
 # ----------------------------------------------------------------------------- the front
+FRONT_NOTE = ("Accuracy: mean over the front seeds on the validation split (the test set is not read); latency: "
+              "end-to-end p50; recipe: mean recipe time of the shape's front runs (an upper bound where other "
+              "training shared the GPU; F's own recipe time is from its final runs).")
+
+
 def front_recipe_s(s, shape):
     """Mean recipe time of a shape's front runs (validation images held out), NaN without runs."""
     fr = s.front_runs[s.front_runs["front_shape"] == shape]
@@ -250,9 +255,16 @@ def kernel_table(s, names=("F", "F_cudnn")):
     return header, rows
 
 
-def top_kernels(s, v="F", k=2):
-    """The k costliest kernels of v's profile: [(position from 1, µs)]."""
-    return sorted(((i + 1, t) for i, (_, t) in enumerate(s.profile[v]["kernels"])), key=lambda x: -x[1])[:k]
+def persistent_lines(s):
+    """persistent.json: each persistent mode vs the graph path, answers, GPU clock per phase."""
+    out = []
+    for v, r in s.persistent["variants"].items():
+        for m, how in (("persistent", "the tiles' split-K"), ("persistent_fit", "split-K refitted")):
+            p, g = r["e2e"][m]["p50"], r["e2e"]["graph"]["p50"]
+            out.append(f"{v}, {how} ({'/'.join(map(str, r['splits'][m]))}): e2e p50 {p:.1f} µs vs {g:.1f} graph "
+                       f"({p / g - 1:+.0%}); {r['agree'][m]:.2f} % same answers, {r['stale'][m]} stale; GPU µs: "
+                       + ", ".join(f"{k} {t:.1f}" for k, t in r["phases"][m].items()))
+    return out
 
 
 # ----------------------------------------------------------------------------- anchors

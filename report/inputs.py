@@ -1,5 +1,5 @@
-"""The report's inputs, read once and checked: results.csv (one bench invocation), front_selection.json,
-kernel_profile.json and logs/*.log beside it; a bad one raises ReportError (one line), absent optional ones are None."""
+"""The report's inputs, read once and checked: results.csv (one bench invocation) and front_selection.json,
+kernel_profile.json, persistent.json, logs/*.log beside it; a bad one raises ReportError, absent ones are None."""
 import glob
 import json
 import os
@@ -35,6 +35,7 @@ class Study:
     front_runs: pd.DataFrame   # front runs' train rows, with front_shape and run_seed
     selection: dict            # front_selection.json, or None
     profile: dict              # kernel_profile.json's "variants", or None
+    persistent: dict           # persistent.json (env, variants), or None
     stages: list               # [(stage, wall s, exit code)] from logs/*.log
     gpu_tests: dict            # test_gpu.log: summary, agreement lines, failed tests; or None
 
@@ -145,27 +146,26 @@ def read_json(path, what):
 
 def read_selection(path):
     sel = read_json(path, "front selection (front.py writes it)")
-    if sel is None:
-        return None
-    for key in ("rule", "split", "chosen", "candidates", "invocation", "f_min_acc", "f85_min_acc"):
-        if key not in sel:
-            raise ReportError(f"{path}: no '{key}' key (front.py writes it)")
-    if not all(isinstance(sel["chosen"].get(r), dict) and "variant" in sel["chosen"][r] for r in ("F", "F85")):
+    missing = [k for k in ("rule", "split", "chosen", "candidates", "invocation", "f_min_acc", "f85_min_acc")
+               if sel is not None and k not in sel]
+    if missing:
+        raise ReportError(f"{path}: no '{missing[0]}' key (front.py writes it)")
+    if sel is not None and not all(isinstance(sel["chosen"].get(r), dict) and "variant" in sel["chosen"][r]
+                                   for r in ("F", "F85")):
         raise ReportError(f"{path}: 'chosen' must name a variant for F and for F85")
     return sel
 
 
-def read_profile(path):
-    prof = read_json(path, "kernel profile (tools/kernel_profile.py writes it)")
-    if prof is None:
-        return None
-    variants = prof.get("variants")
-    if not isinstance(variants, dict) or "F" not in variants:
-        raise ReportError(f"{path}: no 'variants' entry for F")
-    for name, v in variants.items():
-        if not isinstance(v, dict) or any(k not in v for k in ("e2e_p50", "device_p50", "gpu", "pipe", "kernels")):
-            raise ReportError(f"{path}: variant {name} lacks e2e_p50, device_p50, gpu, pipe or kernels")
-    return variants
+def read_variants(path, tool, keys, need="F"):
+    """A GPU tool's JSON (None if absent), checked: its 'variants' hold `need`, every entry `keys`."""
+    data = read_json(path, f"{os.path.basename(path)} ({tool} writes it)")
+    v = None if data is None else data.get("variants")
+    if data is not None and (not isinstance(v, dict) or need not in v):
+        raise ReportError(f"{path}: no 'variants' entry for {need}")
+    bad = [n for n, e in (v or {}).items() if not isinstance(e, dict) or any(k not in e for k in keys)]
+    if bad:
+        raise ReportError(f"{path}: variant {bad[0]} lacks one of {', '.join(keys)}")
+    return data
 
 
 def read_lines(path):
@@ -209,6 +209,9 @@ def load(cfg, results):
     return Study(cfg=cfg, results=results, invocation=inv, rows=rows, finals=final_runs(df, rows),
                  front_runs=newest_runs(df, r"front_(?P<front_shape>.+)_s(?P<run_seed>\d+)"),
                  selection=read_selection(os.path.join(here, "front_selection.json")),
-                 profile=read_profile(os.path.join(here, "kernel_profile.json")),
+                 profile=(read_variants(os.path.join(here, "kernel_profile.json"), "tools/kernel_profile.py",
+                                        ("e2e_p50", "device_p50", "gpu", "pipe", "kernels")) or {}).get("variants"),
+                 persistent=read_variants(os.path.join(here, "persistent.json"), "tools/persistent_bench.py",
+                                          ("e2e", "acc", "agree", "stale", "phases", "splits")),
                  stages=read_stages(os.path.join(here, "logs")),
                  gpu_tests=read_gpu_tests(os.path.join(here, "logs", "test_gpu.log")))

@@ -18,9 +18,7 @@ def final_table_md(s):
              "\n".join(f"- {facts.seed_line(s, role)}" for role in ("F", "F85")), facts.source_line(s),
              "## Ablation and alternatives", md_table(*facts.ablation_table(s)),
              "## Front points (validation split)",
-             "Accuracy: mean over the front seeds on the validation split (the test set is not read); latency: "
-             "end-to-end p50; recipe: mean recipe time of the shape's front runs (an upper bound where other "
-             "training shared the GPU; F's own recipe time is from its final runs).",
+             facts.FRONT_NOTE,
              md_table(*facts.front_table(s))]
     return "\n\n".join(parts) + "\n"
 
@@ -38,32 +36,12 @@ def used_checkpoints(s):
 
 
 def checkpoints_md(s):
+    """checkpoints/README.md: report/checkpoints.md.in with this invocation's cells filled in."""
     shape_note = "; ".join(f"{n}: widths {list(sh.widths)}, depths {list(sh.depths)}"
                            for n, sh in s.cfg.front.shapes.items()
                            if n in {s.rows.at["F", "shape"], s.rows.at["F85", "shape"]})
-    parts = [
-        "# Checkpoints (J5-06)", GENERATED,
-        "## The final models",
-        "`checkpoints/final_model.pth` is the final model (variant F); `checkpoints/f85_model.pth` is the "
-        "fastest model at or above the F85 threshold (variant F85). Both are committed. Test accuracy: "
-        f"the file's own, through its end-to-end path, in invocation {s.invocation}; seed mean: the "
-        "final runs of the same shape and TTA mode.",
-        "| file | variant | shape | TTA | seed | test acc. (%) | seed mean (%) | size (MB) |\n"
-        "|---|---|---|---|---|---|---|---|\n" + shipped_line(s, "F", "final_model.pth") + "\n"
-        + shipped_line(s, "F85", "f85_model.pth"),
-        f"Shapes (config.yaml front.shapes): {shape_note}.",
-        "## Loading",
-        "```python\nfrom models import load_model\nmodel, ck = load_model(\"checkpoints/final_model.pth\")  "
-        "# FP32, CPU, eval mode; ck holds shape, tta, seed, test_acc\n\n"
-        "from inference import Predictor\nclf = Predictor.load(\"F\")   # F's timed path (or \"F85\")\n"
-        "clf(img)                      # img: uint8 (32, 32, 3) -> class id\n```",
-        "`python export.py` writes TorchScript and ONNX exports of the final model beside it (not committed).",
-        "## Every other checkpoint",
-        "Rebuilt, not committed: `sh reproduce.sh train` (B2, B1, D1), `sh reproduce.sh front` (every front "
-        "shape × front seed, then front.py's choice), `sh reproduce.sh final` (F's and F85's shapes × final "
-        "seeds; ships the first seed). Files are named `<tag>_e<epoch>_acc<accuracy>_<run id>.pth`; "
-        "checkpoints/manifest.json points each tag at its newest file. The files the benched variants ran:",
-        used_checkpoints(s),
-        f"{len(front_rows(s.rows))} front points are listed with their first seed's file; "
-        "the other seeds are scored through the same path."]
-    return "\n\n".join(parts) + "\n"
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints.md.in"), encoding="utf-8") as fh:
+        text = fh.read()
+    return text.format(generated=GENERATED, invocation=s.invocation, shape_note=shape_note,
+                       shipped=shipped_line(s, "F", "final_model.pth") + "\n" + shipped_line(s, "F85", "f85_model.pth"),
+                       used=used_checkpoints(s), n_front=len(front_rows(s.rows)))

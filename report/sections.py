@@ -31,12 +31,6 @@ def introduction(doc, s):
                  f"≥ {num(fr.f85_min_acc)} % (front.f_min_acc, front.f85_min_acc)."])
 
 
-def shapes_table(s):
-    rows = [[n, str(list(sh.widths)), str(list(sh.depths)), str(1 + sum(sh.depths))]
-            for n, sh in s.cfg.front.shapes.items()]
-    return ["Shape", "Widths", "Convs per block", "Convs (with stem)"], rows
-
-
 def method_approach(doc, s):
     d, fn = s.cfg.distill, s.cfg.models.fastnet
     doc.heading("2. Method")
@@ -55,8 +49,10 @@ def method_approach(doc, s):
                  f"test-time augmentation (TTA) modes {', '.join(s.cfg.front.tta)}.",
                  "F's inference path built one change at a time (the ablation F_fp32 … F), then F's end-to-end "
                  "input/output alternatives."])
-    doc.table(*shapes_table(s), note="The front shapes (config.yaml, front.shapes); every shape is trained with "
-                                     "train.fastnet's recipe.")
+    doc.table(["Shape", "Widths", "Convs per block", "Convs (with stem)"],
+              [[n, str(list(sh.widths)), str(list(sh.depths)), str(1 + sum(sh.depths))]
+               for n, sh in s.cfg.front.shapes.items()],
+              note="The front shapes (config.yaml, front.shapes); every shape is trained with train.fastnet's recipe.")
 
 
 def method_protocol(doc, s):
@@ -185,18 +181,26 @@ def results_gains(doc, s, figs):
                                 "variants; ticks: pipelined replays.")
     if s.profile is None:
         doc.para("No results/kernel_profile.json: no per-kernel table.")
-        return
-    doc.heading("Per-kernel time (torch.profiler, one graph replay, µs)", 2)
-    doc.table(*facts.kernel_table(s), note="F: our Triton kernels; F_cudnn: the same weights through cuDNN and "
-                                           "torch.compile in one CUDA graph. Host times from the profiling run.")
+    else:
+        doc.heading("Per-kernel time (torch.profiler, one graph replay, µs)", 2)
+        doc.table(*facts.kernel_table(s), note="F: our Triton kernels; F_cudnn: the same weights through cuDNN and "
+                                               "torch.compile in one CUDA graph. Host times from the profiling run.")
+    if s.persistent is not None:
+        doc.heading("A persistent kernel: one launch for every call", 2)
+        doc.para("kernel_server.py runs the net in ONE launch that stays on the GPU: program 0 polls a request word "
+                 "in pinned host memory and copies the image in; the programs (one per SM) take each layer's work "
+                 "items and meet at a grid barrier between layers. tools/persistent_bench.py times it against the "
+                 "graph path in a process of its own ({gpu}, commit {git_commit}); same answers: on the 10,000 test "
+                 "images; stale: in 2,000 calls alternating two images:".format(**s.persistent["env"]))
+        doc.bullets(facts.persistent_lines(s) + [
+            "A barrier costs about a kernel boundary (a release, the last arrival seen at L2, an acquire), so only "
+            "the small net gains from the saved launch. The shipped paths stay the graph paths: the persistent "
+            "kernel holds every SM spinning, and the process must stop it before other GPU work."])
 
 
 def results_front_and_anchors(doc, s):
     doc.heading("Front points (validation split)", 2)
-    doc.table(*facts.front_table(s), note="Seed mean over the front seeds on the validation split; recipe: mean "
-                                          "over the shape's front runs (an upper bound where other training shared "
-                                          "the GPU; F's own recipe time is from its final runs); Chosen: front.py's "
-                                          "record.")
+    doc.table(*facts.front_table(s), note=facts.FRONT_NOTE + " Chosen: front.py's record.")
     doc.heading("Public anchors", 2)
     doc.table(*facts.anchors_table(s), wrap_at={0: 26, 1: 18, 2: 28, 3: 40},
               note="Sources: " + facts.anchor_sources() + ".")
@@ -247,7 +251,8 @@ def improvements(s):
         out.append(f"Back to back, a replay takes {ms(pipe)} ms against {ms(gpu)} ms alone: {ms(gpu - pipe)} ms "
                    "of each call is launch latency and gaps between kernels rather than arithmetic.")
     if s.profile is not None:
-        top = ", ".join(f"#{i} ({t:.1f} µs)" for i, t in facts.top_kernels(s))
+        top = ", ".join(f"#{i} ({t:.1f} µs)" for i, (_, t) in sorted(enumerate(s.profile["F"]["kernels"], 1),
+                                                                       key=lambda x: -x[1][1])[:2])
         out.append(f"The costliest of F's {len(s.profile['F']['kernels'])} kernels, in layer order (the stem first, "
                    f"the head inside the last): {top}.")
     return out
