@@ -48,8 +48,9 @@ def _slices(sizes):
 
 class KernelServer:
     """The persistent kernel of one batch-1 KernelNet (a copy of its weights: refresh() after
-    KernelNet.load_weights).  programs: how many programs (at most one per SM, all resident;
-    default the SM count, 1 under the interpreter)."""
+    KernelNet.load_weights).  programs: how many (all must be resident at once: at most two per
+    SM, the most that was run; default one per SM; 1 under the interpreter).  fit_split: split-K
+    refitted so that each layer's work items fill one round of the programs (else the tiles')."""
 
     def __init__(self, kn, programs=None, timeout_s=1.0, trace=False, fit_split=False):
         if kn.batch != 1:
@@ -58,8 +59,8 @@ class KernelServer:
         self.interp = _interpreting()
         dev = kn.device
         n = int(programs or kn.n_sm)
-        if not 1 <= n <= 4 * kn.n_sm:
-            raise ValueError(f"programs={n}: give 1..{4 * kn.n_sm} (all must be resident at once)")
+        if not 1 <= n <= 2 * kn.n_sm:
+            raise ValueError(f"programs={n}: give 1..{2 * kn.n_sm} (all must be resident at once)")
         self.programs = 1 if self.interp else n
         specs = kn.specs
         self.splits = [self._split(sp) for sp in specs]
@@ -172,7 +173,7 @@ class KernelServer:
         if not self.running:
             raise KitError("KernelServer: start() it first")
         np.copyto(self._img_np[:IMG_BYTES], img.reshape(-1))
-        n = self.req + 1
+        n = self.req % 0x7FFFFFFF + 1  # 1 .. 2^31 - 1: a non-negative int32, never the last one
         self.req = n
         self._req_np[0] = n  # after the image: the kernel reads the image once it sees n
         if self.interp:
