@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import kernels
+from inference import check_image
 from kernel_net import _interpreting, _k_steps
 from utils import KitError
 
@@ -169,7 +170,9 @@ class KernelServer:
 
     # -- calls ---------------------------------------------------------------------------------
     def __call__(self, img):
-        """img: a uint8 (32, 32, 3) C-contiguous numpy array (the caller checks) -> class id."""
+        """img: a uint8 (32, 32, 3) C-contiguous numpy array -> class id (checked as Predictor
+        checks it: a bad input is one KitError line and changes nothing)."""
+        check_image(img)
         if not self.running:
             raise KitError("KernelServer: start() it first")
         np.copyto(self._img_np[:IMG_BYTES], img.reshape(-1))

@@ -226,7 +226,7 @@ def _persistent(K, views, fit_split, last_bp=None):
     rng = np.random.default_rng(5)
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     refused = []
-    for bad in (lambda: srv(img), lambda: KernelServer(net, programs=10 ** 6),
+    for bad in (lambda: srv(img), lambda: srv(img.astype(np.float32)), lambda: KernelServer(net, programs=10 ** 6),
                 lambda: KernelServer(K.KernelNet(layers, head, batch=2, tiles=tiles))):
         try:
             bad()
@@ -345,8 +345,9 @@ def test_persistent_kernel_answers_as_the_kernel_net(case):
     else:
         assert r["splits"] == [1] * len(r["splits"]) and r["head_mode"] == 1
     assert "start() it first" in r["refused"][0]
-    assert "programs=1000000: give 1.." in r["refused"][1]
-    assert "batch=1" in r["refused"][2]
+    assert "expected uint8" in r["refused"][1]
+    assert "programs=1000000: give 1.." in r["refused"][2]
+    assert "batch=1" in r["refused"][3]
 
 
 def test_wrong_weights_are_caught():
