@@ -387,13 +387,13 @@ RESULT_COLUMNS = [
 # speedup*: the same from lat_*; acc: on `split` through the e2e path, acc_mean/std/ci_*: over
 # acc_seeds; recipe_time_s: whitening + training + final evaluation (CUDA events).
 HEADER_LINE = ",".join(RESULT_COLUMNS)
-RENAMED = {"fuse": "cudnn_relu", "front": "shape"}  # old column names -> today's
+RENAMED = {"fuse": "cudnn_relu", "front": "shape"}  # old column names -> the current ones
 
 
 def _upgrade_results_file(path, first):
-    """A results.csv of an earlier schema, whose columns (after RENAMED) are a prefix of today's,
-    gets today's header and the new columns (empty in old rows), rewritten atomically; nothing
-    is lost."""
+    """A results.csv of an earlier schema, whose columns (after RENAMED) are a prefix of the
+    current ones, gets the current header and the new columns (empty in old rows), rewritten
+    atomically; nothing is lost."""
     old = [RENAMED.get(c, c) for c in first.split(",")]
     if old != RESULT_COLUMNS[:len(old)]:
         return False

@@ -49,7 +49,7 @@ def ablation_variants(cfg):
 
 
 def read_csv(path):
-    """results.csv as text, old column names renamed, today's columns all present, the numeric
+    """results.csv as text, old column names renamed, the current columns all present, the numeric
     ones as numbers."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
