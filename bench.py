@@ -41,7 +41,7 @@ import torch
 from config import add_config_args, final_tag, front_tag, load_config, resolve_path
 import timing
 import utils
-from data import host_split
+from data import host_splits
 from inference import Predictor, accuracy_fields, evaluate
 
 SMI_FIELDS = "clocks.sm,clocks.mem,temperature.gpu,power.draw"
@@ -286,7 +286,7 @@ def main():
     clocks0 = smi()
     t0 = time.time()
     need = {split_of(cfg, n) for n in names}
-    data = {s: host_split(cfg, s) for s in sorted(need)}  # read before the builds: bad data stops at once
+    data = host_splits(cfg, sorted(need))  # one read, before the builds: bad data stops at once
     ims, failed = build_variants(cfg, names, device)
     splits = {n: data[split_of(cfg, n)] for n in ims}
     gc.collect()

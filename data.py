@@ -207,14 +207,23 @@ def augment(x, pad, flip, gen):
 def host_split(cfg, split):
     """One split as the user holds it: uint8 (N, 32, 32, 3) images and int64 labels, numpy, in
     host memory.  'test' (10,000 images) or 'val' (the data.val_size held-out train images)."""
-    if split not in ("test", "val"):
-        raise KitError(f"unknown split '{split}' (valid: test, val)")
-    a = load_cifar10_arrays(cfg, need_train=split == "val")
-    if split == "test":
-        x, y = a["x_test"], a["y_test"]
-    else:
-        va = split_indices(len(a["x_train"]), cfg.data.val_size, cfg.data.split_seed)[1].numpy()
-        x, y = a["x_train"][va], a["y_train"][va]
-    if len(x) == 0:
-        raise KitError(f"the {split} split holds no images (check data.val_size and the data file)")
-    return np.ascontiguousarray(x), np.asarray(y, dtype=np.int64)
+    return host_splits(cfg, [split])[split]
+
+
+def host_splits(cfg, splits):
+    """{split: (images, labels)} of several splits (host_split's), from one read of the data."""
+    bad = [s for s in splits if s not in ("test", "val")]
+    if bad:
+        raise KitError(f"unknown split '{bad[0]}' (valid: test, val)")
+    a = load_cifar10_arrays(cfg, need_train="val" in splits)
+    out = {}
+    for split in splits:
+        if split == "test":
+            x, y = a["x_test"], a["y_test"]
+        else:
+            va = split_indices(len(a["x_train"]), cfg.data.val_size, cfg.data.split_seed)[1].numpy()
+            x, y = a["x_train"][va], a["y_train"][va]
+        if len(x) == 0:
+            raise KitError(f"the {split} split holds no images (check data.val_size and the data file)")
+        out[split] = np.ascontiguousarray(x), np.asarray(y, dtype=np.int64)
+    return out
