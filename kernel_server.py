@@ -83,7 +83,7 @@ class KernelServer:
         self.out = torch.zeros_like(kn.out)
         self.dimg = torch.zeros(IMG_BLOCK, dtype=torch.uint8, device=dev)
         self.trace_buf = torch.zeros(256, 16, dtype=torch.int64, device=dev)
-        self.ctl = torch.zeros(64, dtype=torch.int32, device=dev)  # [16]: the request, for every program
+        self.ctl = torch.zeros(64, dtype=torch.int32, device=dev)  # [16]: the request; [48]: a never-written stamp slot
         self.bar = torch.zeros(16, dtype=torch.int64, device=dev)  # the barrier's arrival count, zeroed per launch
         pin = not self.interp
         self.h_req = torch.zeros(16, dtype=torch.int32, pin_memory=pin)
