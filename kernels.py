@@ -13,7 +13,14 @@ output channels, K = (ky, kx, ci).  At batch 1 a layer has only a handful of (ro
 columns) tiles, far fewer than the GPU's SMs, so the K loop is split over SPLIT programs
 (split-K); the partial sums meet in an fp32 scratch buffer through atomics, and the last
 program to arrive at a tile (a per-tile arrival counter) reads the sum back, leaves zeros
-behind for the next call, and runs the epilogue (pool, bias, activation, fp16 store).  The
+behind for the next call, and runs the epilogue (pool, bias, activation, fp16 store).
+Memory order: the atomics that carry data (the partial sums, the head's maxima and logits)
+are relaxed, so a thread's adds go out back to back; only the arrival counts are
+acquire-release: the program's thread barrier before its count orders every thread's adds
+before the count's release (the pattern of CUTLASS's split-K semaphore), and the last
+arrival's acquire orders its read-back after them.  Triton's default order for an atomic,
+acq_rel, wraps each element's atomic in a GPU-wide memory barrier and an L1 invalidation,
+which made a tile's adds and read-back a chain of dependent trips to L2.  The
 last layer's epilogue also runs the head, so a forward is one kernel per conv layer,
 allocates nothing and replays in one CUDA graph.
 
@@ -138,7 +145,7 @@ if triton is not None:
         # through L2 (.wt) so the polling host sees it at once.
         best = tl.argmax(tl.where(cls < 10, logits, float("-inf")), axis=0)
         if req < 0:
-            n = (tl.atomic_add(seq_ptr, 1) + 1).to(tl.int32)
+            n = (tl.atomic_add(seq_ptr, 1, sem="relaxed") + 1).to(tl.int32)
         else:  # the persistent kernel: seq_ptr is its trace stamp's address (or 0: none)
             n = req
             if seq_ptr.dtype.element_ty == tl.int64:
@@ -149,7 +156,8 @@ if triton is not None:
     def _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, NB: tl.constexpr,
                      NV: tl.constexpr, COUT: tl.constexpr, CP: tl.constexpr, ANSWER: tl.constexpr):
         # Run by the last tile of the last layer: every channel max is in hmax now.  Read it
-        # at L2 (atomic max with -inf changes nothing), then reset it for the next forward.
+        # at L2 (a relaxed atomic max with -inf changes nothing), then leave -inf for the next
+        # forward.
         # Rows i*NV .. i*NV+NV-1 are the TTA views of image i: its logits are the weighted
         # sum of theirs, sum_v w_v * (Wfc @ max_v + b), as TTANet (NV = 1, w = 1: plain).
         cc = tl.arange(0, CP)
@@ -161,7 +169,7 @@ if triton is not None:
             for v in tl.static_range(NV):
                 row = hmax_ptr + (i * NV + v) * COUT + cc
                 ninf = tl.full([CP], float("-inf"), tl.float32)
-                f = tl.atomic_max(row, ninf, mask=cc < COUT)  # a read at L2
+                f = tl.atomic_max(row, ninf, mask=cc < COUT, sem="relaxed")
                 tl.store(row, ninf, mask=cc < COUT)
                 f = tl.where(cc < COUT, f, 0.0)
                 acc += tl.load(vw_ptr + v) * (tl.sum(wfc * f[None, :], axis=1) + bfc)
@@ -191,18 +199,18 @@ if triton is not None:
             f = tl.where(cmask, tl.max(vm, axis=0), 0.0)
             part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
             cls = tl.arange(0, 16)
-            tl.atomic_add(out_ptr + (n // NV) * 16 + cls, tl.load(vw_ptr + n % NV) * part)
+            tl.atomic_add(out_ptr + (n // NV) * 16 + cls, tl.load(vw_ptr + n % NV) * part, sem="relaxed")
             if ANSWER:  # the last share to arrive reads the sum at L2 and answers
                 tl.debug_barrier()  # all threads' adds issued before the arrival count
                 done = tl.atomic_add(hcnt_ptr, 1)
                 if done == n_fin - 1:
-                    logits = tl.atomic_add(out_ptr + cls, tl.zeros([16], dtype=tl.float32))
+                    logits = tl.atomic_add(out_ptr + cls, tl.zeros([16], dtype=tl.float32), sem="relaxed")
                     _answer(logits, cls, seq_ptr, word_ptr, req)
                     tl.store(hcnt_ptr, 0)
         elif HEAD == 1:
             # global max: this tile's max per channel, then the last tile does the linear
             vm = tl.where((q < HWO)[:, None], v, float("-inf"))
-            tl.atomic_max(hmax_ptr + n * COUT + cols, tl.max(vm, axis=0), mask=cmask)
+            tl.atomic_max(hmax_ptr + n * COUT + cols, tl.max(vm, axis=0), mask=cmask, sem="relaxed")
             tl.debug_barrier()  # all threads' atomics issued before the arrival count
             done = tl.atomic_add(hcnt_ptr, 1)
             if done == n_fin - 1:
@@ -298,15 +306,15 @@ if triton is not None:
             # tile takes the sum (and leaves zeros behind) and runs the epilogue
             rows = pid_m * BM + tl.arange(0, BM)
             pp = part_ptr + rows[:, None] * COUT + cols[None, :]
-            tl.atomic_add(pp, acc, mask=cmask[None, :])
+            tl.atomic_add(pp, acc, mask=cmask[None, :], sem="relaxed")
             tl.debug_barrier()  # every thread's adds issued before the arrival count
             tid = pid_m * n_tiles + pid_n
             arrived = tl.atomic_add(cnt_ptr + tid, 1)
             if arrived == SPLIT - 1:
-                # read the sum at L2 (an atomic add of 0: where the other slices' adds landed),
-                # then leave zeros; nothing else touches this tile until the next forward
+                # read the sum at L2 (a relaxed atomic add of 0: where the other slices' adds
+                # landed), then leave zeros; nothing else touches this tile until the next forward
                 zero = tl.zeros([BM, BN], dtype=tl.float32)
-                tot = tl.atomic_add(pp, zero, mask=cmask[None, :])
+                tot = tl.atomic_add(pp, zero, mask=cmask[None, :], sem="relaxed")
                 tl.store(pp, zero, mask=cmask[None, :])
                 tl.store(cnt_ptr + tid, 0)
                 _epilogue(tot, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr,
