@@ -122,6 +122,13 @@ def _k_steps(m, t):
     return m["KH"] ** 2 * (m["CIN"] // t["BK"])
 
 
+def scratch_shape(m, t, nb, m_tiles, split):
+    """(rows, columns) of a layer's fp32 split-K scratch, where its K slices' partial sums meet:
+    a row per pre-pool output pixel of every row tile, a column per output channel; (1, 1), a
+    placeholder, for a layer without split-K."""
+    return (nb * m_tiles * t["BP"] * m["S"], m["COUT"]) if split > 1 else (1, 1)
+
+
 def heuristic_tiles(m, batch, n_sm=132, target=None):
     """Tiles for one layer: 16-row tiles (4 pooled pixels x 4 for a pooled layer), 16-32
     channel columns, then split K until about `target` programs run (each keeps >= 2 K steps)."""
@@ -319,8 +326,7 @@ class KernelNet(torch.nn.Module):
         nt = -(-m["COUT"] // t["BN"])
         sp["grid"] = (self.nb * mt, nt, t["SPLIT"])
         sp["m_tiles"] = mt
-        rows = self.nb * mt * t["BP"] * m["S"] if t["SPLIT"] > 1 else 1
-        sp["part"] = torch.zeros(rows, m["COUT"] if t["SPLIT"] > 1 else 1, device=self.device)
+        sp["part"] = torch.zeros(scratch_shape(m, t, self.nb, mt, t["SPLIT"]), device=self.device)
         sp["cnt"] = torch.zeros(self.nb * mt * nt, dtype=torch.int32, device=self.device)
 
     # -- tiles --------------------------------------------------------------------------------

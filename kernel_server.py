@@ -18,6 +18,7 @@ forever, and a CUDA-graph call of the same process made while it ran was seen to
 Under the Triton interpreter (the CPU tests) the kernel runs one program, one request per
 launch: the same code path without the spinning.
 """
+import math
 import time
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 
 import kernels
 from inference import check_image
-from kernel_net import _interpreting, _k_steps
+from kernel_net import _interpreting, _k_steps, scratch_shape
 from utils import KitError
 
 # one layer's constants in kernels.serve_kernel, in this order
@@ -68,8 +69,8 @@ class KernelServer:
         w_off, nw = _slices(sp["w"].numel() for sp in specs)
         b_off, nbias = _slices(sp["b"].numel() for sp in specs)
         y_off, ny = _slices(sp["y"].numel() for sp in specs)
-        p_off, npart = _slices(kn.nb * sp["m_tiles"] * sp["tiles"]["BP"] * sp["meta"]["S"] * sp["meta"]["COUT"]
-                               if k > 1 else 1 for sp, k in zip(specs, self.splits))
+        p_off, npart = _slices(math.prod(scratch_shape(sp["meta"], sp["tiles"], kn.nb, sp["m_tiles"], k))
+                               for sp, k in zip(specs, self.splits))
         c_off, ncnt = _slices(sp["cnt"].numel() for sp in specs)
         self.w = torch.zeros(nw, dtype=torch.float16, device=dev)
         self.b = torch.zeros(nbias, dtype=torch.float32, device=dev)

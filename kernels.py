@@ -19,8 +19,9 @@ are relaxed, so a thread's adds go out back to back; only the arrival counts are
 acquire-release: the program's thread barrier before its count orders every thread's adds
 before the count's release (the pattern of CUTLASS's split-K semaphore), and the last
 arrival's acquire orders its read-back after them.  Triton's default order for an atomic,
-acq_rel, wraps each element's atomic in a GPU-wide memory barrier and an L1 invalidation,
-which made a tile's adds and read-back a chain of dependent trips to L2.  The
+acq_rel, would wrap each element's atomic in a GPU-wide memory barrier and an L1
+invalidation (sm90 SASS), making a tile's adds and read-back a chain of dependent trips to
+L2.  The
 last layer's epilogue also runs the head, so a forward is one kernel per conv layer,
 allocates nothing and replays in one CUDA graph.
 
@@ -55,6 +56,7 @@ if triton is not None:
         from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
     except ImportError:  # old Triton: PDL stays off (kernel_net.pdl_available says why)
         gdc_wait = gdc_launch_dependents = None
+    SEQ_MASK_C = tl.constexpr(SEQ_MASK)  # a global a kernel reads must be a constexpr
 
     @triton.jit
     def _act(v, ACT: tl.constexpr):
@@ -150,7 +152,7 @@ if triton is not None:
             n = req
             if seq_ptr.dtype.element_ty == tl.int64:
                 tl.store(seq_ptr, _clock())
-        tl.store(word_ptr, ((n & 134217727) << 4) | best, cache_modifier=".wt")
+        tl.store(word_ptr, ((n & SEQ_MASK_C) << 4) | best, cache_modifier=".wt")
 
     @triton.jit
     def _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, NB: tl.constexpr,

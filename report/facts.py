@@ -22,8 +22,7 @@ ANCHORS = {
                "source": "github mlcommons/inference_results_v3.0"},
     "airbench": {"name": "airbench94 (Keller Jordan)", "s": 2.59, "acc": 94.01,
                  "how": "training time on an A100 (whitening + training + evaluation), accuracy with TTA",
-                 "source": "arXiv 2404.00498"},
-}
+                 "source": "arXiv 2404.00498"}}
 DASH = "–"
 
 

@@ -183,7 +183,9 @@ def results_gains(doc, s, figs):
         doc.para("No results/kernel_profile.json: no per-kernel table.")
     else:
         doc.heading("Per-kernel time (torch.profiler, one graph replay, µs)", 2)
-        doc.table(*facts.kernel_table(s), note="F: our Triton kernels; F_cudnn: the same weights through cuDNN and "
+        doc.table(*facts.kernel_table(s), note="F: our Triton kernels (one per conv layer; a split-K layer's partial "
+                                               "sums meet through relaxed atomics, one acq_rel arrival count "
+                                               "per tile); F_cudnn: the same weights through cuDNN and "
                                                "torch.compile in one CUDA graph. Host times from the profiling run.")
     if s.persistent is not None:
         doc.heading("A persistent kernel: one launch for every call", 2)
