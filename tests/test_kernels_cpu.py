@@ -5,9 +5,10 @@ Tolerance: activations are stored in fp16 between layers (accumulation is fp32),
 logits carry ~1e-3 relative error; we allow 1e-2 (||out - ref|| / ||ref||, ref in float64).
 The interpreter is slow (every tl op is numpy on the host), so the nets are tiny and the
 tiles large (few programs), yet split-K, the pool in the epilogue and the head all run.
-Not run here, with the reason: programmatic dependent launch (griddepcontrol is a GPU
-instruction the interpreter lacks), pinned host memory, CUDA graphs and timing: tests/test_gpu.py
-checks those on a GPU.  The persistent kernel (kernel_server.py) runs one program here, one
+One case compiles the kernels for sm90 (no GPU needed) and checks the memory order of their
+atomics in the PTX.  Not run here, with the reason: programmatic dependent launch
+(griddepcontrol is a GPU instruction the interpreter lacks), pinned host memory, CUDA graphs
+and timing: tests/test_gpu.py checks those on a GPU.  The persistent kernel (kernel_server.py) runs one program here, one
 request per launch: the same code path without the spinning.
 """
 import functools
@@ -247,6 +248,29 @@ def _persistent(K, views, fit_split, last_bp=None):
                 head_mode=net.head_mode(-1), refused=refused, req=srv.req)
 
 
+def _ptx_atomic_orders():
+    """Compiled mode, no GPU needed: conv_layer_kernel for sm90 (Triton's own ptxas), a split-K
+    layer and a last layer with the head and the answer word; each one's PTX atomics counted
+    by memory order."""
+    import re
+    import triton
+    from triton.backends.compiler import GPUTarget
+    import kernels
+    ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", y_ptr="*fp16", part_ptr="*fp32", cnt_ptr="*i32",
+               hmax_ptr="*fp32", hw_ptr="*fp32", hb_ptr="*fp32", out_ptr="*fp32", hcnt_ptr="*i32", view_ptr="*i32",
+               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", m_tiles="i32", SPLIT="i32", n_fin="i32")
+    base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
+                GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False)
+    out = {}
+    for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True))):
+        src = triton.compiler.ASTSource(fn=kernels.conv_layer_kernel, signature=ptr, constexprs=dict(base, **extra))
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
+        out[name] = {}
+        for sem in re.findall(r"\b(?:atom|red)\.global\.gpu\.(\w+)\.", ptx):
+            out[name][sem] = out[name].get(sem, 0) + 1
+    return out
+
+
 def _case(name):
     """The interpreter cases (run in a subprocess by _run_case)."""
     import kernel_net as K
@@ -350,6 +374,26 @@ def test_persistent_kernel_answers_as_the_kernel_net(case):
     assert "batch=1" in r["refused"][3]
 
 
+def test_only_arrival_counts_are_acquire_release_atomics():
+    """The memory order of the kernels' atomics, in their sm90 PTX: acq_rel (which ptxas wraps
+    in a GPU-wide memory barrier and an L1 invalidation) only for the arrival counts -- a
+    split-K tile's, and the head's -- while the partial sums, their read-back, the head's logits
+    and the call counter are relaxed, so a thread's adds go out back to back."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run([sys.executable, __file__, "ptx_atomics"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0 and "ptxas" in r.stderr.lower() and "not found" in r.stderr.lower():
+        pytest.skip("Triton's ptxas is not installed: the PTX cannot be built here")
+    assert r.returncode == 0, f"compile failed:\n{r.stderr[-3000:]}"
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["split_k"].get("acq_rel") == 1 and got["split_k"].get("relaxed", 0) >= 2, got
+    # the head's epilogue is inlined twice (after the K loop with and without split-K), each copy
+    # with the head's arrival count, beside the split-K count: 3
+    assert got["head"].get("acq_rel") == 3 and got["head"].get("relaxed", 0) >= 4, got
+
+
 def test_wrong_weights_are_caught():
     r = _run_case("relu_k3")
     assert r["wrong_weights_err"] > TOL, r
@@ -396,5 +440,5 @@ def test_bad_input_rejected(K):
         net.forward(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
 
 
-if __name__ == "__main__":  # python tests/test_kernels_cpu.py CASE (TRITON_INTERPRET=1 set)
-    print(json.dumps(_case(sys.argv[1])))
+if __name__ == "__main__":  # python tests/test_kernels_cpu.py CASE (TRITON_INTERPRET=1 set, but for ptx_atomics)
+    print(json.dumps(_ptx_atomic_orders() if sys.argv[1] == "ptx_atomics" else _case(sys.argv[1])))
