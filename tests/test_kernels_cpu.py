@@ -8,8 +8,8 @@ tiles large (few programs), yet split-K, the pool in the epilogue and the head a
 One case compiles the kernels for sm90 (no GPU needed) and checks the memory order of their
 atomics in the PTX.  Not run here, with the reason: programmatic dependent launch
 (griddepcontrol is a GPU instruction the interpreter lacks), pinned host memory, CUDA graphs
-and timing: tests/test_gpu.py checks those on a GPU.  The persistent kernel (kernel_server.py) runs one program here, one
-request per launch: the same code path without the spinning.
+and timing: tests/test_gpu.py checks those on a GPU.  The persistent kernel (kernel_server.py)
+runs one program here, one request per launch: the same code path without the spinning.
 """
 import functools
 import json
