@@ -82,7 +82,7 @@ def test_relative_paths_resolve_next_to_the_config(tmp_path):
     assert resolve_path(cfg, "/abs/x") == "/abs/x"
 
 
-# ---- issue 8 item e: ranges and lengths are in the schema (each was a traceback, or worse,
+# ---- ranges and lengths are in the schema (without it, each would be a traceback, or worse,
 # exit 0 with an untrained model registered) ----
 @pytest.mark.parametrize("override, words", [
     ("train.fastnet.epochs=0", ["train.fastnet.epochs", "0", ">= 1"]),

@@ -177,7 +177,7 @@ def test_unwritable_results_path_is_found_at_once(tmp_path):
     assert not os.path.exists(str(afile / "results.csv"))
 
 
-# ---- issue 12, item 1: the data set is found without a manual step --------------------------
+# ---- the data set is found without a manual step ---------------------------------------------
 FAKE_UNPACK = """import sys, os
 sys.path.insert(0, {tests!r})
 from conftest import make_tiny_npz

@@ -106,7 +106,7 @@ def test_results_file_with_another_header(trained):
             f.write(good)
 
 
-# ---- issue 8, section 3 (script level) ----
+# ---- script level ----
 def test_final_model_is_not_replaced_without_force(trained):
     # b. one CPU epoch once silently replaced the shipped 92.35 % model with a 47.35 % one
     check(trained, "train.py", ["--model", "fastnet", "--final"], "exists", "--force", "final_model.pth")

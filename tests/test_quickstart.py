@@ -1,4 +1,4 @@
-"""Issue 12: README's Quick start works on a fresh clone, with no data in data/ (the offline
+"""README's Quick start works on a fresh clone, with no data in data/ (the offline
 bundle beside the project is unpacked by the kit itself), on a CPU-only machine."""
 import csv
 import os

@@ -79,7 +79,7 @@ def test_git_commit_is_not_dirty_from_the_kits_own_outputs(tmp_path, monkeypatch
 
 def test_an_older_header_is_upgraded_with_its_renamed_columns(tmp_path):
     """A results.csv whose header used the old names (fuse, front) and fewer columns keeps every
-    row: today's header, the renamed columns carrying their old values, the new ones empty."""
+    row: the current header, the renamed columns carrying their old values, the new ones empty."""
     old_cols = [{"cudnn_relu": "fuse", "shape": "front"}.get(c, c) for c in utils.RESULT_COLUMNS[:56]]
     path = tmp_path / "r.csv"
     row = ["x"] * 56
