@@ -21,9 +21,8 @@ before the count's release (the pattern of CUTLASS's split-K semaphore), and the
 arrival's acquire orders its read-back after them.  Triton's default order for an atomic,
 acq_rel, would wrap each element's atomic in a GPU-wide memory barrier and an L1
 invalidation (sm90 SASS), making a tile's adds and read-back a chain of dependent trips to
-L2.  The
-last layer's epilogue also runs the head, so a forward is one kernel per conv layer,
-allocates nothing and replays in one CUDA graph.
+L2.  The last layer's epilogue also runs the head, so a forward is one kernel per conv
+layer, allocates nothing and replays in one CUDA graph.
 
 Getting the image in and the answer out costs no kernel either.  The first layer can read the
 image straight from pinned host memory (CUDA unified addressing: a pinned tensor's pointer is
