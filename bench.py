@@ -225,7 +225,8 @@ def make_row(cfg, device, im, t, acc, ref_t, ctx):
     if ref_t:
         row["speedup_e2e"], row["speedup_e2e_ci_low"], row["speedup_e2e_ci_high"] = \
             timing.speedup_interval(ref_t["e2e"], t["e2e"])
-        row["speedup_p50"], row["speedup_ci_low"], row["speedup_ci_high"] = timing.speedup_interval(ref_t["lat"], t["lat"])
+        row["speedup_p50"], row["speedup_ci_low"], row["speedup_ci_high"] = \
+            timing.speedup_interval(ref_t["lat"], t["lat"])
         row["speedup"] = ctx["ref_mean"] / s["mean"]
     if t["gpu"]:
         g = np.concatenate(t["gpu"])

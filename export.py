@@ -5,8 +5,9 @@
 
 The exported graph is the deployable form of F's net: BatchNorm and the input normalisation
 folded into the convolutions, F's test-time augmentation (the tta mode front.py stored in the
-checkpoint, e.g. flip: the mean of the image's and its mirror's logits) inside, FP32, and a uint8 input of shape (N, 32, 32, 3) -- the raw
-RGB image as decoders give it -- so no preprocessing is needed before calling it:
+checkpoint, e.g. flip: the mean of the image's and its mirror's logits) inside, FP32, and a
+uint8 input of shape (N, 32, 32, 3) -- the raw RGB image as decoders give it -- so no
+preprocessing is needed before calling it:
 
     ts = torch.jit.load("checkpoints/final_model.ts")               # logits = ts(x_uint8_nhwc)
     ort.InferenceSession("checkpoints/final_model.onnx").run(None, {"image": x_uint8_nhwc})

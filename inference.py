@@ -243,7 +243,8 @@ class Predictor:
             raise KitError(f"variant {v.label!r}: compile mode '{v.compile}' makes its own CUDA graphs; "
                            "set cuda_graph: false or use max-autotune-no-cudagraphs")
         if v.kernels and not (v.fold_bn and isinstance(model, FastNet) and v.cuda_graph):
-            raise KitError(f"variant {v.label!r}: kernels need a fastnet checkpoint, fold_bn: true and cuda_graph: true")
+            raise KitError(f"variant {v.label!r}: kernels need a fastnet checkpoint, fold_bn: true and "
+                           "cuda_graph: true")
         if v.e2e_input == "mapped" and not v.kernels:
             raise KitError(f"variant {v.label!r}: e2e_input 'mapped' needs kernels: true (torch ops cannot read "
                            "host memory); use e2e_input: copy")

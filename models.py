@@ -302,7 +302,8 @@ def load_model(path, expected_model=None, cfg=None):
         raise KitError(f"{path}: weights do not fit a '{name}' model ({detail[:200]})") from None
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if not missing and not unexpected:
-        bad = [k for k, t in ck["state_dict"].items() if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [k for k, t in ck["state_dict"].items()
+               if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
             raise KitError(f"{path}: non-finite weights (NaN or inf) in {len(bad)} tensor(s), e.g. {bad[0]}: "
                            "the training diverged or the file is damaged; retrain it")

@@ -271,7 +271,8 @@ def merge_val(data):
     """Train on train + validation (train_on_val): for a fixed schedule whose every setting was
     already chosen on the validation split; no validation accuracy is left to report."""
     d = dict(data)
-    d["x_train"], d["y_train"] = torch.cat([data["x_train"], data["x_val"]]), torch.cat([data["y_train"], data["y_val"]])
+    d["x_train"] = torch.cat([data["x_train"], data["x_val"]])
+    d["y_train"] = torch.cat([data["y_train"], data["y_val"]])
     d["x_val"], d["y_val"] = data["x_val"][:0], data["y_val"][:0]
     return d
 
@@ -333,7 +334,8 @@ def train_and_save(cfg, model_name, device, tag, *, data=None, save_as=None, scr
     if rel.startswith(".."):  # outside the project: keep it absolute
         rel = os.path.abspath(path)
     utils.update_manifest(cfg, tag, {"path": rel, "model": model_name, "epoch": info["best_epoch"],
-                                     "val_acc": utils.json_number(val_acc, 2), "test_acc": utils.json_number(test_acc, 2),
+                                     "val_acc": utils.json_number(val_acc, 2),
+                                     "test_acc": utils.json_number(test_acc, 2),
                                      "recipe_time_s": round(info["recipe_time_s"], 2),
                                      "gpu": utils.env_info()["gpu"], "script": script})
     if save_as:
@@ -394,7 +396,8 @@ def read_selection(cfg):
     except FileNotFoundError:
         raise KitError(f"no {path}: choose F and F85 first (python front.py)") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise KitError(f"{path}: not a selection record of front.py ({type(e).__name__}: {e}); rerun front.py") from None
+        raise KitError(f"{path}: not a selection record of front.py ({type(e).__name__}: {e}); "
+                       "rerun front.py") from None
 
 
 def final_runs(cfg, device, force=False):

@@ -51,7 +51,8 @@ def test_final_inference_path_equals_the_plain_model_on_cpu():
     assert [clf(img) for img in imgs] == ref.argmax(1).tolist()  # the end-to-end call: the same answers
     assert clf.fold_norm and not any(isinstance(m, torch.nn.BatchNorm2d) for m in clf.net.modules())
     assert clf.notes[0] == "cpu fallback: fp32 eager (no CUDA graph, no torch.compile)"
-    assert clf.notes[1:] == (["cpu fallback: torch ops instead of the Triton kernels"] if cfg.variants.F.kernels else [])
+    want = ["cpu fallback: torch ops instead of the Triton kernels"] if cfg.variants.F.kernels else []
+    assert clf.notes[1:] == want
 
 
 def claimed_f_accuracy():

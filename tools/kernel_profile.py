@@ -35,7 +35,8 @@ def profile_kernels(graph, n_rep=20):
     ev = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
     per = len(ev) // n_rep
     if per == 0 or len(ev) % n_rep:
-        raise utils.KitError(f"the profiler saw {len(ev)} GPU records for {n_rep} replays (not a whole number a replay)")
+        raise utils.KitError(f"the profiler saw {len(ev)} GPU records for {n_rep} replays "
+                             "(not a whole number a replay)")
     return [(ev[j].name[:70], sum(ev[r * per + j].time_range.elapsed_us() for r in range(n_rep)) / n_rep)
             for j in range(per)]
 
@@ -75,7 +76,8 @@ def main():
         r.update(label=clf.label, notes="; ".join(clf.notes), shape=clf.ck_meta["shape"], tta=clf.tta)
         res["variants"][v] = r
         print(f"{v}: e2e p50 {r['e2e_p50']:.1f} us, device-side p50 {r['device_p50']:.1f}, GPU {r['gpu']:.1f}, "
-              f"pipelined {r['pipe']:.1f}; {len(r['kernels'])} GPU records, sum {sum(t for _, t in r['kernels']):.1f} us")
+              f"pipelined {r['pipe']:.1f}; {len(r['kernels'])} GPU records, "
+              f"sum {sum(t for _, t in r['kernels']):.1f} us")
         for k, t in r["kernels"]:
             print(f"    {t:6.2f} us  {k}")
     utils.atomic_write_bytes(a.out, (json.dumps(res, indent=1) + "\n").encode())
