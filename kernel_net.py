@@ -197,19 +197,22 @@ WIDE_LAUNCH = [(4, 2), (4, 4), (8, 2), (8, 3), (8, 4)]  # (num_warps, num_stages
 
 
 def candidates(m, batch, n_sm, wide=False):
-    """The build-time search space around the heuristic: row tiles x1/x2 (and the whole map
-    when it has <= 16 pixels), 16-64 channel columns, K steps of 1, 2 or 4 times the
+    """The build-time search space around the heuristic: row tiles x1/x2 (x4 too for the layer
+    reading the image; the whole map when it has <= 16 pixels), 16-64 channel columns (128 on
+    maps of <= 16 pixels), K steps of 1, 2 or 4 times the
     heuristic's (a longer step: fewer dependent trips round the K loop), and split-K aimed at
     1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
     argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
     compiles them in parallel processes first (KernelNet.search_tiles(timed=False)).
     wide: also 8 warps and 2 / 4 pipeline stages (WIDE_LAUNCH) for layers of >= 64 input
-    channels (the long K loops), 6x the compiles."""
+    channels (the long K loops), 6x the compiles; for a layer with the stem inside, 8 warps."""
     h = heuristic_tiles(m, batch, n_sm)
     bks = [h["BK"]]
     if not h["GENERIC"] and not m.get("STEM"):
         bks += [bk for bk in (2 * h["BK"], 4 * h["BK"]) if bk <= 256 and m["CIN"] % bk == 0]
     bps = [h["BP"], 2 * h["BP"]]
+    if m["CIN"] == 3 or m.get("STEM"):  # the layer that reads the image: fewer, longer row tiles too
+        bps.append(4 * h["BP"])
     if m["HO"] * m["WO"] <= 16 and _pow2(m["HO"] * m["WO"]) not in bps:
         bps.append(_pow2(m["HO"] * m["WO"]))  # the whole (small) map in one row tile: a last layer's head mode 2
     out = []
@@ -429,7 +432,10 @@ class KernelNet(torch.nn.Module):
 
     def search_tiles(self, sp, timed=True, autotune=True):
         """Time each candidate tile alone (a CUDA graph of 20 launches, on a random input of
-        the layer's shape) and keep the fastest (autotune="wide": the wider search).
+        the layer's shape) and keep the fastest (autotune="wide": the wider search).  The first
+        layer reads its image from pinned host memory, as the end-to-end call does: there the
+        number of programs reading the image, and how each reads it, costs more than any
+        tile's arithmetic (each read crosses PCIe).
         timed=False: only compile every candidate (one launch each; tools/kernel_tune.py runs
         that in parallel processes)."""
         i = self.specs.index(sp)
@@ -454,8 +460,9 @@ class KernelNet(torch.nn.Module):
 
     def _random_input_of(self, i):
         m = self.specs[i]["meta"]
-        if i == 0:
-            return torch.randint(0, 256, (self.batch, 32, 32, 3), device=self.device, dtype=torch.uint8)
+        if i == 0:  # the image, in pinned host memory where the end-to-end call keeps it (e2e_input: mapped)
+            x = torch.randint(0, 256, (self.batch, 32, 32, 3), dtype=torch.uint8)
+            return x.pin_memory() if self.device.type == "cuda" else x
         return torch.rand(self.nb, m["H"], m["W"], m["CIN"], device=self.device).half()
 
     # -- run ----------------------------------------------------------------------------------

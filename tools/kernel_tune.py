@@ -5,7 +5,8 @@
 For each front shape (config front.shapes), each TTA mode of the front (front.tta: none runs
 1 map per layer, flip 2) and both stems (fused into the first conv layer or not), a randomly initialised fastnet of that shape is folded as the kit's
 inference path folds it (so the layer shapes and keys match), and every layer's candidate
-tiles (kernel_net.candidates) are timed alone; the fastest go into the cache file (default
+tiles (kernel_net.candidates) are timed alone (the first on an image in pinned host memory,
+as the end-to-end call reads it); the fastest go into the cache file (default
 paths.kernel_tiles), keyed by GPU name, maps per call and layer shape.  KernelNet reads it at
 build: variants with kernel_tiles: tuned use it, the heuristic where a key is missing.
 Compiling the ~10-30 (BP, BN, BK) kernels of each layer dominates, so phase 1 compiles them
@@ -96,7 +97,7 @@ def main():
     for name, layers, head, kw in nets(cfg, shapes):
         heur = K.KernelNet(layers, head, batch=1, **kw)
         tuned = K.KernelNet(layers, head, batch=1, autotune=mode, **kw)
-        x = torch.randint(0, 256, (1, 32, 32, 3), device="cuda", dtype=torch.uint8)
+        x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8).pin_memory()  # where the e2e call reads it
         rows_h, rows_t = heur.time_kernels(x), tuned.time_kernels(x)
         print(f"{name}: sum of layers alone, heuristic {sum(u for _, u in rows_h):.1f} us, "
               f"tuned {sum(u for _, u in rows_t):.1f} us", flush=True)
