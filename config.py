@@ -135,9 +135,6 @@ VARIANT = {
     # there is none; the row's notes count both) | heuristic.  kernel_pdl: programmatic dependent launch
     "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
     "kernel_pdl": Field(bool, False),
-    # kernel_stem: fused = the stem runs inside the first conv layer's kernel where the net allows
-    # (kernel_net.stem_fusable), one kernel fewer | separate = a kernel of its own
-    "kernel_stem": Field(str, "fused", choices=("fused", "separate")),
     # the end-to-end call of a CUDA-graph path: how the image gets in (mapped: the first kernel
     # reads pinned host memory, kernels only; copy: a copy node in the graph) and how the host
     # waits for the answer word (poll it | synchronise); eager paths copy and synchronise

@@ -108,16 +108,14 @@ def kernel_net(cfg, model, a):
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
     tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
     return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
-                                   views=TTA_VIEWS[a["tta"]], tile_cache=tiles,
-                                   fuse_stem=a["kernel_stem"] == "fused"))
+                                   views=TTA_VIEWS[a["tta"]], tile_cache=tiles))
 
 
 def kernel_notes(kn):
     """One note for the row: where each layer's tiles came from, PDL, the kernel count."""
     src = kn.tile_sources()
     counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
-    return (f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}{'; stem fused' if kn.stem_fused else ''}; "
-            f"{kn.kernel_count()} kernels")
+    return f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}; {kn.kernel_count()} kernels"
 
 
 def folded_net(cfg, model, a):
@@ -221,7 +219,7 @@ class Predictor:
         self._cfg = cfg
         self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
                                mem=self.mem, tta=self.tta, kernels=self.kernels, kernel_tiles=v.kernel_tiles,
-                               kernel_pdl=v.kernel_pdl, kernel_stem=v.kernel_stem)
+                               kernel_pdl=v.kernel_pdl)
         self.net = folded_net(cfg, model, self._fold_args)
         self.kn = self.net.kn if self.kernels else None
         if self.kn is not None:

@@ -1,5 +1,5 @@
 """The host side of our Triton kernels (kernels.py): KernelNet runs a folded fastnet-class net
-as one kernel per conv layer (the stem optionally inside the first), chooses each layer's tiles (tile cache, build-time search or
+as one kernel per conv layer, chooses each layer's tiles (tile cache, build-time search or
 heuristic) and keeps the tile cache that tools/kernel_tune.py writes.
 
     kn = KernelNet(layers, head, batch=1, views=TTA_VIEWS["flip"], tile_cache="results/tiles.json")
@@ -116,9 +116,7 @@ def _layer_meta(L, h, w, cin):
 
 
 def _k_steps(m, t):
-    """K-loop length of a layer for tile t (1 for a layer with the stem inside: one step)."""
-    if m.get("STEM"):
-        return 1
+    """K-loop length of a layer for tile t."""
     if t["GENERIC"]:
         return -(-(m["KH"] ** 2 * m["CIN"]) // t["BK"])
     return m["KH"] ** 2 * (m["CIN"] // t["BK"])
@@ -131,54 +129,12 @@ def scratch_shape(m, t, nb, m_tiles, split):
     return (nb * m_tiles * t["BP"] * m["S"], m["COUT"]) if split > 1 else (1, 1)
 
 
-MAX_STEM_PK, MAX_STEM_K = 128, 512  # the fused stem's patch and its GEMM's K, padded: registers bound them
-
-
-def stem_fusable(layers):
-    """(ok, reason): can the first conv layer run the stem inside it (kernels._stem_fused_acc)?
-    The stem must be a valid (unpadded, unpooled) conv of the 3-channel image with the first
-    layer's activation, and its patch (KH + k - 1)^2 x 3 and the GEMM's K (KH^2 x stem width),
-    padded to powers of 2, small enough to sit in registers."""
-    if len(layers) < 2:
-        return False, "one conv layer: no stem to fuse"
-    s, L = layers[0], layers[1]
-    cout, cin, k, _ = s["weight"].shape
-    kh = L["weight"].shape[2]
-    if cin != 3 or s["padding"] != 0 or s["pool"] or s["act"] != L["act"]:
-        return False, "the stem is not a valid unpooled conv of the image with the next layer's activation"
-    if _pow2((kh + k - 1) ** 2 * 3) > MAX_STEM_PK or _pow2(kh * kh * cout) > MAX_STEM_K:
-        return False, f"stem k{k} x {cout} under a k{kh} layer: too large to fuse"
-    return True, "the stem runs inside the first conv layer"
-
-
-def _stem_operands(stem, L, meta):
-    """The fused layer's stem operands: sw [PK, SKP], the stem's weights for every tap of the
-    layer at once (row (py, px, ci) of the patch, column tap * C + c, c a stem channel), and
-    sb [SKP], its bias per column; zero rows and columns pad them (kernels._stem_fused_acc)."""
-    c, _, k, _ = stem["weight"].shape
-    kh, ps = meta["KH"], meta["KH"] + k - 1
-    ws = stem["weight"].detach().float().cpu()
-    sw = torch.zeros(meta["PK"], _pow2(kh * kh * c))
-    sb = torch.zeros(sw.shape[1])
-    for ky in range(kh):
-        for kx in range(kh):
-            col = (ky * kh + kx) * c
-            sb[col:col + c] = stem["bias"].detach().float().cpu()
-            for dy in range(k):
-                for dx in range(k):
-                    row = ((ky + dy) * ps + kx + dx) * 3
-                    sw[row:row + 3, col:col + c] = ws[:, :, dy, dx].t()
-    return sw, sb
-
-
 def heuristic_tiles(m, batch, n_sm=132, target=None):
     """Tiles for one layer: 16-row tiles (4 pooled pixels x 4 for a pooled layer), 16-32
     channel columns, then split K until about `target` programs run (each keeps >= 2 K steps)."""
-    generic = m["CIN"] % 16 != 0 and not m.get("STEM")
+    generic = m["CIN"] % 16 != 0
     ktot = m["KH"] ** 2 * m["CIN"]
-    if m.get("STEM"):  # the whole (padded) K in its one step
-        bk = _pow2(ktot)
-    elif generic:
+    if generic:
         bk = 32 if ktot <= 32 else 64
     else:
         bk = 64 if m["CIN"] % 64 == 0 else (32 if m["CIN"] % 32 == 0 else 16)
@@ -198,35 +154,32 @@ WIDE_LAUNCH = [(4, 2), (4, 4), (8, 2), (8, 3), (8, 4)]  # (num_warps, num_stages
 
 def candidates(m, batch, n_sm, wide=False):
     """The build-time search space around the heuristic: row tiles x1/x2 (x4 too for the layer
-    reading the image; the whole map when it has <= 16 pixels), 16-64 channel columns (128 on
-    maps of <= 16 pixels), K steps of 1, 2 or 4 times the
-    heuristic's (a longer step: fewer dependent trips round the K loop), and split-K aimed at
-    1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
+    reading the image; the whole map when it has <= 16 pixels), 16-64 channel columns, K steps
+    of 1, 2 or 4 times the heuristic's (a longer step: fewer dependent trips round the K loop),
+    and split-K aimed at 1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
     argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
     compiles them in parallel processes first (KernelNet.search_tiles(timed=False)).
     wide: also 8 warps and 2 / 4 pipeline stages (WIDE_LAUNCH) for layers of >= 64 input
-    channels (the long K loops), 6x the compiles; for a layer with the stem inside, 8 warps."""
+    channels (the long K loops), 6x the compiles."""
     h = heuristic_tiles(m, batch, n_sm)
     bks = [h["BK"]]
-    if not h["GENERIC"] and not m.get("STEM"):
+    if not h["GENERIC"]:
         bks += [bk for bk in (2 * h["BK"], 4 * h["BK"]) if bk <= 256 and m["CIN"] % bk == 0]
     bps = [h["BP"], 2 * h["BP"]]
-    if m["CIN"] == 3 or m.get("STEM"):  # the layer that reads the image: fewer, longer row tiles too
+    if m["CIN"] == 3:  # the layer that reads the image: fewer, longer row tiles too (fewer reads of it)
         bps.append(4 * h["BP"])
     if m["HO"] * m["WO"] <= 16 and _pow2(m["HO"] * m["WO"]) not in bps:
         bps.append(_pow2(m["HO"] * m["WO"]))  # the whole (small) map in one row tile: a last layer's head mode 2
     out = []
     for bp in bps:
-        for bn in (16, 32, 64, 128):  # 128: only on the small last maps (the head: fewer shares to add)
-            if bn > max(16, _pow2(m["COUT"])) or (bn == 128 and m["HO"] * m["WO"] > 16):
+        for bn in (16, 32, 64):
+            if bn > max(16, _pow2(m["COUT"])):
                 continue
             for bk in bks:
                 for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):
                     t = _with_split(m, dict(h, BP=bp, BN=bn, BK=bk), batch, tgt)
                     if t not in out:
                         out.append(t)
-    if m.get("STEM"):  # its one step holds two GEMMs: 8 warps too
-        out += [dict(t, num_warps=8) for t in list(out)]
     if wide and m["CIN"] >= 64 and not h["GENERIC"]:
         out += [dict(t, num_warps=w, num_stages=st) for t in list(out) for w, st in WIDE_LAUNCH]
     return out
@@ -264,7 +217,7 @@ class KernelNet(torch.nn.Module):
     """The folded net as one Triton kernel per conv layer (head fused into the last one).
 
     KernelNet(layers, head, batch=1, device='cuda', autotune=False, pdl=False, views=None,
-              tiles=None, tile_cache=None, fuse_stem=False)
+              tiles=None, tile_cache=None)
     forward(x, answer=None): x N x 32 x 32 x 3 (uint8 or fp16, NHWC, contiguous, N == batch,
     on the GPU or pinned host memory) -> float32 N x 10 logits (the same buffer every call).
     answer=(seq, word): batch 1 only; the head also writes (call number << 4) | class id into
@@ -275,15 +228,12 @@ class KernelNet(torch.nn.Module):
     inference.TTA_VIEWS: every layer runs batch * len(views) maps, the first layer reads each
     view straight from the image (mirrored / reflect-shifted loads), the head returns the
     weighted sum of the views' logits.  Same kernel count as without views, no torch op.
-    fuse_stem: where the net allows (stem_fusable), the stem runs inside the first conv layer's
-    kernel (one kernel fewer; each program computes the stem pixels under its taps from the
-    image patch it reads once); the specs and tiles then start at that layer.
-    Tiles: `tiles` (one dict per spec) if given, else the cache file's entry for this GPU and
+    Tiles: `tiles` (one dict per layer) if given, else the cache file's entry for this GPU and
     layer shape, else the build-time search (autotune), else the heuristic.
     """
 
     def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
-                 tile_cache=None, fuse_stem=False):
+                 tile_cache=None):
         super().__init__()
         ok, why = available(device)
         if not ok:
@@ -296,7 +246,6 @@ class KernelNet(torch.nn.Module):
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
         self.oversized = 0  # candidate tiles search_tiles left out: more shared memory than the SM has
-        self.stem_fused = bool(fuse_stem) and stem_fusable(layers)[0]
         self.specs = self._build_specs(layers)
         self._build_head(head)
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "interpreter"
@@ -323,39 +272,14 @@ class KernelNet(torch.nn.Module):
 
     def _build_specs(self, layers):
         specs, h, w, c = [], 32, 32, 3
-        for i, L in enumerate(layers):
+        for L in layers:
             m = _layer_meta(L, h, w, c)
+            specs.append(dict(meta=m, w=_pack_weight(L).to(self.device, torch.float16).contiguous(),
+                              b=L["bias"].detach().to(self.device, torch.float32).contiguous(),
+                              y=torch.empty(self.nb, m["HO"], m["WO"], m["COUT"], device=self.device,
+                                            dtype=torch.float16)))
             h, w, c = m["HO"], m["WO"], m["COUT"]
-            if i == 0 and self.stem_fused:  # its output is computed inside the next layer
-                continue
-            if i == 1 and self.stem_fused:
-                k = layers[0]["weight"].shape[2]
-                m.update(STEM=k, PK=_pow2((m["KH"] + k - 1) ** 2 * 3))
-            specs.append(dict(meta=m, y=torch.empty(self.nb, m["HO"], m["WO"], m["COUT"], device=self.device,
-                                                    dtype=torch.float16)))
-        self._pack_into(specs, layers)
         return specs
-
-    def _pack_into(self, specs, layers):
-        """The kernels' operands of every spec from the folded layers: fp16 weights [(ky, kx,
-        ci), COUT], fp32 biases; the fused first layer's weights padded to its K and the stem's
-        operands (_stem_operands) beside them.  Allocates them where absent, else copies in."""
-        ls = layers[1:] if self.stem_fused else layers
-        for sp, L in zip(specs, ls):
-            m = sp["meta"]
-            wt = _pack_weight(L)
-            ops = dict(w=wt, b=L["bias"].detach().float())
-            if m.get("STEM"):
-                sw, sb = _stem_operands(layers[0], L, m)
-                ops.update(w=torch.cat([wt, wt.new_zeros(sw.shape[1] - wt.shape[0], wt.shape[1])]), sw=sw, sb=sb)
-            for k, v in ops.items():
-                dt = torch.float16 if k in ("w", "sw") else torch.float32
-                if k not in sp:
-                    sp[k] = v.to(self.device, dt).contiguous()
-                elif v.shape != sp[k].shape:
-                    raise ValueError(f"layer weights {tuple(L['weight'].shape)} do not fit this KernelNet")
-                else:
-                    sp[k].copy_(v.to(sp[k]))
 
     def _build_head(self, head):
         wfc = head["weight"].detach().float()
@@ -379,11 +303,14 @@ class KernelNet(torch.nn.Module):
     def load_weights(self, layers, head):
         """Copy another net of the same shapes into the packed weights, in place (a captured CUDA
         graph then runs the new weights): how bench.py evaluates every seed through this path."""
-        if len(layers) != len(self.specs) + self.stem_fused:
-            raise ValueError(f"{len(layers)} layers, this KernelNet has {len(self.specs) + self.stem_fused}")
-        if self.stem_fused and not stem_fusable(layers)[0]:
-            raise ValueError(f"these layers' stem does not fit this KernelNet's fused stem: {stem_fusable(layers)[1]}")
-        self._pack_into(self.specs, layers)
+        if len(layers) != len(self.specs):
+            raise ValueError(f"{len(layers)} layers, this KernelNet has {len(self.specs)}")
+        for sp, L in zip(self.specs, layers):
+            wt = _pack_weight(L)
+            if wt.shape != sp["w"].shape or L["bias"].shape != sp["b"].shape:
+                raise ValueError(f"layer weights {tuple(L['weight'].shape)} do not fit {tuple(sp['w'].shape)}")
+            sp["w"].copy_(wt.to(sp["w"]))
+            sp["b"].copy_(L["bias"].detach().to(sp["b"]))
         wfc = head["weight"].detach().float()
         if wfc.shape[0] != self.ncls or wfc.shape[1] != self.specs[-1]["meta"]["COUT"]:
             raise ValueError(f"head weight {tuple(wfc.shape)} does not fit this KernelNet")
@@ -392,7 +319,7 @@ class KernelNet(torch.nn.Module):
 
     def weight_bytes(self):
         """Bytes of the weights as run (fp16 conv weights, fp32 biases and the padded head)."""
-        ts = [sp[k] for sp in self.specs for k in ("w", "b", "sw", "sb") if k in sp] + [self.hw, self.hb]
+        ts = [t for sp in self.specs for t in (sp["w"], sp["b"])] + [self.hw, self.hb]
         return sum(t.numel() * t.element_size() for t in ts)
 
     def _alloc_scratch(self, sp):
@@ -434,8 +361,8 @@ class KernelNet(torch.nn.Module):
         """Time each candidate tile alone (a CUDA graph of 20 launches, on a random input of
         the layer's shape) and keep the fastest (autotune="wide": the wider search).  The first
         layer reads its image from pinned host memory, as the end-to-end call does: there the
-        number of programs reading the image, and how each reads it, costs more than any
-        tile's arithmetic (each read crosses PCIe).
+        number of programs reading the image, and how each reads it, costs more than its
+        arithmetic (each read crosses PCIe).
         timed=False: only compile every candidate (one launch each; tools/kernel_tune.py runs
         that in parallel processes)."""
         i = self.specs.index(sp)
@@ -483,13 +410,13 @@ class KernelNet(torch.nn.Module):
             kw["launch_pdl"] = True
         seq, word = answer if answer is not None else (self._no_answer, self._no_answer)
         kernels.conv_layer_kernel[sp["grid"]](
-            x, sp["w"], sp["b"], sp.get("sw", sp["w"]), sp.get("sb", sp["b"]), sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
+            x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
             self.view_t, self.view_w, seq, word, sp["m_tiles"], t["SPLIT"], sp["grid"][0] * sp["grid"][1],
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
             GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,
             VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1, PDL=self.pdl,
-            ANSWER=answer is not None and i == len(self.specs) - 1, STEM=m.get("STEM", 0), PK=m.get("PK", 16), **kw)
+            ANSWER=answer is not None and i == len(self.specs) - 1, **kw)
 
     def forward(self, x, answer=None):
         if x.shape != (self.batch, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16):
@@ -523,8 +450,7 @@ class KernelNet(torch.nn.Module):
     def layer_name(self, i):
         sp = self.specs[i]
         m, t = sp["meta"], sp["tiles"]
-        stem = f"stem k{m['STEM']} + " if m.get("STEM") else ""
-        return (f"L{i} {stem}{m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
+        return (f"L{i} {m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
                 f"{' pool' if m['S'] == 4 else ''}{' +head' if i == len(self.specs) - 1 else ''}"
                 f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']} w{t['num_warps']}s{t['num_stages']}")
 

@@ -57,9 +57,6 @@ class KernelServer:
     def __init__(self, kn, programs=None, timeout_s=1.0, trace=False, fit_split=False):
         if kn.batch != 1:
             raise ValueError("KernelServer answers batch-1 calls: build the KernelNet with batch=1")
-        if kn.stem_fused:
-            raise ValueError("KernelServer runs the stem as a layer of its own: build the KernelNet with "
-                             "fuse_stem=False (variant kernel_stem: separate)")
         self.kn, self.timeout_s, self.trace, self.fit_split = kn, float(timeout_s), bool(trace), bool(fit_split)
         self.interp = _interpreting()
         dev = kn.device

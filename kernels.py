@@ -139,43 +139,6 @@ if triton is not None:
         return a.to(tl.float16), k
 
     @triton.jit
-    def _stem_fused_acc(x_base, sw_ptr, sb_ptr, w_ptr, oh, ow, rok, cols, cmask, H: tl.constexpr,
-                        W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, KH: tl.constexpr,
-                        PAD: tl.constexpr, ACT: tl.constexpr, BK: tl.constexpr, STEM: tl.constexpr,
-                        PK: tl.constexpr, VIEW: tl.constexpr, fl, dy, dx):
-        # The first conv layer with the stem (a STEM x STEM valid conv of the 3-channel image,
-        # CIN outputs) computed inside it, in ONE step with no K loop.  Each row's input is the
-        # image patch under its KH x KH taps of stem pixels: PS x PS pixels x 3 (PK, padded),
-        # read once.  The stem then runs as one GEMM against sw, the stem weights laid out for
-        # every tap at once ([PK, BK]: column tap * CIN + c is stem channel c at tap (ky, kx)),
-        # then bias and act; the stem pixels outside the stem map (the layer's zero padding)
-        # are zeroed; the layer is the second GEMM, its packed weights [(tap, c), COUT] padded
-        # to BK rows.
-        PS: tl.constexpr = KH + STEM - 1
-        HI: tl.constexpr = H + STEM - 1  # the image's side (the stem has no padding)
-        pk = tl.arange(0, PK)
-        pix = pk // 3
-        py = pix // PS
-        px = pix - py * PS
-        ih = oh[:, None] + (py[None, :] - PAD)
-        iw = ow[:, None] + (px[None, :] - PAD)
-        ok = rok[:, None] & (pk < PS * PS * 3)[None, :] & (ih >= 0) & (ih < HI) & (iw >= 0) & (iw < HI)
-        if VIEW:
-            ih, iw = _view_coords(ih, iw, fl, dy, dx, HI, HI)
-        a = tl.load(x_base + (ih * HI + iw) * 3 + (pk - pix * 3)[None, :], mask=ok, other=0).to(tl.float16)
-        j = tl.arange(0, BK)
-        sw = tl.load(sw_ptr + pk[:, None] * BK + j[None, :])
-        s = _act(tl.dot(a, sw) + tl.load(sb_ptr + j)[None, :], ACT)
-        tap = j // CIN
-        ky = tap // KH
-        sh = oh[:, None] + (ky[None, :] - PAD)
-        sv = ow[:, None] + ((tap - ky * KH)[None, :] - PAD)
-        sok = (j < KH * KH * CIN)[None, :] & (sh >= 0) & (sh < H) & (sv >= 0) & (sv < W)
-        s = tl.where(sok, s, 0.0).to(tl.float16)
-        b = tl.load(w_ptr + j[:, None] * COUT + cols[None, :], mask=cmask[None, :], other=0.0)
-        return tl.dot(s, b)
-
-    @triton.jit
     def _answer(logits, cls, seq_ptr, word_ptr, req):
         # The class id of one image's 16 padded logits (the first of equal maxima, as
         # torch.argmax), and this call's number (the request number req of the persistent
@@ -259,7 +222,7 @@ if triton is not None:
             tl.store(y_ptr + offs, v.to(tl.float16), mask=(q < HWO)[:, None] & cmask[None, :])
 
     @triton.jit
-    def conv_layer_kernel(x_ptr, w_ptr, b_ptr, sw_ptr, sb_ptr, y_ptr, part_ptr, cnt_ptr,
+    def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                           hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr,
                           m_tiles, SPLIT, n_fin,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
@@ -268,16 +231,16 @@ if triton is not None:
                           BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                           GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                           NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                          ANSWER: tl.constexpr, STEM: tl.constexpr, PK: tl.constexpr):
+                          ANSWER: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program."""
         _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
-                   x_ptr, w_ptr, b_ptr, sw_ptr, sb_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
-                   hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD,
-                   S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER, STEM, PK)
+                   x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
+                   view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
+                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER)
 
     @triton.jit
-    def _conv_item(pid_m, pid_n, sid, n_tiles, x_ptr, w_ptr, b_ptr, sw_ptr, sb_ptr, y_ptr, part_ptr, cnt_ptr,
+    def _conv_item(pid_m, pid_n, sid, n_tiles, x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                    hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr, req,
                    m_tiles, SPLIT, n_fin,
                    H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
@@ -286,15 +249,14 @@ if triton is not None:
                    BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                    GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                    NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                   ANSWER: tl.constexpr, STEM: tl.constexpr, PK: tl.constexpr):
+                   ANSWER: tl.constexpr):
         """Work item (pid_m, pid_n, sid) of one layer: row tile pid_m = (map, tile), channel
         tile pid_n of n_tiles, K slice sid of SPLIT (KI K steps in all).  Map n = image n // NV,
         TTA view n % NV; the first layer (VIEW) makes the view itself from its image's loads.
         The constant operands of the epilogue (bias, the head's weights) are loaded first,
         before the PDL wait (weights do not depend on the previous layer).  ZOUT: this is the
         first layer of a net whose head adds into the output (HEAD == 2): zero it.  ANSWER:
-        the head also writes the answer word (_answer).  STEM: the net's first conv layer with
-        its stem inside (_stem_fused_acc; x is the image, sw / sb the stem's weights)."""
+        the head also writes the answer word (_answer)."""
         n = pid_m // m_tiles
         tile = pid_m - n * m_tiles
         BM: tl.constexpr = BP * S
@@ -302,16 +264,12 @@ if triton is not None:
         cols = pid_n * BN + tl.arange(0, BN)
         cmask = cols < COUT
         kk = tl.arange(0, BK)
-        if STEM:  # the input is the image, not the stem's map
-            x_map = (H + STEM - 1) * (W + STEM - 1) * 3
-        else:
-            x_map = H * W * CIN
         if VIEW:  # the input holds NB // NV images; view (flip, dy, dx) from view_ptr
-            x_base = x_ptr + (n // NV) * x_map
+            x_base = x_ptr + (n // NV) * (H * W * CIN)
             vp = view_ptr + (n % NV) * 3
             fl, dy, dx = tl.load(vp), tl.load(vp + 1), tl.load(vp + 2)
         else:
-            x_base = x_ptr + n * x_map
+            x_base = x_ptr + n * (H * W * CIN)
             fl, dy, dx = 0, 0, 0
         bias = tl.load(b_ptr + cols, mask=cmask, other=0.0)
         if HEAD == 2:
@@ -327,21 +285,19 @@ if triton is not None:
             if (pid_m == 0) & (pid_n == 0) & (sid == 0):
                 for i in tl.static_range(NB // NV):
                     tl.store(out_ptr + i * 16 + tl.arange(0, 16), tl.zeros([16], dtype=tl.float32))
-        if STEM:  # the stem inside this layer: one K step (KI = SPLIT = 1)
-            acc = _stem_fused_acc(x_base, sw_ptr, sb_ptr, w_ptr, oh, ow, rok, cols, cmask, H, W, CIN, COUT, KH, PAD,
-                                  ACT, BK, STEM, PK, VIEW, fl, dy, dx)
-        else:
-            acc = tl.zeros([BM, BN], dtype=tl.float32)
-            for it in range(sid * KI // SPLIT, (sid + 1) * KI // SPLIT):
-                if GENERIC:
-                    a, krow = _load_a_generic(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
-                    kmask = krow < KH * KH * CIN
-                else:
-                    a, krow = _load_a_blocked(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
-                    kmask = krow >= 0
-                b = tl.load(w_ptr + krow[:, None] * COUT + cols[None, :], mask=kmask[:, None] & cmask[None, :],
-                            other=0.0)
-                acc = tl.dot(a, b, acc)
+        k_lo = sid * KI // SPLIT
+        k_hi = (sid + 1) * KI // SPLIT
+        acc = tl.zeros([BM, BN], dtype=tl.float32)
+        for it in range(k_lo, k_hi):
+            if GENERIC:
+                a, krow = _load_a_generic(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
+                kmask = krow < KH * KH * CIN
+            else:
+                a, krow = _load_a_blocked(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
+                kmask = krow >= 0
+            b = tl.load(w_ptr + krow[:, None] * COUT + cols[None, :], mask=kmask[:, None] & cmask[None, :],
+                        other=0.0)
+            acc = tl.dot(a, b, acc)
         if SPLIT == 1:
             _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                       hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV, CP,
@@ -447,11 +403,11 @@ if triton is not None:
             rest = item // SPLIT
             pid_n = rest % N_TILES
             pid_m = rest // N_TILES
-            _conv_item(pid_m, pid_n, sid, N_TILES, x_ptr + XOFF, w_ptr + WOFF, b_ptr + BOFF, w_ptr, b_ptr, y_ptr + YOFF,
+            _conv_item(pid_m, pid_n, sid, N_TILES, x_ptr + XOFF, w_ptr + WOFF, b_ptr + BOFF, y_ptr + YOFF,
                        part_ptr + POFF, cnt_ptr + COFF, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr,
                        vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, NB * M_TILES * N_TILES,
                        H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT,
-                       False, ANSWER, 0, 16)
+                       False, ANSWER)
 
     @triton.jit
     def serve_kernel(req_ptr, img_ptr, dimg_ptr, ctl_ptr, word_ptr, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr,

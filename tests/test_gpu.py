@@ -60,8 +60,7 @@ def _reference_ids(cfg, clf, imgs):
     model, _ = load_model(clf.ckpt_path, "fastnet", cfg=cfg)
     net = folded_net(cfg, model, dict(fold_bn=False, cudnn_relu=False, device=torch.device("cuda"),
                                       dtype=torch.float32, mem=torch.contiguous_format, tta=clf.tta, kernels=False,
-                                      kernel_tiles="heuristic", kernel_pdl=False,
-                                      kernel_stem="fused"))
+                                      kernel_tiles="heuristic", kernel_pdl=False))
     out = []
     with torch.inference_mode():
         for i in range(0, len(imgs), 500):
@@ -134,7 +133,7 @@ def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split):
     assert [clf(img) for _ in range(5)] == [want] * 5
 
 
-@pytest.mark.parametrize("variant", ["F_stem", "F85_stem"])  # the persistent kernel runs the stem apart
+@pytest.mark.parametrize("variant", ["F", "F85"])
 @pytest.mark.parametrize("fit_split", [False, True])
 def test_persistent_kernel_answers_as_the_graph_path(gpu_cfg, test_split, variant, fit_split):
     """kernel_server: the same answers as the graph path on 2,000 test images, no stale answer
@@ -164,7 +163,7 @@ def test_persistent_kernel_answers_as_the_graph_path(gpu_cfg, test_split, varian
 def test_persistent_kernel_timeout_raises_and_the_next_call_works(gpu_cfg, test_split):
     import utils
     from kernel_server import KernelServer
-    clf = _predictor(gpu_cfg, "F85_stem")
+    clf = _predictor(gpu_cfg, "F85")
     img = test_split[0][0]
     srv = KernelServer(clf.kn, timeout_s=3.0)
     srv.start()
@@ -189,8 +188,6 @@ def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):
     base = answers.pop("F")
     for v, a in answers.items():
         assert a == base, v
-    apart = _predictor(gpu_cfg, "F_stem")  # the stem as its own kernel: the same stem values, rounded alike
-    assert np.mean([apart(i) == b for i, b in zip(imgs, base)]) >= 0.999
     cudnn = _predictor(gpu_cfg, "F_graph")  # a torch-op CUDA graph with copy nodes and the answer word
     same = np.mean([cudnn(i) == b for i, b in zip(imgs, base)])
     assert same >= 0.995, same  # FP16 cuDNN vs our FP16 kernels: a near-tie may flip
@@ -232,19 +229,18 @@ def _ttanet_reference(K, layers, head, mode):
 
 
 @pytest.mark.parametrize("mode", ["none", "flip", "flip_translate"])
-@pytest.mark.parametrize("pdl,fuse_stem", [(False, True), (False, False), (True, True)])
-def test_kernels_in_a_graph_vs_reference(mode, pdl, fuse_stem):
+@pytest.mark.parametrize("pdl", [False, True])
+def test_kernels_in_a_graph_vs_reference(mode, pdl):
     """AB94's shape (whitening stem 2x2 -> 24, gelu, 64/256/256 x 2), random weights, views in the
-    kernels, the stem inside the first conv layer or not: replayed in a CUDA graph on fresh inputs
-    read from pinned host memory, the logits poisoned before each replay (every one must be
-    rewritten) and the answer word checked."""
+    kernels: replayed in a CUDA graph on fresh inputs read from pinned host memory, the logits
+    poisoned before each replay (every one must be rewritten) and the answer word checked."""
     import kernel_net as K
     from inference import TTA_VIEWS
     if pdl and not K.pdl_available()[0]:
         pytest.skip(K.pdl_available()[1])
     layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=(64, 256, 256), depths=(2, 2, 2),
                                 act="gelu", seed=3, device="cuda")
-    net = K.KernelNet(layers, head, batch=1, pdl=pdl, views=TTA_VIEWS[mode], fuse_stem=fuse_stem)
+    net = K.KernelNet(layers, head, batch=1, pdl=pdl, views=TTA_VIEWS[mode])
     ref = _ttanet_reference(K, layers, head, mode)
     h_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8).pin_memory()
     word = torch.zeros(4, dtype=torch.int32).pin_memory()
@@ -265,5 +261,4 @@ def test_kernels_in_a_graph_vs_reference(mode, pdl, fuse_stem):
         err = ((out.double() - want).norm() / want.norm()).item()
         assert err < 1e-2, (r, err)
         assert int(word[0]) == ((r + 1) << 4 | int(out[0].argmax())), (r, int(word[0]))
-    # the views, the head and the answer cost no kernel; the fused stem saves one
-    assert net.kernel_count() == len(layers) - fuse_stem
+    assert net.kernel_count() == len(layers)  # the views, the head and the answer cost no kernel

@@ -62,15 +62,15 @@ def _rel_err(out, ref):
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
-def _errors(K, cfg, batch, dtype, split, seed, last_bp=None, **kw):
+def _errors(K, cfg, batch, dtype, split, seed, last_bp=None):
     """Two calls of one KernelNet on fresh random images: the relative error of each (the
     second call must see the scratch, counters, head max and logits reset by the first).
     last_bp: row tile of the last layer (smaller than its map: the head's global-max mode 1)."""
     layers, head = K.random_net(seed=seed, **cfg)
-    tiles = _big_tiles(K, layers, head, batch, split, **kw)
+    tiles = _big_tiles(K, layers, head, batch, split)
     if last_bp:
         tiles[-1]["BP"] = last_bp
-    net = K.KernelNet(layers, head, batch=batch, tiles=tiles, **kw)
+    net = K.KernelNet(layers, head, batch=batch, tiles=tiles)
     g = torch.Generator().manual_seed(seed + 100)
     errs = []
     for _ in range(2):
@@ -82,7 +82,7 @@ def _errors(K, cfg, batch, dtype, split, seed, last_bp=None, **kw):
                 head_mode=net.head_mode(-1))
 
 
-def _tta_errors(K, cfg, batch, dtype, modes, seed, **kw):
+def _tta_errors(K, cfg, batch, dtype, modes, seed):
     """KernelNet with TTA views in its kernels (made by the first kernel, weighted mean in the head) vs
     TTANet over the float64 reference (torch views, per-view logits, weighted mean), two calls
     each; also the plain net's distance to the TTA reference (the check could fail)."""
@@ -93,13 +93,13 @@ def _tta_errors(K, cfg, batch, dtype, modes, seed, **kw):
         def forward(self, x):
             return K.reference_forward(layers, head, x.permute(0, 2, 3, 1))
 
-    plain = K.KernelNet(layers, head, batch=batch, tiles=_big_tiles(K, layers, head, batch, 2, **kw), **kw)
+    plain = K.KernelNet(layers, head, batch=batch, tiles=_big_tiles(K, layers, head, batch, 2))
     g = torch.Generator().manual_seed(seed + 100)
     r = dict(plain_kernels=plain.kernel_count())
     for mode in modes:
         nv = len(TTA_VIEWS[mode])
-        tiles = _big_tiles(K, layers, head, batch * nv, 2, **kw)
-        net = K.KernelNet(layers, head, batch=batch, tiles=tiles, views=TTA_VIEWS[mode], **kw)
+        tiles = _big_tiles(K, layers, head, batch * nv, 2)
+        net = K.KernelNet(layers, head, batch=batch, tiles=tiles, views=TTA_VIEWS[mode])
         ref_net = TTANet(Ref(), mode, device="cpu")
         errs = []
         for _ in range(2):
@@ -128,15 +128,15 @@ def _small_fastnet(seed):
     return model.eval()
 
 
-def _answers(K, cfg, seed, last_bp=None, views=None, **kw):
+def _answers(K, cfg, seed, last_bp=None, views=None):
     """Batch 1 with answer words: after each call, word = (call number << 4) | argmax of the
     logits, the call counted on the device; three calls on different images, the head's bias
     pushed towards another class each time (random nets tend to answer one class)."""
     layers, head = K.random_net(seed=seed, **cfg)
-    tiles = _big_tiles(K, layers, head, len(views) if views else 1, 2, views=views, **kw)
+    tiles = _big_tiles(K, layers, head, len(views) if views else 1, 2, views=views)
     if last_bp:
         tiles[-1]["BP"] = last_bp
-    net = K.KernelNet(layers, head, batch=1, tiles=tiles, views=views, **kw)
+    net = K.KernelNet(layers, head, batch=1, tiles=tiles, views=views)
     seq, word = torch.zeros(1, dtype=torch.int32), torch.full((4,), -1, dtype=torch.int32)
     g = torch.Generator().manual_seed(seed + 7)
     got, want = [], []
@@ -164,14 +164,12 @@ def _inference_flip():
     K.heuristic_tiles = big
     cfg = load_config()
     a = dict(fold_bn=True, cudnn_relu=False, device=torch.device("cpu"), dtype=torch.float16,
-             mem=torch.channels_last, tta="flip", kernels=True, kernel_tiles="heuristic", kernel_pdl=False,
-             kernel_stem="fused")
+             mem=torch.channels_last, tta="flip", kernels=True, kernel_tiles="heuristic", kernel_pdl=False)
     ref_a = dict(a, kernels=False, dtype=torch.float32, mem=torch.contiguous_format)
     m1, m2 = _small_fastnet(1), _small_fastnet(2)
     net = folded_net(cfg, m1, a)
     r = dict(wrapped=isinstance(net, TTANet), in_kernel=net.kn.views_in_kernel, nb=net.kn.nb,
-             kernels=net.kn.kernel_count(), bytes=net.kn.weight_bytes(), note=kernel_notes(net.kn),
-             stem_bytes=sum(t.numel() * t.element_size() for t in (net.kn.specs[0]["sw"], net.kn.specs[0]["sb"])))
+             kernels=net.kn.kernel_count(), bytes=net.kn.weight_bytes(), note=kernel_notes(net.kn))
     layers, head = m1.eval().folded_spec(cfg.data.mean, cfg.data.std)
     r["n_weights"] = sum(L["weight"].numel() + L["bias"].numel() for L in layers) + head["weight"].numel()
     x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8).to(torch.float16)
@@ -230,8 +228,7 @@ def _persistent(K, views, fit_split, last_bp=None):
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     refused = []
     for bad in (lambda: srv(img), lambda: srv(img.astype(np.float32)), lambda: KernelServer(net, programs=10 ** 6),
-                lambda: KernelServer(K.KernelNet(layers, head, batch=2, tiles=tiles)),
-                lambda: KernelServer(K.KernelNet(layers, head, batch=1, fuse_stem=True))):
+                lambda: KernelServer(K.KernelNet(layers, head, batch=2, tiles=tiles))):
         try:
             bad()
             refused.append("")
@@ -259,13 +256,11 @@ def _ptx_atomic_orders():
     import triton
     from triton.backends.compiler import GPUTarget
     import kernels
-    ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", sw_ptr="*fp16", sb_ptr="*fp32", y_ptr="*fp16",
-               part_ptr="*fp32", cnt_ptr="*i32",
+    ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", y_ptr="*fp16", part_ptr="*fp32", cnt_ptr="*i32",
                hmax_ptr="*fp32", hw_ptr="*fp32", hb_ptr="*fp32", out_ptr="*fp32", hcnt_ptr="*i32", view_ptr="*i32",
                vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", m_tiles="i32", SPLIT="i32", n_fin="i32")
     base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
-                GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False,
-                STEM=0, PK=16)
+                GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False)
     out = {}
     for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True))):
         src = triton.compiler.ASTSource(fn=kernels.conv_layer_kernel, signature=ptr, constexprs=dict(base, **extra))
@@ -314,30 +309,6 @@ def _case(name):
         x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
         r["wrong_weights_err"] = _rel_err(net(x).clone(), K.reference_forward(layers, head, x))
         return r
-    if name == "fused_k2_batch3":  # the whitening-stem shape, the stem inside the first conv layer, fp16, N=3
-        cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(1, 1), act="gelu")
-        r = _errors(K, cfg, batch=3, dtype=torch.float16, split=2, seed=2, last_bp=16, fuse_stem=True)
-        layers, head = K.random_net(seed=2, **cfg)
-        r["separate_kernels"] = K.KernelNet(layers, head, batch=3).kernel_count()
-        bad = [dict(L) for L in layers]  # the check can fail: one stem weight changed
-        bad[0]["weight"] = bad[0]["weight"].clone()
-        bad[0]["weight"][5, 1, 0, 1] += 3.0 * bad[0]["weight"].abs().max()
-        net = K.KernelNet(bad, head, batch=1, tiles=_big_tiles(K, bad, head, 1, 1, fuse_stem=True), fuse_stem=True)
-        x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
-        r["wrong_stem_err"] = _rel_err(net(x).clone(), K.reference_forward(layers, head, x))
-        net.load_weights(layers, head)  # the true weights, into the same (fused) operands
-        r["reloaded_err"] = _rel_err(net(x).clone(), K.reference_forward(layers, head, x))
-        r["fused"] = net.stem_fused
-        r["padded_stem"] = K.stem_fusable(K.random_net(seed=2, stem_width=24, stem_kernel=2, widths=(32,),
-                                                       depths=(1,))[0][:1])[0]
-        return r
-    if name == "fused_tta_k3":  # a 3x3 stem (5x5x3 patches), relu, 2 images x 2 / 6 views
-        cfg = dict(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 1), act="relu")
-        return _tta_errors(K, cfg, batch=2, dtype=torch.uint8, modes=("flip", "flip_translate"), seed=8,
-                           fuse_stem=True)
-    if name == "fused_answers_flip":
-        cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(1, 1), act="gelu")
-        return _answers(K, cfg, seed=23, views=TTA_VIEWS["flip"], fuse_stem=True)
     if name == "gelu_k2":  # 31x31 odd maps (floor pools 31->15->7), width 24 (gather path), N=3
         cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(1, 1), act="gelu")
         return _errors(K, cfg, batch=3, dtype=torch.float16, split=2, seed=2, last_bp=16)  # 49 pooled px: 4 tiles
@@ -372,10 +343,9 @@ def test_inference_kernel_path_makes_the_flip_views_in_its_kernels():
     r = _run_case("inference_flip")
     assert not r["wrapped"] and r["in_kernel"] and r["nb"] == 2, r  # no TTANet: the kernels make the views
     assert max(r["err"], r["swapped_err"]) < TOL, r
-    assert r["note"] == f"kernel tiles: {r['kernels']} heuristic; stem fused; {r['kernels']} kernels", r
-    # fp16 weights, fp32 biases (the head padded): at least 2 bytes a weight, never 0; beside them
-    # the fused stem's operands (its weights laid out for every tap of the first layer)
-    assert 2 * r["n_weights"] + r["stem_bytes"] <= r["bytes"] < 5 * r["n_weights"] + r["stem_bytes"], r
+    assert r["note"] == f"kernel tiles: {r['kernels']} heuristic; {r['kernels']} kernels", r
+    # fp16 weights, fp32 biases (the head padded): at least 2 bytes a weight, never 0
+    assert 2 * r["n_weights"] <= r["bytes"] < 5 * r["n_weights"], r
 
 
 @pytest.mark.parametrize("case,mode", [("answers_mode2", 2), ("answers_mode1", 1), ("answers_flip", 2)])
@@ -402,7 +372,6 @@ def test_persistent_kernel_answers_as_the_kernel_net(case):
     assert "expected uint8" in r["refused"][1]
     assert "programs=1000000: give 1.." in r["refused"][2]
     assert "batch=1" in r["refused"][3]
-    assert "fuse_stem=False" in r["refused"][4]
 
 
 def test_only_arrival_counts_are_acquire_release_atomics():
@@ -423,29 +392,6 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # the head's epilogue is inlined twice (after the K loop with and without split-K), each copy
     # with the head's arrival count, beside the split-K count: 3
     assert got["head"].get("acq_rel") == 3 and got["head"].get("relaxed", 0) >= 4, got
-
-
-def test_stem_inside_the_first_layer_equals_the_reference():
-    r = _run_case("fused_k2_batch3")
-    assert r["fused"] and max(r["errs"]) < TOL, r
-    assert r["kernels"] == r["separate_kernels"] - 1 == 2, r  # one kernel fewer
-    assert r["wrong_stem_err"] > TOL, r  # the stem's weights are used: this check can fail
-    assert r["reloaded_err"] < TOL, r  # load_weights fills the fused operands
-    assert not r["padded_stem"], r  # a net of one conv layer has no stem to fuse
-
-
-def test_stem_inside_the_first_layer_makes_the_views():
-    r = _run_case("fused_tta_k3")
-    for mode in ("flip", "flip_translate"):
-        assert max(r[mode]["errs"]) < TOL, (mode, r)
-        assert r[mode]["kernels"] == r["plain_kernels"] == 2, (mode, r)
-        assert r[mode]["plain_vs_tta"] > TOL, (mode, r)
-
-
-def test_stem_inside_the_first_layer_answers():
-    r = _run_case("fused_answers_flip")
-    assert r["want"] == [1, 4, 7] and r["got"] == [(n + 1) << 4 | c for n, c in enumerate(r["want"])], r
-    assert r["seq"] == 3 and r["untouched"] == [-1, -1, -1], r
 
 
 def test_wrong_weights_are_caught():

@@ -2,8 +2,8 @@
 
     python tools/kernel_tune.py [--shapes t3,AB94] [--wide] [--workers 14] [--out PATH]
 
-For each front shape (config front.shapes), each TTA mode of the front (front.tta: none runs
-1 map per layer, flip 2) and both stems (fused into the first conv layer or not), a randomly initialised fastnet of that shape is folded as the kit's
+For each front shape (config front.shapes) and each TTA mode of the front (front.tta: none runs
+1 map per layer, flip 2), a randomly initialised fastnet of that shape is folded as the kit's
 inference path folds it (so the layer shapes and keys match), and every layer's candidate
 tiles (kernel_net.candidates) are timed alone (the first on an image in pinned host memory,
 as the end-to-end call reads it); the fastest go into the cache file (default
@@ -37,13 +37,11 @@ def folded_random(cfg, shape):
 
 
 def nets(cfg, shapes):
-    """(name, layers, head, KernelNet kwargs) for every shape x front TTA mode x stem (fused
-    into the first conv layer, the variants' default, or its own kernel: kernel_stem)."""
+    """(name, layers, head, KernelNet kwargs) for every shape x front TTA mode."""
     for shape in shapes:
         layers, head = folded_random(cfg, shape)
         for tta in cfg.front.tta:
-            for stem in ("fused", "separate"):
-                yield f"{shape}/{tta}/{stem}", layers, head, dict(views=TTA_VIEWS[tta], fuse_stem=stem == "fused")
+            yield f"{shape}/{tta}", layers, head, dict(views=TTA_VIEWS[tta])
 
 
 def _compile_job(job):
