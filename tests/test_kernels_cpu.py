@@ -431,6 +431,16 @@ def test_tile_cache_entries_are_used_where_their_key_matches():
     assert r["err"] < TOL, r  # the cached tiles (no split-K, 16 columns) compute the same net
 
 
+def test_the_image_reading_layer_has_longer_row_tiles_among_its_candidates(K):
+    # its reads of the image cross PCIe: fewer programs reading it can win there
+    layers, head = K.random_net(seed=6, stem_width=24, stem_kernel=2, widths=(32,), depths=(1,))
+    stem = K._layer_meta(layers[0], 32, 32, 3)
+    conv = K._layer_meta(layers[1], 31, 31, 24)
+    for m, want in ((stem, {16, 32, 64}), (conv, {4, 8})):
+        got = {t["BP"] for t in K.candidates(m, 1, 132)}
+        assert got == want, (m, got)
+
+
 def test_bad_input_rejected(K):
     layers, head = K.random_net(seed=6, stem_width=8, widths=(16,), depths=(1,))
     net = K.KernelNet.__new__(K.KernelNet)  # the input check runs before any kernel
