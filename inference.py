@@ -51,6 +51,20 @@ TTA_VIEWS = {
 SEQ_MASK = (1 << 27) - 1  # the call number an answer word keeps (kernels.SEQ_MASK)
 
 
+def poll_answer(word, want, timeout_s):
+    """Spin on the pinned answer word (a numpy view) until it holds call number want; True
+    then, False after timeout_s.  The clock is read now and then, not on every poll."""
+    clock, deadline, spins = time.perf_counter, None, 0
+    while (int(word[0]) >> 4) != want:
+        spins += 1
+        if spins & 1023 == 0:
+            now = clock()
+            deadline = deadline or now + timeout_s
+            if now > deadline:
+                return False
+    return True
+
+
 def make_view(x, flip, dy, dx):
     """One TTA view of a NCHW batch: horizontal flip, then a (dy, dx) shift with reflect padding."""
     if flip:
@@ -334,14 +348,7 @@ class Predictor:
         synchronise) or after a synchronise."""
         want, word = n & SEQ_MASK, self._word_np
         if self.e2e_wait == "poll":
-            clock, deadline, spins = time.perf_counter, None, 0
-            while (int(word[0]) >> 4) != want:
-                spins += 1
-                if spins & 1023 == 0:  # the clock is read now and then, not on every poll
-                    now = clock()
-                    deadline = deadline or now + self.timeout_s
-                    if now > deadline:
-                        break
+            poll_answer(word, want, self.timeout_s)
         if self.e2e_wait == "sync" or (int(word[0]) >> 4) != want:  # sync: always; poll: the bounded wait ran out
             torch.cuda.synchronize()
         w = int(word[0])

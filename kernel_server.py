@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import kernels
-from inference import check_image
+from inference import check_image, poll_answer
 from kernel_net import _interpreting, _k_steps, scratch_shape
 from utils import KitError
 
@@ -187,17 +187,11 @@ class KernelServer:
 
     def _wait(self, n):
         want, word = n & SEQ_MASK, self._word_np
-        clock, deadline, spins = time.perf_counter, None, 0
-        while (int(word[0]) >> 4) != want:
-            spins += 1
-            if spins & 1023 == 0:
-                now = clock()
-                deadline = deadline or now + self.timeout_s
-                if now > deadline:
-                    if not self.alive():
-                        self.running = False
-                        raise KitError("the persistent kernel is not running (it ended or was never started); "
-                                       "start() it again")
-                    raise KitError(f"the persistent kernel gave no answer to request {n} within "
-                                   f"{self.timeout_s:g} s; the next call sends a new request")
+        if not poll_answer(word, want, self.timeout_s):
+            if not self.alive():
+                self.running = False
+                raise KitError("the persistent kernel is not running (it ended or was never started); "
+                               "start() it again")
+            raise KitError(f"the persistent kernel gave no answer to request {n} within "
+                           f"{self.timeout_s:g} s; the next call sends a new request")
         return int(word[0]) & 15

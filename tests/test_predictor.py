@@ -94,3 +94,20 @@ def test_call_numbers_wrap_like_the_kernels_answer_word(monkeypatch):
     n = SEQ_MASK + 3  # past the 27 bits the word keeps
     g = _FakeGPU(monkeypatch, word=((n & SEQ_MASK) << 4) | 9, seq=n)
     assert g.p._wait(n) == 9
+
+
+def test_poll_answer_sees_a_word_written_while_it_spins_and_gives_up_after_its_timeout():
+    # the one polling loop of Predictor._wait and KernelServer._wait
+    import threading
+    import time
+    from inference import poll_answer
+    word = np.zeros(4, dtype=np.int32)
+    t = threading.Timer(0.02, lambda: word.__setitem__(0, (3 << 4) | 1))
+    t.start()
+    t0 = time.perf_counter()
+    assert poll_answer(word, 3, timeout_s=5.0)  # the "GPU" answers call 3 after 20 ms
+    t.join()
+    assert time.perf_counter() - t0 < 4.0
+    t0 = time.perf_counter()
+    assert not poll_answer(word, 4, timeout_s=0.05)  # call 4 never comes
+    assert 0.04 < time.perf_counter() - t0 < 2.0
