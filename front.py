@@ -34,8 +34,8 @@ RULE = ("F = the fastest point (end-to-end p50 of its best run, then of all its 
         "validation accuracy >= f_min_acc (else the most accurate point, flagged); F85 = the fastest point "
         "whose seed-mean validation accuracy >= f85_min_acc")
 CANDIDATE_COLUMNS = ("variant", "shape", "tta", "acc_mean", "acc_std", "acc_ci_low", "acc_ci_high", "acc_seeds",
-                     "e2e_best_run_p50_ms", "e2e_p50_ms", "e2e_p95_ms", "e2e_mean_ms", "lat_p50_ms", "gpu_lat_p50_ms", "size_mb",
-                     "recipe_time_s")
+                     "e2e_best_run_p50_ms", "e2e_p50_ms", "e2e_p95_ms", "e2e_mean_ms", "lat_p50_ms", "gpu_lat_p50_ms",
+                     "size_mb", "recipe_time_s")
 
 
 def front_rows(cfg, invocation=None):
@@ -95,7 +95,7 @@ def choose(fr, f_min, f85_min):
     """(F row, F85 row, F reached its threshold?) from a front's rows."""
     ranked = by_speed(fr)
     ok = ranked[ranked["acc_mean"] >= f_min]
-    f, reached = (ok.iloc[0], True) if len(ok) else (fr.sort_values("acc_mean", kind="stable").iloc[-1], False)
+    f, reached = (ok.iloc[0], True) if len(ok) else (ranked.sort_values("acc_mean", kind="stable").iloc[-1], False)
     ok85 = ranked[ranked["acc_mean"] >= f85_min]
     if ok85.empty:
         raise utils.KitError(f"no front point reaches {f85_min} % on validation (best {fr['acc_mean'].max():.2f} %)")

@@ -77,6 +77,7 @@ def test_selection_rule():
     assert (f["variant"], f85["variant"], reached) == ("P_b", "P_a", True)
     f, _, reached = front.choose(rows, 95.0, 85.0)  # none reaches: the most accurate, flagged
     assert f["variant"] == "P_c" and not reached
+    assert f["e2e_best_run_p50_ms"] == 0.09  # the log line and the record name its speed measure too
 
 
 def test_selection_rule_ranks_points_by_their_best_run():
