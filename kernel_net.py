@@ -366,7 +366,7 @@ class KernelNet(torch.nn.Module):
         timed=False: only compile every candidate (one launch each; tools/kernel_tune.py runs
         that in parallel processes)."""
         i = self.specs.index(sp)
-        x = self._random_input_of(i)
+        x = self.random_input(i)
         best = None
         from triton.runtime.errors import OutOfResources
         for t in candidates(sp["meta"], self.nb, self.n_sm, wide=autotune == "wide"):
@@ -385,9 +385,11 @@ class KernelNet(torch.nn.Module):
         torch.cuda.synchronize()
         return best[1] if best else None
 
-    def _random_input_of(self, i):
+    def random_input(self, i):
+        """A random input of layer i, as it is timed: for the first layer the uint8 image in
+        pinned host memory, where the end-to-end call keeps it; else fp16 maps on the device."""
         m = self.specs[i]["meta"]
-        if i == 0:  # the image, in pinned host memory where the end-to-end call keeps it (e2e_input: mapped)
+        if i == 0:  # e2e_input: mapped, the first kernel reads the image there
             x = torch.randint(0, 256, (self.batch, 32, 32, 3), dtype=torch.uint8)
             return x.pin_memory() if self.device.type == "cuda" else x
         return torch.rand(self.nb, m["H"], m["W"], m["CIN"], device=self.device).half()

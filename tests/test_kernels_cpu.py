@@ -207,7 +207,8 @@ def _tile_cache():
     x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
     return dict(sources=net.tile_sources(), plain=plain.tile_sources(), nb2=other_nb.tile_sources(),
                 got=net.tiles()[1], want=want, refused=refused,
-                err=_rel_err(net(x).clone(), K.reference_forward(layers, head, x)))
+                err=_rel_err(net(x).clone(), K.reference_forward(layers, head, x)),
+                inputs=[[list(net.random_input(i).shape), str(net.random_input(i).dtype)] for i in (0, 1)])
 
 
 def _persistent(K, views, fit_split, last_bp=None):
@@ -429,6 +430,8 @@ def test_tile_cache_entries_are_used_where_their_key_matches():
     assert "not a tile cache" in r["refused"][0] and all("not a readable tile cache" in x for x in r["refused"][1:]), r
     assert all("\n" not in x and "kernel_tune.py" in x for x in r["refused"]), r
     assert r["err"] < TOL, r  # the cached tiles (no split-K, 16 columns) compute the same net
+    # the tuner's timing inputs (tools/kernel_tune.py takes the first): the uint8 image, then fp16 maps
+    assert r["inputs"] == [[[1, 32, 32, 3], "torch.uint8"], [[1, 30, 30, 16], "torch.float16"]], r
 
 
 def test_the_image_reading_layer_has_longer_row_tiles_among_its_candidates(K):

@@ -95,7 +95,7 @@ def main():
     for name, layers, head, kw in nets(cfg, shapes):
         heur = K.KernelNet(layers, head, batch=1, **kw)
         tuned = K.KernelNet(layers, head, batch=1, autotune=mode, **kw)
-        x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8).pin_memory()  # where the e2e call reads it
+        x = heur.random_input(0)  # the image in pinned host memory, as the e2e call reads it
         rows_h, rows_t = heur.time_kernels(x), tuned.time_kernels(x)
         print(f"{name}: sum of layers alone, heuristic {sum(u for _, u in rows_h):.1f} us, "
               f"tuned {sum(u for _, u in rows_t):.1f} us", flush=True)
