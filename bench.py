@@ -140,14 +140,13 @@ def split_of(cfg, name):
 
 def time_interleaved(ims, splits, device, p):
     """runs x (every variant in turn): end-to-end calls, device-side calls, GPU events."""
-    sync = timing.sync_fn(device)
     t = {n: {"e2e": [], "e2e_ok": 0, "lat": [], "gpu": [], "pipe": []} for n in ims}
     for r in utils.progress(range(p["runs"]), f"bench {len(ims)} variant(s)", "run"):
         for n, im in ims.items():
             imgs, lbls = splits[n]
             if r == 0:  # warm the end-to-end path once, untimed
-                timing.time_e2e(im, imgs, min(p["warmup"], 20) + 1, sync=sync)
-            ms, answers, idx = timing.time_e2e(im, imgs, p["e2e_iters"], r * p["e2e_iters"], sync=sync)
+                timing.time_e2e(im, imgs, min(p["warmup"], 20) + 1, sync=im.settle)
+            ms, answers, idx = timing.time_e2e(im, imgs, p["e2e_iters"], r * p["e2e_iters"], sync=im.settle)
             t[n]["e2e"].append(ms)
             t[n]["e2e_ok"] += int((answers == lbls[idx]).sum())
             t[n]["lat"].append(timing.time_calls(im.run_static, device, p["warmup"], p["iters"]))

@@ -140,6 +140,12 @@ VARIANT = {
     # waits for the answer word (poll it | synchronise); eager paths copy and synchronise
     "e2e_input": Field(str, "copy", choices=("mapped", "copy")),
     "e2e_wait": Field(str, "poll", choices=("poll", "sync")),
+    # and who launches the graph: call (each call launches its own) | ahead (each call also
+    # launches the NEXT call's graph, whose first kernel waits for that call's image: the launch
+    # leaves the critical path; kernels, mapped and poll only).  e2e_ahead_ms: how long a graph
+    # launched ahead waits for its image; then it expires and the next call launches afresh
+    "e2e_launch": Field(str, "call", choices=("call", "ahead")),
+    "e2e_ahead_ms": Field(float, 2.0, gt=0, hi=1000),
 }
 
 # fastnet's choices and bounds, shared by models.fastnet and the front shapes.  Upper bounds too:

@@ -14,7 +14,9 @@ End to end on a GPU, per call: the image is copied (numpy) into a pinned host bu
   - our kernels (kernels: true): one CUDA-graph replay whose first kernel reads that buffer
     straight from host memory (e2e_input: mapped) or from a device copy made by a copy node
     in the graph (copy), and whose last kernel writes (call number << 4) | class id into a
-    pinned host word; the host polls that word (e2e_wait: poll) or synchronises (sync);
+    pinned host word; the host polls that word (e2e_wait: poll) or synchronises (sync); with
+    e2e_launch: ahead each call also launches the next call's graph, whose first kernel (a
+    gate) waits for that call's image, so the launch is off the critical path;
   - other CUDA-graph paths: the graph holds the copy in, the net, the argmax, the answer word
     and the copy out; polled or synchronised likewise;
   - eager and torch.compile paths: one copy each way (pinned buffers), then a synchronise.
@@ -23,8 +25,10 @@ raises (one line) and the next call starts from the GPU's own call count.
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -49,6 +53,15 @@ TTA_VIEWS = {
                        ((False, 1, 1), 0.125), ((True, 1, 1), 0.125)],
 }
 SEQ_MASK = (1 << 27) - 1  # the call number an answer word keeps (kernels.SEQ_MASK)
+
+
+_AHEAD = weakref.WeakSet()  # predictors that launch ahead: drained at exit, before modules are torn down
+
+
+@atexit.register
+def _drain_at_exit():
+    for clf in list(_AHEAD):
+        clf.drain()
 
 
 def poll_answer(word, want, timeout_s):
@@ -230,6 +243,9 @@ class Predictor:
         self.fold_norm = v.fold_bn and isinstance(model, FastNet)
         self.e2e_input = v.e2e_input if self.kernels else "copy"
         self.e2e_wait = v.e2e_wait if self.cuda_graph else "sync"
+        self.e2e_launch = v.e2e_launch if self.kernels else "call"
+        self.ahead_ms = float(v.e2e_ahead_ms)
+        self.expired_calls = 0  # calls launched ahead whose gate expired before their image came
         self._cfg = cfg
         self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
                                mem=self.mem, tta=self.tta, kernels=self.kernels, kernel_tiles=v.kernel_tiles,
@@ -247,7 +263,7 @@ class Predictor:
         self._build_calls(cuda)
         self.build_s = time.time() - t0
         if cuda:
-            self.notes.append(f"e2e: input {self.e2e_input}, wait {self.e2e_wait}")
+            self.notes.append(f"e2e: input {self.e2e_input}, wait {self.e2e_wait}, launch {self.e2e_launch}")
 
     @staticmethod
     def _check_variant(v, model):
@@ -262,12 +278,16 @@ class Predictor:
         if v.e2e_input == "mapped" and not v.kernels:
             raise KitError(f"variant {v.label!r}: e2e_input 'mapped' needs kernels: true (torch ops cannot read "
                            "host memory); use e2e_input: copy")
+        if v.e2e_launch == "ahead" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
+            raise KitError(f"variant {v.label!r}: e2e_launch 'ahead' needs kernels: true, e2e_input: mapped and "
+                           "e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")
 
     # -- build -----------------------------------------------------------------------------------
     def _build_calls(self, cuda):
         """Warm up / compile / capture: the device-side call on static_in and the end-to-end call."""
         dev = self.device
         self._graph = None
+        self._pending = False  # e2e_launch: ahead: the next call's graph is launched and waits for its image
         self.calls = 0  # answers received; the GPU counts its own in self._seq
         with torch.inference_mode():
             self.static_in = self.prepare(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, device=dev))
@@ -286,7 +306,28 @@ class Predictor:
             self.d_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8, device=dev)
             if self.cuda_graph:
                 self._e2e_graph, _ = capture_graph(self._e2e_graph_body)
+            if self.e2e_launch == "ahead":
+                self._build_ahead()
             self._resync()  # the warm-up runs of the capture counted calls on the GPU
+
+    def _build_ahead(self):
+        """The graph launched ahead of its call: the gate (waits for the host's flag word), then
+        the net reading the image from host memory and writing the answer word; its own stream,
+        so that nothing else queues behind a waiting gate."""
+        self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()  # word 0: the call number, written last
+        self._flag_np = self.h_flag.numpy()
+        self._stream = torch.cuda.Stream(self.device)
+        self._done = torch.cuda.Event()  # recorded after the current call's graph: settle() waits on it
+        torch.cuda.synchronize()
+        self.kn.gate(self.h_flag, self._seq, self.h_word, 0.0)  # compiles it (expires at once)
+        torch.cuda.synchronize()
+        self._ahead_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._ahead_graph):  # the net's kernels are compiled (the e2e graph ran them)
+            self.kn.gate(self.h_flag, self._seq, self.h_word, self.ahead_ms)
+            self.kn(self.h_in, answer=(self._seq, self.h_word))
+        torch.cuda.synchronize()
+        self._word_np[1] = -1  # word 1: the last call whose gate expired (none)
+        _AHEAD.add(self)
 
     def _e2e_graph_body(self):
         """What the end-to-end graph holds (captured once): image in, net, answer word out."""
@@ -312,6 +353,7 @@ class Predictor:
     def logits(self, x):
         """Logits of a prepared device batch; CUDA-graph paths take batch 1 and replay their
         graph (x is copied into the graph's input unless it is static_in itself)."""
+        self.drain()  # the same kernels' buffers
         with torch.inference_mode():
             if self._graph is None:
                 return self.fn(x)
@@ -332,6 +374,8 @@ class Predictor:
                 x = self.prepare(torch.from_numpy(img)[None].permute(0, 3, 1, 2))
                 return int(torch.argmax(self.fn(x), dim=1))
         self._h_in_np[...] = img
+        if self.e2e_launch == "ahead":
+            return self._call_ahead()
         if self.cuda_graph:
             self._e2e_graph.replay()
             return self._wait(self.calls + 1)
@@ -342,6 +386,57 @@ class Predictor:
             torch.cuda.current_stream().synchronize()
         self.calls += 1
         return int(self._word_np[0])
+
+    def _call_ahead(self):
+        """This call's graph is launched and waits for its flag: write it (the image is in), launch
+        the next call's graph behind this one (while the GPU works), wait for the answer.  If the
+        gate had expired, that answer is of an old image: the graph behind it takes this one."""
+        for _ in range(2):
+            n = self.calls + 1
+            if not self._pending:  # the first call, or after drain() or a failed call
+                self._launch_ahead()
+            self._flag_np[0] = n & SEQ_MASK
+            self._done.record(self._stream)
+            self._launch_ahead()
+            cls = self._wait(n)
+            if int(self._word_np[1]) != n & SEQ_MASK:
+                return cls
+            self.expired_calls += 1
+        raise KitError(f"{self.variant}: the graph launched for call {n} expired although its image was there; "
+                       "the next call starts afresh")
+
+    def _launch_ahead(self):
+        with torch.cuda.stream(self._stream):
+            self._ahead_graph.replay()
+        self._pending = True
+
+    def drain(self):
+        """e2e_launch: ahead: let the graph launched for the next call run now (on the last image,
+        its answer unused) and wait for it, so that this predictor leaves nothing on the GPU.  Do
+        it before work that needs every SM (the persistent kernel) or a device-wide synchronise,
+        which would otherwise wait out the gate's limit (e2e_ahead_ms).  The next call launches
+        afresh.  run_static(), logits() and swap_weights() drain first themselves."""
+        if self._pending:
+            n = self.calls + 1
+            self._flag_np[0] = n & SEQ_MASK
+            self._wait(n)
+            self._pending = False
+
+    def settle(self):
+        """Wait until this predictor's last call has ended on the GPU (bench.py, between timed
+        calls): a device synchronise, or with a graph launched ahead the end of the last call's
+        graph (a synchronise would wait for the next one, which waits for its image)."""
+        if self.device.type != "cuda":
+            return
+        if self._pending:
+            self._done.synchronize()
+        else:
+            torch.cuda.synchronize()
+
+    def __del__(self):
+        # a graph still waiting would run on freed buffers once its gate expired
+        if getattr(self, "_pending", False):
+            self.drain()
 
     def _wait(self, n):
         """The class id of call n from the answer word: polled (at most timeout_s, then a
@@ -361,8 +456,10 @@ class Predictor:
 
     def _resync(self):
         """After a missing answer: take the GPU's own call count, so the next call waits for the
-        right word (the device counter moves only when a graph ran to its end)."""
+        right word (the device counter moves only when a graph ran to its end).  A graph launched
+        ahead has ended too then: its gate expired."""
         torch.cuda.synchronize()
+        self._pending = False
         self.calls = int(self._seq.item())
 
     def predict(self, imgs, batch_size=500):
@@ -385,7 +482,8 @@ class Predictor:
                 "cudnn_relu": self.cudnn_relu, "compile": self.compile, "cuda_graph": self.cuda_graph,
                 "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params,
                 "tta": self.tta, "kernels": self.kernels,
-                "io": f"{self.e2e_input}+{self.e2e_wait}" if self.device.type == "cuda" else ""}
+                "io": (f"{self.e2e_input}+{self.e2e_wait}" + ("+ahead" if self.e2e_launch == "ahead" else ""))
+                if self.device.type == "cuda" else ""}
 
     @torch.no_grad()
     def swap_weights(self, ckpt_path):
@@ -393,6 +491,7 @@ class Predictor:
         the compiled code and both CUDA graphs read the same memory, so the next calls run the
         new weights through exactly the timed path (bench.py uses it for every seed's accuracy)."""
         model = load_model(ckpt_path, self.model_name, cfg=self._cfg)[0]
+        self.drain()
         if self.kn is not None:  # KernelNet keeps repacked weights of its own: it copies them in itself
             try:
                 self.kn.load_weights(*model.eval().folded_spec(self._cfg.data.mean, self._cfg.data.std))

@@ -35,6 +35,10 @@ layer reads view v of its image with mirrored / reflect-shifted input indices (t
 no padding, so a view of the image gives exactly the view's feature maps), and the head
 returns the weighted sum of the views' logits.
 
+A call's graph can be launched before its image is there (inference.py, e2e_launch: ahead): its
+first kernel, gate_kernel, waits on a flag word in host memory that the host writes after the
+image.
+
 Optionally the kernels use programmatic dependent launch (PDL): each waits for its
 predecessor with griddepcontrol.wait after loading its constant operands, so the next
 kernel's launch overlaps the current one.
@@ -467,3 +471,32 @@ if triton is not None:
                             tl.store(row + 3 + li, _clock())
             calls += 1
             run = (last >= 0) & (calls < max_calls)
+
+    # ========================================================================= the gate of a call launched ahead
+    # With e2e_launch: ahead (inference.Predictor) each call also launches the next call's graph
+    # while its own runs; that graph's first kernel is this gate.  One program spins on the
+    # host's flag word in pinned host memory until it holds the call's number, so the net's
+    # kernels start as soon as the image is there and the launch is off the critical path.  The
+    # host writes the flag after the image (x86 stores reach memory in program order), and the
+    # net's first kernel reads the image after the gate has ended.  A gate that waits longer than
+    # its limit expires: it writes the call's number into answer word 1 (before the head writes
+    # word 0: PCIe keeps a device's writes in order), so the host knows that this graph answered
+    # on an old image, and takes the graph queued behind it.
+
+    @triton.jit
+    def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr):
+        """Wait until flag == the call's number, (device call counter + 1) & SEQ_MASK.  limit:
+        nanoseconds of the GPU's clock (CLOCK), else flag reads (the interpreter has no clock)."""
+        want = (tl.load(seq_ptr) + 1) & SEQ_MASK_C
+        f = tl.load(flag_ptr, volatile=True)
+        if CLOCK:
+            t_end = _clock() + limit
+            while (f != want) & (_clock() < t_end):
+                f = tl.load(flag_ptr, volatile=True)
+        else:
+            n = 0
+            while (f != want) & (n < limit):
+                f = tl.load(flag_ptr, volatile=True)
+                n += 1
+        if f != want:
+            tl.store(word_ptr + 1, want, cache_modifier=".wt")

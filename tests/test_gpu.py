@@ -77,7 +77,7 @@ def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, varia
     from inference import evaluate
     imgs, labels = test_split
     clf = _predictor(gpu_cfg, variant)
-    assert clf.kernels and clf.e2e_input == "mapped" and clf.e2e_wait == "poll"
+    assert clf.kernels and clf.e2e_input == "mapped" and clf.e2e_wait == "poll" and clf.e2e_launch == "ahead"
     ours = np.array([clf(img) for img in imgs])
     ref = _reference_ids(gpu_cfg, clf, imgs)
     agree = 100.0 * float((ours == ref).mean())
@@ -112,7 +112,7 @@ def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
         mixed[0].append(f(i))
         mixed[1].append(f85(i))
     assert mixed == alone
-    ptrs = [t.data_ptr() for c in (f, f85) for t in (c.h_in, c.h_word, c._seq, c.kn.out, c.kn.hcnt)]
+    ptrs = [t.data_ptr() for c in (f, f85) for t in (c.h_in, c.h_word, c.h_flag, c._seq, c.kn.out, c.kn.hcnt)]
     assert len(set(ptrs)) == len(ptrs)
 
 
@@ -121,16 +121,43 @@ def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split):
     clf = _predictor(gpu_cfg, "F", timeout_s=0.05)
     img = test_split[0][0]
     want = clf(img)
-    graph = clf._e2e_graph
+    clf.drain()  # no graph launched ahead: the next call launches its own
+    name = "_ahead_graph" if clf.e2e_launch == "ahead" else "_e2e_graph"
+    graph = getattr(clf, name)
 
     class NoReplay:  # the GPU never runs this call: the answer word keeps the previous call's number
         def replay(self):
             pass
-    clf._e2e_graph = NoReplay()
+    setattr(clf, name, NoReplay())
     with pytest.raises(utils.KitError, match="no answer to call"):
         clf(img)
-    clf._e2e_graph = graph
+    setattr(clf, name, graph)
     assert [clf(img) for _ in range(5)] == [want] * 5
+
+
+def test_a_graph_launched_ahead_expires_and_the_next_call_answers_its_own_image(gpu_cfg, test_split):
+    """e2e_launch: ahead: after a pause longer than e2e_ahead_ms the waiting graph has expired (it
+    answered on the previous image); the next call still answers its own.  drain() leaves
+    nothing waiting: a device synchronise, run_static() and the next calls work; a synchronise
+    while a graph waits returns once it has expired, and the next call answers right."""
+    import time
+    imgs = test_split[0][:40]
+    want = [_predictor(gpu_cfg, "F85_call")(i) for i in imgs]
+    clf = _predictor(gpu_cfg, "F85")
+    assert clf.e2e_launch == "ahead"
+    got = []
+    for k, img in enumerate(imgs):
+        if k % 4 == 3:
+            time.sleep(3 * clf.ahead_ms / 1e3)
+        got.append(clf(img))
+    assert got == want
+    assert clf.expired_calls == len(imgs) // 4, clf.expired_calls
+    clf.drain()
+    torch.cuda.synchronize()
+    clf.run_static()
+    assert [clf(i) for i in imgs[:5]] == want[:5]
+    torch.cuda.synchronize()
+    assert clf(imgs[5]) == want[5] and clf.expired_calls == len(imgs) // 4 + 1
 
 
 @pytest.mark.parametrize("variant", ["F", "F85"])
@@ -143,6 +170,7 @@ def test_persistent_kernel_answers_as_the_graph_path(gpu_cfg, test_split, varian
     imgs = test_split[0][:2000]
     want = clf.predict(imgs)
     (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])  # the graph path: before the server runs
+    clf.drain()  # the server runs the same kernels' buffers, on every SM
     srv = KernelServer(clf.kn, timeout_s=3.0, fit_split=fit_split)
     srv.start()
     try:
@@ -186,7 +214,7 @@ def test_persistent_kernel_timeout_raises_and_the_next_call_works(gpu_cfg, test_
 
 def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):
     imgs = test_split[0][:1000]
-    answers = {v: [_predictor(gpu_cfg, v)(i) for i in imgs] for v in ("F", "F_copy", "F_sync", "F_copy_sync")}
+    answers = {v: [_predictor(gpu_cfg, v)(i) for i in imgs] for v in ("F", "F_call", "F_copy", "F_sync", "F_copy_sync")}
     base = answers.pop("F")
     for v, a in answers.items():
         assert a == base, v

@@ -149,6 +149,23 @@ def _answers(K, cfg, seed, last_bp=None, views=None):
     return dict(got=got, want=want, seq=int(seq[0]), head_mode=net.head_mode(-1), untouched=word[1:].tolist())
 
 
+def _gate(K):
+    """kernels.gate_kernel (KernelNet.gate) under the interpreter, where its limit counts flag
+    reads: the flag already holds the call's number (device counter + 1): it passes and writes
+    nothing; a flag of another call: it expires and writes the call's number into word 1; the
+    counter at SEQ_MASK: the call's number wraps to 0."""
+    import kernels
+    layers, head = K.random_net(seed=41, stem_width=8, widths=(16,), depths=(1,))
+    net = K.KernelNet(layers, head, batch=1)
+    out = {}
+    for name, seq, flag in (("ready", 4, 5), ("other", 4, 3), ("wrapped", kernels.SEQ_MASK, 0)):
+        s, f, w = (torch.tensor([seq, 0, 0, 0], dtype=torch.int32), torch.tensor([flag, 0, 0, 0], dtype=torch.int32),
+                   torch.full((4,), -1, dtype=torch.int32))
+        net.gate(f, s, w, 0.005)  # 5 reads
+        out[name] = w.tolist()
+    return out
+
+
 def _inference_flip():
     """inference.folded_net with kernels and tta flip: one KernelPath making the views itself
     (no TTANet around it), equal to TTANet over the fp32 torch fold; load_weights (what
@@ -289,6 +306,8 @@ def _case(name):
         return _persistent(K, TTA_VIEWS["flip"], fit_split=False)
     if name == "persistent_fit_mode1":  # split-K refitted to one program, head mode 1 (4 row tiles)
         return _persistent(K, None, fit_split=True, last_bp=4)
+    if name == "gate":
+        return _gate(K)
     if name == "inference_flip":
         return _inference_flip()
     if name == "tile_cache":
@@ -373,6 +392,13 @@ def test_persistent_kernel_answers_as_the_kernel_net(case):
     assert "expected uint8" in r["refused"][1]
     assert "programs=1000000: give 1.." in r["refused"][2]
     assert "batch=1" in r["refused"][3]
+
+
+def test_gate_waits_for_its_call_and_marks_an_expired_one():
+    r = _run_case("gate")
+    assert r["ready"] == [-1, -1, -1, -1], r  # passed: nothing written
+    assert r["other"] == [-1, 5, -1, -1], r  # expired: its call's number in word 1, the answer word untouched
+    assert r["wrapped"] == [-1, -1, -1, -1], r
 
 
 def test_only_arrival_counts_are_acquire_release_atomics():
