@@ -317,7 +317,6 @@ class Predictor:
         self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()  # word 0: the call number, written last
         self._flag_np = self.h_flag.numpy()
         self._stream = torch.cuda.Stream(self.device)
-        self._done = torch.cuda.Event()  # recorded after the current call's graph: settle() waits on it
         torch.cuda.synchronize()
         self.kn.gate(self.h_flag, self._seq, self.h_word, 0.0)  # compiles it (expires at once)
         torch.cuda.synchronize()
@@ -326,7 +325,7 @@ class Predictor:
             self.kn.gate(self.h_flag, self._seq, self.h_word, self.ahead_ms)
             self.kn(self.h_in, answer=(self._seq, self.h_word))
         torch.cuda.synchronize()
-        self._word_np[1] = -1  # word 1: the last call whose gate expired (none)
+        self._word_np[1:3] = -1  # word 1: the last call whose gate expired; 2: whose gate started (none)
         _AHEAD.add(self)
 
     def _e2e_graph_body(self):
@@ -396,7 +395,6 @@ class Predictor:
             if not self._pending:  # the first call, or after drain() or a failed call
                 self._launch_ahead()
             self._flag_np[0] = n & SEQ_MASK
-            self._done.record(self._stream)
             self._launch_ahead()
             cls = self._wait(n)
             if int(self._word_np[1]) != n & SEQ_MASK:
@@ -423,15 +421,21 @@ class Predictor:
             self._pending = False
 
     def settle(self):
-        """Wait until this predictor's last call has ended on the GPU (bench.py, between timed
-        calls): a device synchronise, or with a graph launched ahead the end of the last call's
-        graph (a synchronise would wait for the next one, which waits for its image)."""
+        """Wait until this predictor is ready for the next call (bench.py, between timed calls): a
+        device synchronise (the GPU idle), or with a graph launched ahead until that graph's gate
+        has started, waiting for the image (its ready stamp, answer word 2; a synchronise would
+        wait for the gate to expire)."""
         if self.device.type != "cuda":
             return
-        if self._pending:
-            self._done.synchronize()
-        else:
+        if not self._pending:
             torch.cuda.synchronize()
+            return
+        n, word, deadline = self.calls + 1, self._word_np, time.perf_counter() + self.timeout_s
+        while int(word[2]) != n & SEQ_MASK:
+            if time.perf_counter() > deadline:
+                self._resync()
+                raise KitError(f"{self.variant}: the graph launched for call {n} did not start "
+                               f"within {self.timeout_s:g} s; the next call starts afresh")
 
     def __del__(self):
         # a graph still waiting would run on freed buffers once its gate expired

@@ -476,7 +476,9 @@ if triton is not None:
     # With e2e_launch: ahead (inference.Predictor) each call also launches the next call's graph
     # while its own runs; that graph's first kernel is this gate.  One program spins on the
     # host's flag word in pinned host memory until it holds the call's number, so the net's
-    # kernels start as soon as the image is there and the launch is off the critical path.  The
+    # kernels start as soon as the image is there and the launch is off the critical path.  On
+    # starting, it writes the call's number into answer word 2 (the predictor is ready for the call:
+    # what the benchmark waits for between calls).  The
     # host writes the flag after the image (x86 stores reach memory in program order), and the
     # net's first kernel reads the image after the gate has ended.  A gate that waits longer than
     # its limit expires: it writes the call's number into answer word 1 (before the head writes
@@ -488,6 +490,7 @@ if triton is not None:
         """Wait until flag == the call's number, (device call counter + 1) & SEQ_MASK.  limit:
         nanoseconds of the GPU's clock (CLOCK), else flag reads (the interpreter has no clock)."""
         want = (tl.load(seq_ptr) + 1) & SEQ_MASK_C
+        tl.store(word_ptr + 2, want, cache_modifier=".wt")
         f = tl.load(flag_ptr, volatile=True)
         if CLOCK:
             t_end = _clock() + limit

@@ -177,8 +177,7 @@ def results_gains(doc, s, figs):
     doc.table(*facts.pair_table(s, facts.IO_PAIRS), wrap_at={2: 30},
               intro="End-to-end input/output of F's kernels (mapped: the first kernel reads host memory; copy: a "
                     "copy node; poll: the host polls an answer word; sync: the stream is synchronised; ahead: each "
-                    "call also launches the next call's graph, whose first kernel waits for that call's image; "
-                    "the _call rows launch each call's graph in the call):")
+                    "call also launches the next call's graph, whose first kernel waits for that call's image):")
     doc.table(*facts.pair_table(s, facts.PAIRS), wrap_at={2: 30},
               intro="Programmatic dependent launch (PDL) and F85's weights through cuDNN + torch.compile:")
     doc.heading("GPU time and host overhead", 2)

@@ -80,7 +80,7 @@ def test_config_errors(trained):
     check(trained, "train.py", ["--model", "fastnet", "--set", "train.fastnet.epochs=abc"],
           "train.fastnet.epochs", "expected int")
     check(trained, "bench.py", ["--set", "bench.device=tpu"], "bench.device", "cuda, cpu")
-    check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_input=copy"],
+    check(trained, "eval.py", ["--variant", "F_ahead", "--set", "variants.F_ahead.e2e_input=copy"],
           "e2e_launch 'ahead' needs", "e2e_input: mapped", "use e2e_launch: call")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_ahead_ms=0"], "variants.F.e2e_ahead_ms")
 

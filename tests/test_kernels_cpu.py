@@ -152,8 +152,8 @@ def _answers(K, cfg, seed, last_bp=None, views=None):
 def _gate(K):
     """kernels.gate_kernel (KernelNet.gate) under the interpreter, where its limit counts flag
     reads: the flag already holds the call's number (device counter + 1): it passes and writes
-    nothing; a flag of another call: it expires and writes the call's number into word 1; the
-    counter at SEQ_MASK: the call's number wraps to 0."""
+    nothing but its ready stamp (the call's number in word 2); a flag of another call: it expires
+    and also writes the call's number into word 1; the counter at SEQ_MASK: the number wraps to 0."""
     import kernels
     layers, head = K.random_net(seed=41, stem_width=8, widths=(16,), depths=(1,))
     net = K.KernelNet(layers, head, batch=1)
@@ -396,9 +396,9 @@ def test_persistent_kernel_answers_as_the_kernel_net(case):
 
 def test_gate_waits_for_its_call_and_marks_an_expired_one():
     r = _run_case("gate")
-    assert r["ready"] == [-1, -1, -1, -1], r  # passed: nothing written
-    assert r["other"] == [-1, 5, -1, -1], r  # expired: its call's number in word 1, the answer word untouched
-    assert r["wrapped"] == [-1, -1, -1, -1], r
+    assert r["ready"] == [-1, -1, 5, -1], r  # passed: only the ready stamp written
+    assert r["other"] == [-1, 5, 5, -1], r  # expired: its call's number in word 1, the answer word untouched
+    assert r["wrapped"] == [-1, -1, 0, -1], r
 
 
 def test_only_arrival_counts_are_acquire_release_atomics():
