@@ -477,13 +477,13 @@ if triton is not None:
     # while its own runs; that graph's first kernel is this gate.  One program spins on the
     # host's flag word in pinned host memory until it holds the call's number, so the net's
     # kernels start as soon as the image is there and the launch is off the critical path.  On
-    # starting, it writes the call's number into answer word 2 (the predictor is ready for the call:
-    # what the benchmark waits for between calls).  The
-    # host writes the flag after the image (x86 stores reach memory in program order), and the
-    # net's first kernel reads the image after the gate has ended.  A gate that waits longer than
-    # its limit expires: it writes the call's number into answer word 1 (before the head writes
-    # word 0: PCIe keeps a device's writes in order), so the host knows that this graph answered
-    # on an old image, and takes the graph queued behind it.
+    # starting, it writes the call's number into answer word 2: the predictor is ready for the
+    # call (what the benchmark waits for between calls).  The host writes the flag after the
+    # image (x86 stores reach memory in program order), and the net's first kernel reads the
+    # image after the gate has ended.  A gate that waits longer than its limit expires: it writes
+    # the call's number into answer word 1 (before the head writes word 0: PCIe keeps a device's
+    # writes in order), so the host knows that this graph answered on an old image, and takes
+    # the graph queued behind it.
 
     @triton.jit
     def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr):

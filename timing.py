@@ -129,7 +129,8 @@ def time_e2e(clf, imgs, iters, offset=0, sync=None):
     """End-to-end latency of a Predictor (ms per call) on host images that change every call
     (imgs rotated from `offset`), and its answers.  Only the call is timed, as the user waits
     for it; sync runs between calls, outside the timed region (bench.py passes the predictor's
-    settle(): every call starts on a GPU that has ended the previous one)."""
+    settle(): every call starts on a predictor ready for it, its GPU work of the previous call
+    ended)."""
     sync = sync or (lambda: None)
     n = len(imgs)
     ms = np.empty(iters, dtype=np.float64)

@@ -66,7 +66,7 @@ def method_protocol(doc, s):
         f"{f['runs']:.0f} short runs, interleaved: run 1 of every variant, then run 2, … so slow drifts of the "
         "card hit all variants alike.",
         f"Per run and variant: {b.e2e_iters} timed end-to-end calls, each one started after the previous one has "
-        "ended on the GPU (a synchronise, or for a graph launched ahead the end of the previous call's graph), "
+        "ended on the GPU (a synchronise, or for a graph launched ahead until that graph waits for its image), "
         f"outside the timed region; then {b.warmup} untimed warm-up calls and {f['iters']:.0f} timed device-side "
         "calls, each between two synchronisations; the GPU time of such calls from CUDA events; for CUDA-graph "
         "paths, back-to-back replays divided by their count (pipelined). The garbage collector is off while timing.",
