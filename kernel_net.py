@@ -437,9 +437,10 @@ class KernelNet(torch.nn.Module):
     def gate(self, flag, seq, word, limit_ms):
         """The first kernel of a graph launched ahead of its call (kernels.gate_kernel): wait until
         the host's flag word holds the call's number, at most limit_ms; then the net's kernels
-        (forward) run.  Under the interpreter limit_ms counts thousands of flag reads instead."""
+        (forward) run; with PDL the first of them launches at once and waits for the gate's end.
+        Under the interpreter limit_ms counts thousands of flag reads instead."""
         clock = self.device.type == "cuda"
-        kernels.gate_kernel[(1,)](flag, seq, word, int(limit_ms * (1e6 if clock else 1e3)), CLOCK=clock)
+        kernels.gate_kernel[(1,)](flag, seq, word, int(limit_ms * (1e6 if clock else 1e3)), CLOCK=clock, PDL=self.pdl)
 
     def kernel_count(self):
         """Kernels per forward: one per conv layer (the head, the views and the answer are inside)."""

@@ -486,9 +486,13 @@ if triton is not None:
     # the graph queued behind it.
 
     @triton.jit
-    def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr):
+    def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr, PDL: tl.constexpr):
         """Wait until flag == the call's number, (device call counter + 1) & SEQ_MASK.  limit:
-        nanoseconds of the GPU's clock (CLOCK), else flag reads (the interpreter has no clock)."""
+        nanoseconds of the GPU's clock (CLOCK), else flag reads (the interpreter has no clock).
+        PDL: let the net's first kernel launch now; its programs wait at their PDL wait for the
+        gate's end, so the kernel boundary after the gate is not on the critical path."""
+        if PDL:
+            gdc_launch_dependents()
         want = (tl.load(seq_ptr) + 1) & SEQ_MASK_C
         tl.store(word_ptr + 2, want, cache_modifier=".wt")
         f = tl.load(flag_ptr, volatile=True)
