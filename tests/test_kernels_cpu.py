@@ -25,16 +25,51 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-2
 
 
+# The interpreter cases in the order the tests below ask for them.  While one runs, the next one
+# runs beside it: the interpreter is the slowest part of the suite, and CI has two cores.
+CASE_ORDER = ("relu_k3", "gelu_k2", "tta_whiten", "tta_k3_batch2", "inference_flip", "answers_mode2",
+              "answers_mode1", "answers_flip", "persistent_flip", "persistent_fit_mode1", "gate", "tile_cache")
+_STARTED = {}  # case -> its subprocess
+
+
+def _start_case(case):
+    if case not in _STARTED:
+        env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+        _STARTED[case] = subprocess.Popen([sys.executable, __file__, case], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True)
+    return _STARTED[case]
+
+
 @functools.lru_cache(maxsize=None)
 def _run_case(case):
     """Run one interpreter case in a fresh Python: triton.jit reads TRITON_INTERPRET when a
     module is imported, Triton's own library (tl.max, tl.sum...) included, and another test may
-    already have imported Triton in compiled mode in this process.  Returns the case's dict."""
+    already have imported Triton in compiled mode in this process.  Returns the case's dict.
+    The next case of CASE_ORDER that has not started starts beside it."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, __file__, case], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, f"case {case} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    proc = _start_case(case)
+    later = CASE_ORDER[CASE_ORDER.index(case) + 1:] if case in CASE_ORDER else ()
+    nxt = next((c for c in later if c not in _STARTED), None)
+    if nxt is not None:
+        _start_case(nxt)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"case {case} ran over 300 s:\n{err[-3000:]}")
+    assert proc.returncode == 0, f"case {case} failed:\n{out[-3000:]}\n{err[-3000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_case_left_running():
+    """A case started ahead that no selected test asked for is stopped with the module."""
+    yield
+    for proc in _STARTED.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture(scope="module")
