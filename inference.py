@@ -64,11 +64,12 @@ def _drain_at_exit():
         clf.drain()
 
 
-def poll_answer(word, want, timeout_s):
+def poll_answer(word, want, timeout_s, at=0, shift=4):
     """Spin on the pinned answer word (a numpy view) until it holds call number want; True
-    then, False after timeout_s.  The clock is read now and then, not on every poll."""
+    then, False after timeout_s.  The clock is read now and then, not on every poll.  at, shift:
+    another word of the same buffer and where its number sits (the gate's ready stamp: 2, 0)."""
     clock, deadline, spins = time.perf_counter, None, 0
-    while (int(word[0]) >> 4) != want:
+    while (int(word[at]) >> shift) != want:
         spins += 1
         if spins & 1023 == 0:
             now = clock()
@@ -430,12 +431,11 @@ class Predictor:
         if not self._pending:
             torch.cuda.synchronize()
             return
-        n, word, deadline = self.calls + 1, self._word_np, time.perf_counter() + self.timeout_s
-        while int(word[2]) != n & SEQ_MASK:
-            if time.perf_counter() > deadline:
-                self._resync()
-                raise KitError(f"{self.variant}: the graph launched for call {n} did not start "
-                               f"within {self.timeout_s:g} s; the next call starts afresh")
+        n = self.calls + 1
+        if not poll_answer(self._word_np, n & SEQ_MASK, self.timeout_s, at=2, shift=0):
+            self._resync()
+            raise KitError(f"{self.variant}: the graph launched for call {n} did not start "
+                           f"within {self.timeout_s:g} s; the next call starts afresh")
 
     def __del__(self):
         # a graph still waiting would run on freed buffers once its gate expired

@@ -111,3 +111,5 @@ def test_poll_answer_sees_a_word_written_while_it_spins_and_gives_up_after_its_t
     t0 = time.perf_counter()
     assert not poll_answer(word, 4, timeout_s=0.05)  # call 4 never comes
     assert 0.04 < time.perf_counter() - t0 < 2.0
+    word[2] = 7  # the gate's ready stamp: the bare number, in word 2
+    assert poll_answer(word, 7, timeout_s=0.05, at=2, shift=0) and not poll_answer(word, 7, timeout_s=0.05)
