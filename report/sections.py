@@ -179,7 +179,7 @@ def results_gains(doc, s, figs):
                     "copy node; poll: the host polls an answer word; sync: the stream is synchronised; ahead: each "
                     "call also launches the next call's graph, whose first kernel waits for that call's image):")
     doc.table(*facts.pair_table(s, facts.PAIRS), wrap_at={2: 30},
-              intro="Programmatic dependent launch (PDL), with and without launching ahead, and F85's weights "
+              intro="Programmatic dependent launch (PDL: F85 ships with it, F without), and F85's weights "
                     "through cuDNN + torch.compile:")
     doc.heading("GPU time and host overhead", 2)
     doc.table(*facts.breakdown_table(s), note="e2e − GPU: what launching, moving the image and returning the "

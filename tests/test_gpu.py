@@ -95,7 +95,7 @@ def _two_images_of_two_classes(clf, imgs):
     return (imgs[0], ids[0]), (imgs[j], ids[j])
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85_pdl_ahead"])
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_ahead"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
     (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
