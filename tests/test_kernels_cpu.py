@@ -321,6 +321,7 @@ def _ptx_atomic_orders():
         out[name] = {}
         for sem in re.findall(r"\b(?:atom|red)\.global\.gpu\.(\w+)\.", ptx):
             out[name][sem] = out[name].get(sem, 0) + 1
+        out[name]["int_relaxed"] = len(re.findall(r"\batom\.global\.gpu\.relaxed\.add\.[su]32", ptx))
     return out
 
 
@@ -454,6 +455,9 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # the head's epilogue is inlined twice (after the K loop with and without split-K), each copy
     # with the head's arrival count, beside the split-K count: 3
     assert got["head"].get("acq_rel") == 3 and got["head"].get("relaxed", 0) >= 4, got
+    # the call counter is read before the K loop and stored by the answering program: no
+    # integer atomic (a round trip whose result the answer word waits for) beside the counts
+    assert got["split_k"]["int_relaxed"] == 0 and got["head"]["int_relaxed"] == 0, got
 
 
 def test_wrong_weights_are_caught():
