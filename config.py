@@ -132,9 +132,12 @@ VARIANT = {
     "shape": Field(str, ""),     # set on the front's variants: the front shape's name
     "kernels": Field(bool, False),  # fastnet through our Triton kernels (kernel_net.py) instead of cuDNN
     # their tiles: tuned = paths.kernel_tiles' entry for this GPU and layer (the heuristic where
-    # there is none; the row's notes count both) | heuristic.  kernel_pdl: programmatic dependent launch
+    # there is none; the row's notes count both) | heuristic.  kernel_pdl: programmatic dependent launch;
+    # kernel_pdl_trigger: when a kernel lets the next one launch: early (after its wait for the previous
+    # one) | late (after its K loop: the next kernel's programs are placed on the SMs nearer its end)
     "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
     "kernel_pdl": Field(bool, False),
+    "kernel_pdl_trigger": Field(str, "early", choices=("early", "late")),
     # the end-to-end call of a CUDA-graph path: how the image gets in (mapped: the first kernel
     # reads pinned host memory, kernels only; copy: a copy node in the graph) and how the host
     # waits for the answer word (poll it | synchronise); eager paths copy and synchronise

@@ -136,14 +136,16 @@ def kernel_net(cfg, model, a):
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
     tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
     return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
-                                   views=TTA_VIEWS[a["tta"]], tile_cache=tiles))
+                                   pdl_trigger=a.get("kernel_pdl_trigger", "early"), views=TTA_VIEWS[a["tta"]],
+                                   tile_cache=tiles))
 
 
 def kernel_notes(kn):
     """One note for the row: where each layer's tiles came from, PDL, the kernel count."""
     src = kn.tile_sources()
     counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
-    return f"kernel tiles: {counts}{'; pdl' if kn.pdl else ''}; {kn.kernel_count()} kernels"
+    pdl = f"; pdl{' late' if kn.pdl_trigger == 'late' else ''}" if kn.pdl else ""
+    return f"kernel tiles: {counts}{pdl}; {kn.kernel_count()} kernels"
 
 
 def folded_net(cfg, model, a):
@@ -250,7 +252,7 @@ class Predictor:
         self._cfg = cfg
         self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
                                mem=self.mem, tta=self.tta, kernels=self.kernels, kernel_tiles=v.kernel_tiles,
-                               kernel_pdl=v.kernel_pdl)
+                               kernel_pdl=v.kernel_pdl, kernel_pdl_trigger=v.kernel_pdl_trigger)
         self.net = folded_net(cfg, model, self._fold_args)
         self.kn = self.net.kn if self.kernels else None
         if self.kn is not None:
@@ -279,6 +281,9 @@ class Predictor:
         if v.e2e_input == "mapped" and not v.kernels:
             raise KitError(f"variant {v.label!r}: e2e_input 'mapped' needs kernels: true (torch ops cannot read "
                            "host memory); use e2e_input: copy")
+        if v.kernel_pdl_trigger != "early" and not (v.kernels and v.kernel_pdl):
+            raise KitError(f"variant {v.label!r}: kernel_pdl_trigger '{v.kernel_pdl_trigger}' needs kernels: true "
+                           "and kernel_pdl: true; remove it or set both")
         if v.e2e_launch == "ahead" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
             raise KitError(f"variant {v.label!r}: e2e_launch 'ahead' needs kernels: true, e2e_input: mapped and "
                            "e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")

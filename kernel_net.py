@@ -18,6 +18,7 @@ import kernels
 from kernels import ACTS, TRITON_ERROR
 from utils import KitError, atomic_write_bytes
 
+PDL_TRIGGERS = {"early": 1, "late": 2}  # the kernels' PDL constexpr: where each lets the next one launch
 _TILE_CACHE = {}  # (tile key, pdl, autotune) -> tiles chosen at build in this process
 
 
@@ -216,8 +217,8 @@ def write_tile_cache(path, entries, meta):
 class KernelNet(torch.nn.Module):
     """The folded net as one Triton kernel per conv layer (head fused into the last one).
 
-    KernelNet(layers, head, batch=1, device='cuda', autotune=False, pdl=False, views=None,
-              tiles=None, tile_cache=None)
+    KernelNet(layers, head, batch=1, device='cuda', autotune=False, pdl=False, pdl_trigger='early',
+              views=None, tiles=None, tile_cache=None)
     forward(x, answer=None): x N x 32 x 32 x 3 (uint8 or fp16, NHWC, contiguous, N == batch,
     on the GPU or pinned host memory) -> float32 N x 10 logits (the same buffer every call).
     answer=(seq, word): batch 1 only; the head also writes (call number << 4) | class id into
@@ -230,10 +231,12 @@ class KernelNet(torch.nn.Module):
     weighted sum of the views' logits.  Same kernel count as without views, no torch op.
     Tiles: `tiles` (one dict per layer) if given, else the cache file's entry for this GPU and
     layer shape, else the build-time search (autotune), else the heuristic.
+    pdl: programmatic dependent launch; pdl_trigger: each kernel lets the next one launch right
+    after its own wait for the previous one (early) or after its K loop (late).
     """
 
     def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
-                 tile_cache=None):
+                 tile_cache=None, pdl_trigger="early"):
         super().__init__()
         ok, why = available(device)
         if not ok:
@@ -241,7 +244,9 @@ class KernelNet(torch.nn.Module):
         if pdl and not pdl_available()[0]:
             raise RuntimeError(f"KernelNet pdl=True: {pdl_available()[1]}")
         self.device = torch.device("cpu" if _interpreting() else device)
-        self.batch, self.pdl = int(batch), bool(pdl)
+        if pdl_trigger not in PDL_TRIGGERS:
+            raise ValueError(f"KernelNet pdl_trigger must be one of {', '.join(PDL_TRIGGERS)}, not {pdl_trigger!r}")
+        self.batch, self.pdl, self.pdl_trigger = int(batch), bool(pdl), pdl_trigger
         self._build_views(views)
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
@@ -417,7 +422,8 @@ class KernelNet(torch.nn.Module):
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
             GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,
-            VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1, PDL=self.pdl,
+            VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1,
+            PDL=PDL_TRIGGERS[self.pdl_trigger] if self.pdl else 0,
             ANSWER=answer is not None and i == len(self.specs) - 1, **kw)
 
     def forward(self, x, answer=None):

@@ -41,7 +41,8 @@ image.
 
 Optionally the kernels use programmatic dependent launch (PDL): each waits for its
 predecessor with griddepcontrol.wait after loading its constant operands, so the next
-kernel's launch overlaps the current one.
+kernel's launch overlaps the current one.  PDL = 1 lets the next kernel launch right after
+that wait, PDL = 2 after the K loop (its programs then take the SMs nearer this kernel's end).
 """
 try:  # Triton ships with torch on Linux; its absence is reported by kernel_net.available()
     import triton
@@ -286,9 +287,10 @@ if triton is not None:
             bfc = tl.load(hb_ptr + cls)
         else:
             wfc, bfc = 0.0, 0.0
-        if PDL:  # wait for the previous layer, and let the next one start launching
+        if PDL:  # wait for the previous layer (1: and let the next one start launching now)
             gdc_wait()
-            gdc_launch_dependents()
+            if PDL == 1:
+                gdc_launch_dependents()
         seq0 = 0
         if ANSWER:  # the device call counter (graph path), read now: off the answer's chain
             seq0 = tl.load(seq_ptr, mask=req < 0, other=0).to(tl.int32)
@@ -309,6 +311,8 @@ if triton is not None:
             b = tl.load(w_ptr + krow[:, None] * COUT + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                         other=0.0)
             acc = tl.dot(a, b, acc)
+        if PDL == 2:  # the next layer may start launching: this one's K loop is done
+            gdc_launch_dependents()
         if SPLIT == 1:
             _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                       hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV,

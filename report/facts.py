@@ -9,8 +9,10 @@ from utils import KitError
 
 # F's inference path one change a step, ending at F; F's I/O alternatives and other single changes, each vs its base.
 ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F")
+# F's I/O rows run F's kernels without PDL: where F ships with it, they are set beside F_nopdl (io_pairs).
 IO_PAIRS = (("F_copy_sync", "F"), ("F_copy", "F"), ("F_sync", "F"), ("F_ahead", "F"), ("F85_ahead", "F85"))
-PAIRS = (("F_pdl", "F"), ("F85_nopdl", "F85"), ("F85_cudnn", "F85"))
+PAIRS = (("F_nopdl", "F"), ("F_pdl", "F"), ("F_pdl_late", "F"), ("F85_nopdl", "F85"),
+         ("F85_cudnn", "F85"))  # a pair whose rows the invocation lacks is left out
 
 # Public reference points: the only typed numbers of the report, each with its source.
 ANCHORS = {
@@ -221,6 +223,12 @@ def step_table(s):
                     DASH if prev is None else delta(prev, r["e2e_p50_ms"])])
         prev = r["e2e_p50_ms"]
     return ["Step", "Change", "e2e p50 (ms)", "device p50", "GPU p50", "Δ e2e vs step before"], out
+
+
+def io_pairs(s):
+    """IO_PAIRS, F's rows set beside F_nopdl where the invocation has that row."""
+    base = "F_nopdl" if "F_nopdl" in s.rows.index else "F"
+    return tuple((v, base if b == "F" else b) for v, b in IO_PAIRS)
 
 
 def pair_table(s, pairs):

@@ -174,12 +174,12 @@ def results_gains(doc, s, figs):
     doc.table(*facts.step_table(s), wrap_at=LABEL_WRAP,
               intro="Ablation of F's inference path, one change per step, on F's weights:")
     doc.para(step_sentence(s))
-    doc.table(*facts.pair_table(s, facts.IO_PAIRS), wrap_at={2: 30},
+    doc.table(*facts.pair_table(s, facts.io_pairs(s)), wrap_at={2: 30},
               intro="End-to-end input/output of F's kernels (mapped: the first kernel reads host memory; copy: a "
                     "copy node; poll: the host polls an answer word; sync: the stream is synchronised; ahead: each "
                     "call also launches the next call's graph, whose first kernel waits for that call's image):")
     doc.table(*facts.pair_table(s, facts.PAIRS), wrap_at={2: 30},
-              intro="Programmatic dependent launch (PDL: F85 ships with it, F without), and F85's weights "
+              intro="Programmatic dependent launch (PDL) on and off, its trigger early or late, and F85's weights "
                     "through cuDNN + torch.compile:")
     doc.heading("GPU time and host overhead", 2)
     doc.table(*facts.breakdown_table(s), note="e2e − GPU: what launching, moving the image and returning the "
