@@ -11,8 +11,7 @@ from utils import KitError
 ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F")
 # F's I/O rows run F's kernels without PDL: where F ships with it, they are set beside F_nopdl (io_pairs).
 IO_PAIRS = (("F_copy_sync", "F"), ("F_copy", "F"), ("F_sync", "F"), ("F_ahead", "F"), ("F85_ahead", "F85"))
-PAIRS = (("F_nopdl", "F"), ("F_pdl", "F"), ("F_pdl_late", "F"), ("F85_nopdl", "F85"),
-         ("F85_cudnn", "F85"))  # a pair whose rows the invocation lacks is left out
+PAIRS = (("F_nopdl", "F"), ("F_pdl", "F"), ("F85_nopdl", "F85"), ("F85_cudnn", "F85"))
 
 # Public reference points: the only typed numbers of the report, each with its source.
 ANCHORS = {
@@ -91,8 +90,11 @@ def seed_line(s, role):
         return f"{role}: no seed accuracies in its row."
     ci = "" if missing(r["acc_ci_low"]) else f", 95 % interval {num(r['acc_ci_low'])}–{num(r['acc_ci_high'])} %"
     listed = ", ".join(f"{k}: {a:.2f}" for k, a in seeds(r))
+    src = (s.seed_source or {}).get(role)
+    via = "" if src is None else (f" From invocation {src[0]} (commit {src[1]}), where the shipped file scored "
+                                  f"the same {num(r['acc'])} %: this invocation had no seed files.")
     return (f"{role} (shape {r['shape']}, TTA {r['tta']}): {num(r['acc_mean'])} ± {num(r['acc_std'])} % "
-            f"(mean ± std over {n} seeds, {r['split']} split){ci}; seeds {listed}.")
+            f"(mean ± std over {n} seeds, {r['split']} split){ci}; seeds {listed}.{via}")
 
 
 def latency_note(s):

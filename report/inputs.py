@@ -38,6 +38,7 @@ class Study:
     persistent: dict           # persistent.json (env, variants), or None
     stages: list               # [(stage, wall s, exit code)] from logs/*.log
     gpu_tests: dict            # test_gpu.log: summary, agreement lines, failed tests; or None
+    seed_source: dict = None   # {F / F85: (invocation, commit)} whose seed statistics the row shows (borrow_seeds)
 
 
 def table_variants(cfg):
@@ -199,12 +200,38 @@ def read_gpu_tests(path):
     return {"summary": summary, "agreement": agree, "failed": failed or bool(re.search(r"failed|error", summary))}
 
 
+SEED_COLS = ("acc_mean", "acc_std", "acc_seeds", "acc_ci_low", "acc_ci_high")
+
+
+def borrow_seeds(df, rows, inv):
+    """F's and F85's seed statistics where this invocation's row has none (its machine held only
+    the shipped files, not the final runs' seed files): taken from the newest earlier bench row of
+    the same variant, shape, TTA and file name whose shipped file scored the same test accuracy
+    there (the same file through the same arithmetic).  Changes rows; {role: (invocation, commit)}."""
+    bench = df[(df["script"] == "bench") & (df["invocation"] != inv) & (df["acc_seeds"] != "")]
+    got = {}
+    for role in ("F", "F85"):
+        if role not in rows.index or rows.at[role, "acc_seeds"]:
+            continue
+        r = rows.loc[role]
+        same = bench[(bench["variant"] == role) & (bench["shape"] == r["shape"]) & (bench["tta"] == r["tta"])
+                     & (bench["checkpoint"].map(os.path.basename) == os.path.basename(r["checkpoint"]))
+                     & ((bench["acc"] - r["acc"]).abs() < 0.005)]
+        if len(same):
+            src = same.iloc[-1]
+            for c in SEED_COLS:
+                rows.at[role, c] = src[c]
+            got[role] = (src["invocation"], src["git_commit"])
+    return got
+
+
 def load(cfg, results):
     """Read every input beside results.csv into a Study."""
     df = read_csv(results)
     inv, rows = pick_invocation(cfg, df, results)
     check_one_gpu(inv, rows)
     rows = rows.drop_duplicates("variant", keep="last").set_index("variant", drop=False)
+    seed_source = borrow_seeds(df, rows, inv)
     here = os.path.dirname(os.path.abspath(results))
     return Study(cfg=cfg, results=results, invocation=inv, rows=rows, finals=final_runs(df, rows),
                  front_runs=newest_runs(df, r"front_(?P<front_shape>.+)_s(?P<run_seed>\d+)"),
@@ -214,4 +241,4 @@ def load(cfg, results):
                  persistent=read_variants(os.path.join(here, "persistent.json"), "tools/persistent_bench.py",
                                           ("e2e", "acc", "agree", "stale", "phases", "splits")),
                  stages=read_stages(os.path.join(here, "logs")),
-                 gpu_tests=read_gpu_tests(os.path.join(here, "logs", "test_gpu.log")))
+                 gpu_tests=read_gpu_tests(os.path.join(here, "logs", "test_gpu.log")), seed_source=seed_source)

@@ -193,7 +193,9 @@ def results_gains(doc, s, figs):
         doc.table(*facts.kernel_table(s), note="F: our Triton kernels (one per conv layer; a split-K layer's partial "
                                                "sums meet through relaxed atomics, one acq_rel arrival count "
                                                "per tile); F_cudnn: the same weights through cuDNN and "
-                                               "torch.compile in one CUDA graph. Host times from the profiling run.")
+                                               "torch.compile in one CUDA graph. Host times from the profiling run. "
+                                               "With PDL a kernel starts before the previous one has ended: its time "
+                                               "includes that wait, and the sum of kernels exceeds the GPU time.")
     if s.persistent is not None:
         doc.heading("A persistent kernel: one launch for every call", 2)
         doc.para("kernel_server.py runs the net in ONE launch that stays on the GPU: program 0 polls a request word "

@@ -83,7 +83,7 @@ def test_config_errors(trained):
     check(trained, "eval.py", ["--variant", "F_ahead", "--set", "variants.F_ahead.e2e_input=copy"],
           "e2e_launch 'ahead' needs", "e2e_input: mapped", "use e2e_launch: call")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_ahead_ms=0"], "variants.F.e2e_ahead_ms")
-    check(trained, "eval.py", ["--variant", "F_pdl_late", "--set", "variants.F_pdl_late.kernel_pdl=false"],
+    check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_pdl=false"],
           "kernel_pdl_trigger 'late' needs", "kernel_pdl: true")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_pdl_trigger=soon"],
           "variants.F.kernel_pdl_trigger", "early, late")

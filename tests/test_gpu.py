@@ -251,7 +251,10 @@ def test_kit_timer_agrees_with_torch_benchmark_timer(gpu_cfg, variant):
     for _ in range(ROUNDS):
         kit.append(_kit_ms(clf))
         ref.append(_timer_ms(clf))
-    k, r = float(np.median(kit)), float(np.median(ref))
+    # the best round of each: a disturbance of the host only adds time, and one process moves by
+    # ~10 % between rounds (the medians of three rounds each failed this bound while the rounds
+    # overlapped: F kit [0.0392, 0.0392, 0.0352] vs [0.0387, 0.0352, 0.0354] ms)
+    k, r = min(kit), min(ref)
     assert abs(k - r) / r <= 0.10, f"{variant}: kit {kit} ms vs torch.utils.benchmark {ref} ms"
 
 

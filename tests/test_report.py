@@ -187,6 +187,30 @@ def test_goals_missed_by_how_much(tmp_path):
     assert g["f85_e2e_ms"][1] is True  # exactly at the goal is met
 
 
+def _without_seeds(rows, f_acc=None):
+    for r in rows:
+        if r["variant"] in ("F", "F85"):
+            r.update(acc_mean=None, acc_std=None, acc_seeds="", acc_ci_low=None, acc_ci_high=None)
+            if f_acc is not None and r["variant"] == "F":
+                r["acc"] = f_acc
+    return rows
+
+
+def test_seed_statistics_come_from_an_earlier_invocation_of_the_same_files(tmp_path):
+    """An invocation without the final runs' seed files shows the seeds of the newest earlier one
+    whose shipped files scored the same, and says so; not where F's file scored otherwise."""
+    old = study_rows("bench-with-seeds")
+    path = write_study(str(tmp_path / "a"), old + _without_seeds(study_rows("bench-no-seeds")) + train_rows())
+    s = inputs.load(CFG, path)
+    assert s.invocation == "bench-no-seeds" and s.seed_source["F"][0] == "bench-with-seeds"
+    assert s.rows.at["F", "acc_ci_low"] == 94.3 and "From invocation bench-with-seeds" in facts.seed_line(s, "F")
+    path = write_study(str(tmp_path / "b"), old + _without_seeds(study_rows("bench-no-seeds"), 94.4) + train_rows())
+    s = inputs.load(CFG, path)
+    assert "F" not in s.seed_source and "F85" in s.seed_source
+    assert facts.seed_line(s, "F") == "F: no seed accuracies in its row."
+    assert facts.goals(s)["f_acc_low"][2] != "met (0.30 points to spare)"
+
+
 def test_mixed_gpus_in_one_invocation_is_an_error(tmp_path):
     rows = study_rows("bench-mixed")
     rows[3]["gpu"] = "Another GPU"
