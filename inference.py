@@ -136,7 +136,7 @@ def kernel_net(cfg, model, a):
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
     tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
     return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
-                                   pdl_trigger=a.get("kernel_pdl_trigger", "early"), views=TTA_VIEWS[a["tta"]],
+                                   pdl_trigger=a["kernel_pdl_trigger"], views=TTA_VIEWS[a["tta"]],
                                    tile_cache=tiles))
 
 
