@@ -212,7 +212,10 @@ class GlobalMaxLinear(nn.Module):
 
 def build_model(name, cfg=None):
     """A fresh, randomly initialised model; every one gives (N, 10) logits on 32x32 RGB."""
-    import torchvision.models as tvm
+    if name == "fastnet":
+        kw = dict(cfg.models.fastnet) if cfg is not None else {}
+        return FastNet(**kw)
+    import torchvision.models as tvm  # here: its import takes seconds, and FastNet does not need it
     if name == "mobilenetv3":
         m = tvm.mobilenet_v3_small(num_classes=10)
         m.features[0][0].stride = (1, 1)            # stem: no downsampling on 32x32 inputs
@@ -231,9 +234,6 @@ def build_model(name, cfg=None):
         m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # CIFAR stem: 3x3, stride 1, no max-pool
         m.maxpool = nn.Identity()
         return m
-    if name == "fastnet":
-        kw = dict(cfg.models.fastnet) if cfg is not None else {}
-        return FastNet(**kw)
     raise KitError(f"unknown model '{name}' (valid: {', '.join(MODEL_NAMES)})")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import importlib.util
 import io
 import json
 import math
@@ -144,16 +145,30 @@ def git_commit(repo=None):
 _ENV = None
 
 
+def torchvision_version():
+    """torchvision.__version__ without importing torchvision where it is not loaded yet: its import
+    takes seconds (torchvision.models imports torch._dynamo), and only the torchvision nets need it.
+    The string is the one torchvision's own version.py assigns."""
+    if "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        try:
+            with open(os.path.join(spec.submodule_search_locations[0], "version.py")) as f:
+                return re.search(r"""^__version__ = ['"]([^'"]+)['"]$""", f.read(), re.M).group(1)
+        except (AttributeError, TypeError, IndexError, OSError):  # not a plain install: import it
+            pass
+    import torchvision
+    return str(torchvision.__version__)
+
+
 def env_info():
     """Versions and hardware of this run (J5-05), as flat strings."""
     global _ENV
     if _ENV is None:
-        import torchvision
         cuda = torch.cuda.is_available()
         _ENV = {
             "python": platform.python_version(),
             "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__),
+            "torchvision": torchvision_version(),
             "cuda": torch.version.cuda or "",
             "cudnn": str(torch.backends.cudnn.version() or "") if cuda else "",
             "gpu": torch.cuda.get_device_name(0) if cuda else "",
