@@ -3,9 +3,16 @@
 The images are random noise plus a class-dependent colour and stripe pattern, so a few
 training steps already beat chance; nothing here needs the real data set or a GPU.
 """
+import atexit
+import json
 import os
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -77,12 +84,78 @@ def git_in(repo, *args):
                             GIT_COMMITTER_EMAIL="t@t"))
 
 
-def run_script(script, *args, env_extra=None):
-    """Run one of the kit's scripts as a user would; returns CompletedProcess (text)."""
+class _Launcher:
+    """tests/launcher.py: a Python that has imported torch once and forks a child per script run.
+    A script's run costs its own work, not the seconds of `import torch` on top (CI: tens of runs)."""
+
+    def __init__(self, env):
+        self.env = env
+        self.dir = tempfile.mkdtemp(prefix="kit-launcher-")
+        with open(os.path.join(self.dir, "launcher.log"), "w") as log:
+            self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "launcher.py")], env=env,
+                                         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         text=True)
+        self.lock = threading.Lock()
+        atexit.register(self.close)
+
+    def _answer(self, timeout):
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tests/launcher.py ended (see {self.dir}/launcher.log)")
+        return json.loads(line)
+
+    def run(self, argv, env, timeout):
+        with self.lock:
+            fd, out = tempfile.mkstemp(dir=self.dir)
+            os.close(fd)
+            err = out + ".err"
+            self.proc.stdin.write(json.dumps(dict(argv=argv, cwd=ROOT, env=env, stdout=out, stderr=err)) + "\n")
+            self.proc.stdin.flush()
+            pid = self._answer(60)["pid"]
+            done = self._answer(timeout)
+            if done is None:
+                os.kill(pid, signal.SIGKILL)
+                self._answer(60)
+            try:
+                with open(out) as f, open(err) as g:
+                    stdout, stderr = f.read(), g.read()
+            finally:
+                os.remove(out)
+                os.remove(err)
+            if done is None:
+                raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
+            return subprocess.CompletedProcess([sys.executable, *argv], done["rc"], stdout, stderr)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_LAUNCHER = None
+
+
+def run_script(script, *args, env_extra=None, fresh=False):
+    """Run one of the kit's scripts as a user would (`python script args` from the kit's folder, in
+    its own process); returns CompletedProcess (text).  The process is forked from tests/launcher.py,
+    which has imported torch already, so runs share its str hash seed; fresh=True (for runs compared
+    with each other), env_extra or KIT_TESTS_FRESH_PYTHON=1 start a new Python instead."""
+    global _LAUNCHER
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
+    argv = [os.path.join(ROOT, script), *args]
+    if fresh or env_extra or os.environ.get("KIT_TESTS_FRESH_PYTHON") == "1" or not hasattr(os, "fork"):
+        return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, cwd=ROOT,
+                              timeout=600)
+    started = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}  # pytest sets it per test
+    if _LAUNCHER is None or _LAUNCHER.env != started or _LAUNCHER.proc.poll() is not None:
+        if _LAUNCHER is not None:
+            _LAUNCHER.close()
+        _LAUNCHER = _Launcher(started)
+    return _LAUNCHER.run(argv, env, timeout=600)
 
 
 @pytest.fixture

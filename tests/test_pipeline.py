@@ -118,7 +118,8 @@ def test_full_pipeline_on_cpu(tiny):
 def test_same_seed_same_weights_other_seed_other_weights(tiny):
     d = os.path.dirname(tiny)
     for tag, seed in (("a", 42), ("b", 42), ("c", 7)):
-        ok(run_script("train.py", "--model", "fastnet", "--tag", tag, "--set", f"seed={seed}", "--config", tiny))
+        ok(run_script("train.py", "--model", "fastnet", "--tag", tag, "--set", f"seed={seed}", "--config", tiny,
+                      fresh=True))  # separate Pythons, as separate users' runs (each its own hash seed)
     man = json.load(open(os.path.join(d, "ckpt", "manifest.json")))
     sd = {t: utils.load_checkpoint(os.path.join(d, man[t]["path"]))["state_dict"] for t in "abc"}
     assert all(torch.equal(sd["a"][k], sd["b"][k]) for k in sd["a"])
