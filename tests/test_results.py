@@ -2,11 +2,13 @@
 import csv
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 
 import pytest
 
 import utils
-from conftest import git_in
+from conftest import ROOT, git_in
 
 
 def _writer(path, wid, n):
@@ -89,3 +91,14 @@ def test_an_older_header_is_upgraded_with_its_renamed_columns(tmp_path):
     rows = list(csv.DictReader(open(path)))
     assert open(path).readline().strip() == utils.HEADER_LINE and len(rows) == 1
     assert rows[0]["shape"] == "AB94" and rows[0]["split"] == "" and rows[0]["timestamp"] == "x"
+
+
+def test_env_records_torchvisions_version_without_importing_it():
+    """env_info reads torchvision's version from its version.py (its import costs seconds); in a
+    fresh Python the string must be the one `import torchvision` gives, and nothing imported it."""
+    code = ("import sys, utils; v = utils.env_info()['torchvision']; "
+            "assert 'torchvision' not in sys.modules, 'torchvision was imported'; "
+            "import torchvision; assert v == torchvision.__version__, (v, torchvision.__version__); print(v)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=120)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
