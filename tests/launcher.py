@@ -58,8 +58,8 @@ def child(req):
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError):  # closed by the script (ValueError: Python's exit skips it too)
+                pass                        # or unwritable (OSError): the captured text shows what got out
     finally:
         os._exit(code & 0xFF)
 
