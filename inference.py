@@ -515,6 +515,18 @@ class Predictor:
         for a, b in zip(mine, theirs):
             a.copy_(b)
 
+    def set_kernel_tiles(self, tiles):
+        """Run our kernels with other tiles (one dict per layer, as self.kn.tiles() gives them)
+        and capture both CUDA graphs again: tools/chain_tune.py times every candidate through
+        this same end-to-end call.  Answers stay the same up to fp16 rounding."""
+        if self.kn is None:
+            raise KitError(f"{self.variant}: not a path of our kernels (no tiles to set)")
+        self.drain()
+        torch.cuda.synchronize()
+        self.kn.set_tiles(tiles)
+        self.notes = [kernel_notes(self.kn) if n.startswith("kernel tiles:") else n for n in self.notes]
+        self._build_calls(self.device.type == "cuda")
+
 
 def plain_variant(cfg):
     """Add (once) and name the plain FP32 eager variant: every path key at its default."""

@@ -1,6 +1,7 @@
 """The host side of our Triton kernels (kernels.py): KernelNet runs a folded fastnet-class net
 as one kernel per conv layer, chooses each layer's tiles (tile cache, build-time search or
-heuristic) and keeps the tile cache that tools/kernel_tune.py writes.
+heuristic) and keeps the tile cache that tools/kernel_tune.py (each layer alone) and
+tools/chain_tune.py (a whole net's layers together) write.
 
     kn = KernelNet(layers, head, batch=1, views=TTA_VIEWS["flip"], tile_cache="results/tiles.json")
     logits = kn(x_nhwc)                       # float32 (1, 10), the same buffer every call
@@ -8,6 +9,7 @@ heuristic) and keeps the tile cache that tools/kernel_tune.py writes.
 
 reference_forward() is the float64 ground truth of the tests; random_net() makes test nets.
 """
+import hashlib
 import json
 import math
 import os
@@ -186,10 +188,25 @@ def candidates(m, batch, n_sm, wide=False):
     return out
 
 
+def _check_trigger(t):
+    """A layer's tiles may name its own PDL trigger (tools/chain_tune.py tries both per layer)."""
+    if t.get("trigger", "early") not in PDL_TRIGGERS:
+        raise ValueError(f"tiles {t}: trigger must be one of {', '.join(PDL_TRIGGERS)}")
+
+
 # ============================================================================= the tile cache
 def tile_key(m, nb, gpu):
     """The tile cache's key of one layer: the GPU's name, the maps per call, the layer's shape."""
     return f"{gpu}|nb={nb}|" + ",".join(f"{k}={m[k]}" for k in sorted(m))
+
+
+def chain_key(metas, nb, gpu, pdl, i):
+    """The tile cache's key of layer i tuned as part of a whole net (tools/chain_tune.py): the
+    GPU, the maps per call, the PDL mode (off | early | late) and a digest of every layer's
+    shape.  A layer's best tiles depend on its neighbours (with PDL the next kernel's programs
+    take SMs while this one runs), so these keys name the net, and win over the layer's own."""
+    net = ";".join(",".join(f"{k}={m[k]}" for k in sorted(m)) for m in metas)
+    return f"{gpu}|nb={nb}|pdl={pdl}|net={hashlib.sha1(net.encode()).hexdigest()[:12]}|L{i}"
 
 
 def read_tile_cache(path):
@@ -229,10 +246,12 @@ class KernelNet(torch.nn.Module):
     inference.TTA_VIEWS: every layer runs batch * len(views) maps, the first layer reads each
     view straight from the image (mirrored / reflect-shifted loads), the head returns the
     weighted sum of the views' logits.  Same kernel count as without views, no torch op.
-    Tiles: `tiles` (one dict per layer) if given, else the cache file's entry for this GPU and
-    layer shape, else the build-time search (autotune), else the heuristic.
+    Tiles: `tiles` (one dict per layer) if given, else the cache file's entry for this whole
+    net (chain_key: tools/chain_tune.py), else its entry for this GPU and layer shape, else the
+    build-time search (autotune), else the heuristic.
     pdl: programmatic dependent launch; pdl_trigger: each kernel lets the next one launch right
-    after its own wait for the previous one (early) or after its K loop (late).
+    after its own wait for the previous one (early) or after its K loop (late); a layer's tiles
+    may name their own ("trigger").
     """
 
     def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
@@ -337,9 +356,33 @@ class KernelNet(torch.nn.Module):
         sp["cnt"] = torch.zeros(self.nb * mt * nt, dtype=torch.int32, device=self.device)
 
     # -- tiles --------------------------------------------------------------------------------
+    def chain_key(self, i):
+        """Layer i's key among the tile cache's whole-net entries (chain_key)."""
+        pdl = self.pdl_trigger if self.pdl else "off"
+        return chain_key([sp["meta"] for sp in self.specs], self.nb, self.gpu, pdl, i)
+
+    def chain_entries(self):
+        """{chain key: tiles} of every layer as it runs now: what tools/chain_tune.py saves."""
+        return {self.chain_key(i): dict(sp["tiles"]) for i, sp in enumerate(self.specs)}
+
+    def set_tiles(self, tiles, source="given"):
+        """Run with other tiles (one dict per layer, as tiles() returns them): the scratch is
+        sized again; a captured CUDA graph keeps the old ones (capture it again)."""
+        if len(tiles) != len(self.specs):
+            raise ValueError(f"{len(tiles)} tile dicts, this KernelNet has {len(self.specs)} layers")
+        for sp, t in zip(self.specs, tiles):
+            _check_trigger(t)
+            sp["tiles"], sp["tile_source"] = dict(t), source
+            self._alloc_scratch(sp)
+
     def _choose_tiles(self, sp, autotune, cache):
-        """(tiles, source): the tile cache's entry for this GPU and layer shape ('cache'), else
-        the build-time search if autotune ('autotune'), else the heuristic ('heuristic')."""
+        """(tiles, source): the tile cache's entry for this net ('chain'), else for this GPU and
+        layer shape ('cache'), else the build-time search if autotune ('autotune'), else the
+        heuristic ('heuristic')."""
+        key = self.chain_key(self.specs.index(sp))
+        if key in cache:
+            _check_trigger(cache[key])
+            return dict(cache[key]), "chain"
         key = tile_key(sp["meta"], self.nb, self.gpu)
         if key in cache:
             return dict(cache[key]), "cache"
@@ -356,7 +399,7 @@ class KernelNet(torch.nn.Module):
                 if sp["tile_source"] == "autotune"}
 
     def tile_sources(self):
-        """Where each layer's tiles came from: cache | autotune | heuristic | given."""
+        """Where each layer's tiles came from: chain | cache | autotune | heuristic | given."""
         return [sp["tile_source"] for sp in self.specs]
 
     def tiles(self):
@@ -423,7 +466,7 @@ class KernelNet(torch.nn.Module):
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
             GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,
             VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1,
-            PDL=PDL_TRIGGERS[self.pdl_trigger] if self.pdl else 0,
+            PDL=PDL_TRIGGERS[t.get("trigger", self.pdl_trigger)] if self.pdl else 0,
             ANSWER=answer is not None and i == len(self.specs) - 1, **kw)
 
     def forward(self, x, answer=None):

@@ -9,6 +9,8 @@
 #                              # 5k validation split; front.py chooses F and F85
 #                              # (= front-train, then front-bench)
 #   sh reproduce.sh final      # F's and F85's shapes x final.seeds on all 50k; ships the first seed
+#   sh reproduce.sh chain      # F's and F85's tiles tuned inside their own end-to-end call
+#                              # -> whole-net entries of results/tiles.json
 #   sh reproduce.sh bench      # eval F, then ONE bench invocation: table + ablation + front,
 #                              # and the per-kernel profile of F
 #   sh reproduce.sh report     # results/final_table.md, checkpoints/README.md, figures, rapport.pdf
@@ -21,7 +23,7 @@ stage=${1:-all}
 [ $# -gt 0 ] && shift
 PY=${PYTHON:-python3}
 case "$stage" in
-  all|tiles|train|front|front-train|front-bench|final|bench|report) ;;
+  all|tiles|train|front|front-train|front-bench|final|chain|bench|report) ;;
   *) echo "error: reproduce.sh: unknown stage '$stage' (all, tiles, train, front, front-train, front-bench," \
           "final, bench or report)" >&2
      exit 2 ;;
@@ -45,12 +47,13 @@ stage_train()       { shift; $PY train.py --model resnet18 "$@" && $PY train.py 
 stage_front_train() { shift; $PY train.py --front "$@"; }
 stage_front_bench() { shift; $PY bench.py --variant front "$@" && $PY front.py --force "$@"; }
 stage_final()       { shift; $PY train.py --final-runs --force "$@"; }
+stage_chain()       { shift; $PY tools/chain_tune.py "$@"; }
 stage_bench()       { shift; $PY eval.py --variant F "$@" &&
                       $PY bench.py --variant all,front --raw results/latency_raw.npz "$@" &&
                       $PY tools/kernel_profile.py --out results/kernel_profile.json "$@"; }
 stage_report()      { shift; $PY report/build.py; }
 
-for s in tiles train front-train front-bench final bench report; do
+for s in tiles train front-train front-bench final chain bench report; do
   case "$stage" in
     all|"$s") run "$s" "$@" ;;
     front) case "$s" in front-*) run "$s" "$@" ;; esac ;;

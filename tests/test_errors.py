@@ -161,8 +161,12 @@ def test_bench_without_the_reference_checkpoint_benches_what_is_there(trained):
 
 
 def test_gpu_tools_say_they_need_a_gpu(trained):
-    """tools/kernel_tune.py and tools/kernel_profile.py on a machine without CUDA: one line."""
+    """tools/kernel_tune.py, kernel_profile.py and chain_tune.py on a machine without CUDA, or
+    asked for what is not there: one line."""
     check(trained, "tools/kernel_tune.py", ["--shapes", "ta"], "on a machine with a CUDA GPU")
     check(trained, "tools/kernel_tune.py", ["--shapes", "zz"], "unknown front shape 'zz'")
     check(trained, "tools/kernel_profile.py", ["--out", os.path.join(os.path.dirname(trained), "kp.json")],
           "on a machine with a CUDA GPU")
+    check(trained, "tools/chain_tune.py", ["--variants", "F85"], "on a machine with a CUDA GPU")
+    check(trained, "tools/chain_tune.py", ["--variants", "B1"], "'B1' is not a variant of our kernels")
+    check(trained, "tools/chain_tune.py", ["--calls", "0"], "must be >= 1")

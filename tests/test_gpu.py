@@ -231,6 +231,33 @@ def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):
     assert same >= 0.995, same  # FP16 cuDNN vs our FP16 kernels: a near-tie may flip
 
 
+@pytest.mark.parametrize("variant", ["F", "F85"])
+def test_other_tiles_and_per_layer_triggers_give_the_same_answers(gpu_cfg, test_split, variant):
+    """Predictor.set_kernel_tiles (what tools/chain_tune.py times): the heuristic tiles with the
+    PDL trigger alternating layer by layer, then back to the start tiles; the end-to-end call
+    answers as before (>= 99.9 % of 2,000 test images: only fp16 near-ties may flip), and never
+    with the other image's answer."""
+    import kernel_net as K
+    imgs = test_split[0][:2000]
+    clf = _predictor(gpu_cfg, variant)
+    start = clf.kn.tiles()
+    base = clf.predict(imgs)
+    other = [dict(K.heuristic_tiles(sp["meta"], clf.kn.nb, clf.kn.n_sm), trigger=("early", "late")[i % 2])
+             for i, sp in enumerate(clf.kn.specs)]
+    assert other != start
+    clf.set_kernel_tiles(other)
+    assert clf.kn.tile_sources() == ["given"] * len(start) and clf.kn.tiles() == other
+    got = clf.predict(imgs)
+    clf.set_kernel_tiles(start)
+    back = clf.predict(imgs)
+    print(f"{variant} heuristic tiles, alternating triggers vs start tiles: "
+          f"{(got == base).mean() * 100:.2f} % agree; back to the start: {(back == base).mean() * 100:.2f} %")
+    assert (got == base).mean() >= 0.999 and (back == base).mean() >= 0.999
+    clf.set_kernel_tiles(other)
+    (a, ca), (b, cb) = _two_images_of_two_classes(clf, imgs)
+    assert [clf(a if i % 2 == 0 else b) for i in range(2000)] == [ca if i % 2 == 0 else cb for i in range(2000)]
+
+
 # -- the kit's timer --------------------------------------------------------------------------------
 def _kit_ms(clf):
     import timing

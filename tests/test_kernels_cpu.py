@@ -248,6 +248,26 @@ def _tile_cache():
     K.write_tile_cache(path, {K.tile_key(sp["meta"], 1, plain.gpu): want}, {"by": "test"})  # merged in
     net = K.KernelNet(layers, head, batch=1, tile_cache=path)
     other_nb = K.KernelNet(layers, head, batch=2, tile_cache=path)  # 2 maps a call: another key
+    # a whole-net entry (tools/chain_tune.py) of layer 1 wins over its per-layer one; it names a
+    # trigger (PDL is off under the interpreter: no effect); a PDL net or another net has other keys
+    chained = dict(want, BP=16, trigger="late")
+    K.write_tile_cache(path, {net.chain_key(1): chained}, {"by": "test"})
+    chain_net = K.KernelNet(layers, head, batch=1, tile_cache=path)
+    deeper = K.random_net(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 2))
+    chain_other = K.KernelNet(*deeper, batch=1, tile_cache=path)
+    chain = dict(sources=chain_net.tile_sources(), got=chain_net.tiles()[1], want=chained,
+                 key=net.chain_key(1), other_sources=chain_other.tile_sources())
+    x1 = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+    chain["err"] = _rel_err(chain_net(x1).clone(), K.reference_forward(layers, head, x1))
+    chain_net.set_tiles(net.tiles())
+    chain["set_sources"], chain["set_err"] = chain_net.tile_sources(), \
+        _rel_err(chain_net(x1).clone(), K.reference_forward(layers, head, x1))
+    for bad in ([dict(want, trigger="soon")] * 3, net.tiles()[:2]):
+        try:
+            chain_net.set_tiles(bad)
+            chain.setdefault("set_refused", []).append("")
+        except ValueError as e:
+            chain.setdefault("set_refused", []).append(str(e))
     refused = []
     for body in ("[1, 2]", "", '{"tiles": {"a"'):  # not a cache, empty, truncated: one line each
         with open(path, "w") as f:
@@ -259,7 +279,7 @@ def _tile_cache():
             refused.append(str(e))
     x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
     return dict(sources=net.tile_sources(), plain=plain.tile_sources(), nb2=other_nb.tile_sources(),
-                got=net.tiles()[1], want=want, refused=refused,
+                got=net.tiles()[1], want=want, refused=refused, chain=chain,
                 err=_rel_err(net(x).clone(), K.reference_forward(layers, head, x)),
                 inputs=[[list(net.random_input(i).shape), str(net.random_input(i).dtype)] for i in (0, 1)])
 
@@ -498,6 +518,16 @@ def test_tile_cache_entries_are_used_where_their_key_matches():
     assert r["err"] < TOL, r  # the cached tiles (no split-K, 16 columns) compute the same net
     # the tuner's timing inputs (tools/kernel_tune.py takes the first): the uint8 image, then fp16 maps
     assert r["inputs"] == [[[1, 32, 32, 3], "torch.uint8"], [[1, 30, 30, 16], "torch.float16"]], r
+
+
+def test_whole_net_tile_entries_win_over_the_layer_ones_and_match_only_their_net():
+    c = _run_case("tile_cache")["chain"]
+    assert c["sources"] == ["cache", "chain", "heuristic"] and c["got"] == c["want"], c
+    assert c["key"].startswith("interpreter|nb=1|pdl=off|net=") and c["key"].endswith("|L1"), c
+    assert "chain" not in c["other_sources"], c  # one conv more: another net, other keys
+    assert c["err"] < TOL and c["set_err"] < TOL, c
+    assert c["set_sources"] == ["given"] * 3, c
+    assert "trigger must be one of early, late" in c["set_refused"][0] and "2 tile dicts" in c["set_refused"][1], c
 
 
 def test_the_image_reading_layer_has_longer_row_tiles_among_its_candidates(K):
