@@ -61,3 +61,13 @@ def test_trigger_pass_offers_both_triggers_on_every_layer_but_the_last():
     c = chain_tune.trigger_cands(tiles(4, 8, 16))
     assert [len(x) for x in c] == [2, 2, 0]
     assert {t["trigger"] for t in c[0]} == {"early", "late"} and all(t["BP"] == 8 for t in c[1])
+
+
+def test_the_result_is_saved_only_if_faster_beyond_the_margin_in_three_of_four_rounds():
+    start = [40.0, 39.0, 41.0, 40.0, 38.0, 40.0, 39.5, 40.5]  # the card drifts by a few us
+    assert chain_tune.worth_saving(start, [x - 0.5 for x in start], margin=0.1)
+    assert not chain_tune.worth_saving(start, [x - 0.05 for x in start], margin=0.1)  # within the margin
+    # a lower median from one lucky stretch, but slower in most pairs: not saved
+    lucky = [x + 0.3 for x in start[:5]] + [30.0, 30.0, 30.0]
+    assert float(np.median(lucky)) < float(np.median(start)) - 0.1
+    assert not chain_tune.worth_saving(start, lucky, margin=0.1)
