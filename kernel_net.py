@@ -159,15 +159,19 @@ def candidates(m, batch, n_sm, wide=False):
     """The build-time search space around the heuristic: row tiles x1/x2 (x4 too for the layer
     reading the image; the whole map when it has <= 16 pixels), 16-64 channel columns, K steps
     of 1, 2 or 4 times the heuristic's (a longer step: fewer dependent trips round the K loop),
-    and split-K aimed at 1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm programs.  SPLIT is a runtime
+    steps of 2 or 4 whole taps through the flattened-K loads (a layer's K steps are otherwise at
+    least its taps), and split-K aimed at 1 (none: no L2 round trips), n_sm/2, n_sm or 2 n_sm
+    programs.  SPLIT is a runtime
     argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
     compiles them in parallel processes first (KernelNet.search_tiles(timed=False)).
     wide: also 8 warps and 2 / 4 pipeline stages (WIDE_LAUNCH) for layers of >= 64 input
     channels (the long K loops), 6x the compiles."""
     h = heuristic_tiles(m, batch, n_sm)
-    bks = [h["BK"]]
+    ks = [(h["BK"], h["GENERIC"])]
     if not h["GENERIC"]:
-        bks += [bk for bk in (2 * h["BK"], 4 * h["BK"]) if bk <= 256 and m["CIN"] % bk == 0]
+        ks += [(bk, False) for bk in (2 * h["BK"], 4 * h["BK"]) if bk <= 256 and m["CIN"] % bk == 0]
+        if m["KH"] > 1:  # a step of 2 or 4 taps (the flattened-K loads): a 9-tap layer of <= 64 channels
+            ks += [(bk, True) for bk in (2 * m["CIN"], 4 * m["CIN"]) if bk <= 256]  # has 9 steps otherwise
     bps = [h["BP"], 2 * h["BP"]]
     if m["CIN"] == 3:  # the layer that reads the image: fewer, longer row tiles too (fewer reads of it)
         bps.append(4 * h["BP"])
@@ -178,9 +182,9 @@ def candidates(m, batch, n_sm, wide=False):
         for bn in (16, 32, 64):
             if bn > max(16, _pow2(m["COUT"])):
                 continue
-            for bk in bks:
+            for bk, generic in ks:
                 for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):
-                    t = _with_split(m, dict(h, BP=bp, BN=bn, BK=bk), batch, tgt)
+                    t = _with_split(m, dict(h, BP=bp, BN=bn, BK=bk, GENERIC=generic), batch, tgt)
                     if t not in out:
                         out.append(t)
     if wide and m["CIN"] >= 64 and not h["GENERIC"]:

@@ -28,7 +28,8 @@ TOL = 1e-2
 # The interpreter cases in the order the tests below ask for them.  While one runs, the next one
 # runs beside it: the interpreter is the slowest part of the suite, and CI has two cores.
 CASE_ORDER = ("relu_k3", "gelu_k2", "tta_whiten", "tta_k3_batch2", "inference_flip", "answers_mode2",
-              "answers_mode1", "answers_flip", "persistent_flip", "persistent_fit_mode1", "gate", "tile_cache")
+              "answers_mode1", "answers_flip", "persistent_flip", "persistent_fit_mode1", "gate", "tile_cache",
+              "multitap")
 _STARTED = {}  # case -> its subprocess
 
 
@@ -386,6 +387,16 @@ def _case(name):
         x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
         r["wrong_weights_err"] = _rel_err(net(x).clone(), K.reference_forward(layers, head, x))
         return r
+    if name == "multitap":  # 16->32 and 32->32 with K steps of 2 and 4 taps (flattened-K loads), split-K
+        cfg = dict(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 1), act="relu")
+        layers, head = K.random_net(seed=4, **cfg)
+        tiles = _big_tiles(K, layers, head, 1, 1)
+        for i, taps, split in ((1, 2, 2), (2, 4, 1)):
+            tiles[i].update(GENERIC=True, BK=taps * layers[i]["weight"].shape[1], SPLIT=split)
+        net = K.KernelNet(layers, head, batch=1, tiles=tiles)
+        x = torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8)
+        steps = [K._k_steps(sp["meta"], sp["tiles"]) for sp in net.specs]
+        return dict(err=_rel_err(net(x).clone(), K.reference_forward(layers, head, x)), steps=steps)
     if name == "gelu_k2":  # 31x31 odd maps (floor pools 31->15->7), width 24 (gather path), N=3
         cfg = dict(stem_width=24, stem_kernel=2, widths=(32, 16), depths=(1, 1), act="gelu")
         return _errors(K, cfg, batch=3, dtype=torch.float16, split=2, seed=2, last_bp=16)  # 49 pooled px: 4 tiles
@@ -538,6 +549,20 @@ def test_the_image_reading_layer_has_longer_row_tiles_among_its_candidates(K):
     for m, want in ((stem, {16, 32, 64}), (conv, {4, 8})):
         got = {t["BP"] for t in K.candidates(m, 1, 132)}
         assert got == want, (m, got)
+
+
+def test_k_steps_of_several_taps_compute_the_same_net():
+    r = _run_case("multitap")
+    assert r["steps"][1:] == [5, 3], r  # 9 taps x 16 in steps of 32; 9 x 32 in steps of 128 (a masked tail)
+    assert r["err"] < TOL, r
+
+
+def test_layers_of_few_channels_have_multi_tap_steps_among_their_candidates(K):
+    layers, head = K.random_net(seed=6, stem_width=16, stem_kernel=3, widths=(32, 64, 256), depths=(1, 1, 1))
+    metas = [K._layer_meta(layers[i], h, h, c) for i, (h, c) in ((1, (30, 16)), (2, (15, 32)), (3, (7, 64)),
+                                                                  (0, (32, 3)))]
+    got = [sorted({t["BK"] for t in K.candidates(m, 1, 132) if t["GENERIC"]}) for m in metas]
+    assert got == [[32, 64], [64, 128], [128, 256], [32]], got  # the stem: its own gather path only
 
 
 def test_bad_input_rejected(K):
