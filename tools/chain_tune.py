@@ -172,7 +172,9 @@ def main():
     ap.add_argument("--calls", type=int, default=400, help="end-to-end calls per measurement")
     ap.add_argument("--top", type=int, default=4, help="candidates re-timed against the current tiles")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved re-timings of those")
-    ap.add_argument("--margin-us", type=float, default=0.1, help="how much faster a change must be (µs)")
+    # 0.3: two predictors of the very same tiles (their own buffers) read 0.14 µs apart in 8 of 10
+    # interleaved rounds of 1,000 calls on the H200
+    ap.add_argument("--margin-us", type=float, default=0.3, help="how much faster a change must be (µs)")
     ap.add_argument("--check", type=int, default=8, help="interleaved rounds of start vs result")
     ap.add_argument("--workers", type=int, default=14)
     ap.add_argument("--out", default="", help="tile cache file (default: paths.kernel_tiles)")
