@@ -26,7 +26,7 @@ PY=${PYTHON:-python3}
 case "$stage" in
   all|tiles|train|front|front-train|front-bench|final|chain|bench|report) ;;
   *) echo "error: reproduce.sh: unknown stage '$stage' (all, tiles, train, front, front-train, front-bench," \
-          "final, bench or report)" >&2
+          "final, chain, bench or report)" >&2
      exit 2 ;;
 esac
 mkdir -p results/logs
