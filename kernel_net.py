@@ -18,7 +18,7 @@ import torch
 
 import kernels
 from kernels import ACTS, TRITON_ERROR
-from utils import KitError, atomic_write_bytes
+from utils import KitError, atomic_write_bytes, check_writable, env_info
 
 PDL_TRIGGERS = {"early": 1, "late": 2}  # the kernels' PDL constexpr: where each lets the next one launch
 _TILE_CACHE = {}  # (tile key, pdl, autotune) -> tiles chosen at build in this process
@@ -226,6 +226,22 @@ def read_tile_cache(path):
     if not isinstance(d, dict) or not isinstance(d.get("tiles"), dict):
         raise KitError(f"{path}: not a tile cache (expected {{'tiles': {{key: tiles}}}}); {fix}")
     return d["tiles"]
+
+
+def begin_tuning(path, tool, does):
+    """What a tile tuner (tools/kernel_tune.py, tools/chain_tune.py) checks before any work: the
+    cache file can be written and what is there is a readable cache (the new entries merge into
+    it: a damaged one stops here, not after the tuning), and a GPU is there.  Prints the
+    environment; returns the cache's "about" record for the entries it will write."""
+    check_writable(path, "give a writable --out file")
+    read_tile_cache(path)
+    if not torch.cuda.is_available():
+        raise KitError(f"{tool} {does} on a GPU: run it on a machine with a CUDA GPU")
+    env = env_info()
+    import triton
+    print(f"{env['gpu']}, torch {env['torch']}, triton {triton.__version__}, commit {env['git_commit']}")
+    return {"gpu": env["gpu"], "torch": env["torch"], "triton": triton.__version__, "commit": env["git_commit"],
+            "by": f"tools/{tool}"}
 
 
 def write_tile_cache(path, entries, meta):

@@ -190,12 +190,7 @@ def main():
         raise utils.KitError("--rounds, --calls, --top, --repeats, --check and --workers must be >= 1, "
                              "--margin-us >= 0")
     out = a.out or resolve_path(cfg, cfg.paths.kernel_tiles)
-    utils.check_writable(out, "give a writable --out file")
-    K.read_tile_cache(out)  # the new entries merge into it: a damaged cache stops here, not after the tuning
-    if not torch.cuda.is_available():
-        raise utils.KitError("chain_tune.py times the end-to-end call on a GPU: run it on a machine with a CUDA GPU")
-    env = utils.env_info()
-    print(f"{env['gpu']}, torch {env['torch']}, triton {__import__('triton').__version__}, commit {env['git_commit']}")
+    about = K.begin_tuning(out, "chain_tune.py", "times the end-to-end call")
     imgs = host_split(cfg, "val")[0]
     clfs = {v: Predictor(cfg, v, torch.device("cuda")) for v in variants}  # compiles the start tiles here, once
     jobs = []
@@ -222,9 +217,7 @@ def main():
             print(f"   L{i} {_short(s)} -> {_short(t) if t != s else 'same'}", flush=True)
         if keep:
             clf.set_kernel_tiles(tuned)
-            K.write_tile_cache(out, clf.kn.chain_entries(),
-                               {"gpu": env["gpu"], "torch": env["torch"], "triton": __import__("triton").__version__,
-                                "commit": env["git_commit"], "by": "tools/kernel_tune.py, tools/chain_tune.py"})
+            K.write_tile_cache(out, clf.kn.chain_entries(), about)
     print(f"tile cache {out}")
 
 

@@ -83,12 +83,7 @@ def main():
     if bad:
         raise utils.KitError(f"--shapes: unknown front shape '{bad[0]}' (valid: {', '.join(cfg.front.shapes)})")
     out = a.out or resolve_path(cfg, cfg.paths.kernel_tiles)
-    utils.check_writable(out, "give a writable --out file")
-    K.read_tile_cache(out)  # the new entries merge into it: a damaged cache stops here, not after the tuning
-    if not torch.cuda.is_available():
-        raise utils.KitError("kernel_tune.py times kernels on a GPU: run it on a machine with a CUDA GPU")
-    env = utils.env_info()
-    print(f"{env['gpu']}, torch {env['torch']}, triton {__import__('triton').__version__}, commit {env['git_commit']}")
+    about = K.begin_tuning(out, "kernel_tune.py", "times kernels")
     mode = "wide" if a.wide else True
     compile_all(a, cfg, shapes, mode)
     t0 = time.time()
@@ -101,9 +96,7 @@ def main():
               f"tuned {sum(u for _, u in rows_t):.1f} us", flush=True)
         for (nh, uh), (nt, ut) in zip(rows_h, rows_t):
             print(f"   {uh:6.2f} -> {ut:6.2f} us  {nt}", flush=True)
-        K.write_tile_cache(out, tuned.tuned_entries(),
-                           {"gpu": env["gpu"], "torch": env["torch"], "triton": __import__("triton").__version__,
-                            "commit": env["git_commit"], "by": "tools/kernel_tune.py"})
+        K.write_tile_cache(out, tuned.tuned_entries(), about)
     print(f"phase 2: timed in {time.time() - t0:.0f}s; tile cache {out}")
 
 
