@@ -140,8 +140,9 @@ class Timer:
         ms, answers, idx = timing.time_e2e(self.clf, self.imgs, self.calls, self.offset, sync=self.clf.settle)
         self.offset = (self.offset + self.calls) % len(self.imgs)
         self.n += 1
-        if (answers != self.ref[idx]).mean() > 0.01:
-            print(f"  refused (answers differ on {(answers != self.ref[idx]).mean() * 100:.1f} % of calls): "
+        differ = float((answers != self.ref[idx]).mean())
+        if differ > 0.01:
+            print(f"  refused (answers differ on {differ * 100:.1f} % of calls): "
                   f"{_short(tiles[0])} ...", flush=True)
             return float("inf")
         return 1e3 * float(np.percentile(ms, 50))
@@ -156,13 +157,17 @@ def check(timer, start, tuned, rounds):
     return a, b
 
 
+def wins(a, b):
+    """Rounds in which b (timed in turn with a) was faster."""
+    return sum(y < x for x, y in zip(a, b))
+
+
 def worth_saving(a, b, margin):
     """The tuned tiles (rounds b) replace the start (rounds a, timed in turn with b) only if
     their median is lower by more than `margin` µs AND they won at least 3 of every 4 rounds:
     the card's e2e time drifts by a few µs over seconds, more than most tile changes, and a
     pair timed back to back cancels that drift where a median alone may not."""
-    wins = sum(y < x for x, y in zip(a, b))
-    return float(np.median(a)) - float(np.median(b)) > margin and 4 * wins >= 3 * len(a)
+    return float(np.median(a)) - float(np.median(b)) > margin and 4 * wins(a, b) >= 3 * len(a)
 
 
 def main():
@@ -193,24 +198,23 @@ def main():
     about = K.begin_tuning(out, "chain_tune.py", "times the end-to-end call")
     imgs = host_split(cfg, "val")[0]
     clfs = {v: Predictor(cfg, v, torch.device("cuda")) for v in variants}  # compiles the start tiles here, once
-    jobs = []
-    for v, clf in clfs.items():
-        for i, cs in enumerate(layer_cands(clf)):
-            jobs += [(a.config, a.overrides, v, i, cs[k:k + 8]) for k in range(0, len(cs), 8)]
+    cands = {v: layer_cands(clf) for v, clf in clfs.items()}
+    jobs = [(a.config, a.overrides, v, i, cs[k:k + 8]) for v in clfs for i, cs in enumerate(cands[v])
+            for k in range(0, len(cs), 8)]
     oversized = compile_all(a, jobs)
     for v, clf in clfs.items():
         t0 = time.time()
         start = clf.kn.tiles()
         print(f"{v}: {len(start)} layers, start tiles from {', '.join(clf.kn.tile_sources())}", flush=True)
         timer = Timer(clf, imgs, a.calls)
-        cands = [[t for t in cs if t not in oversized.get((v, i), [])] for i, cs in enumerate(layer_cands(clf))]
-        tuned = descend(start, cands, timer, a.rounds, a.top, a.repeats, a.margin_us)
+        fit = [[t for t in cs if t not in oversized.get((v, i), [])] for i, cs in enumerate(cands[v])]
+        tuned = descend(start, fit, timer, a.rounds, a.top, a.repeats, a.margin_us)
         if clf.kn.pdl:
             tuned = descend(tuned, trigger_cands(tuned), timer, 1, 1, a.repeats, a.margin_us, what="trigger")
         rs, rt = check(timer, start, tuned, a.check)
         keep = tuned != start and worth_saving(rs, rt, a.margin_us)
         print(f"{v}: e2e p50 start {np.median(rs):.2f} us, tuned {np.median(rt):.2f} us, tuned faster in "
-              f"{sum(y < x for x, y in zip(rs, rt))} of {len(rs)} rounds "
+              f"{wins(rs, rt)} of {len(rs)} rounds "
               f"({'saved' if keep else 'not saved: not faster beyond the margin in 3 of 4 rounds'}; "
               f"{timer.n} measurements, {time.time() - t0:.0f}s)", flush=True)
         for i, (s, t) in enumerate(zip(start, tuned)):
