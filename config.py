@@ -138,6 +138,11 @@ VARIANT = {
     "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
     "kernel_pdl": Field(bool, False),
     "kernel_pdl_trigger": Field(str, "early", choices=("early", "late")),
+    # who runs the kernels' net: triton (one kernel per layer, kernel_net.py) | cluster (the whole
+    # net in one launch of one thread-block cluster, cluster_net.py; Hopper, nvcc at build time);
+    # kernel_cluster_blocks: the cluster's blocks (8 is the portable size, 16 the largest)
+    "kernel_engine": Field(str, "triton", choices=("triton", "cluster")),
+    "kernel_cluster_blocks": Field(int, 16, choices=(8, 16)),
     # the end-to-end call of a CUDA-graph path: how the image gets in (mapped: the first kernel
     # reads pinned host memory, kernels only; copy: a copy node in the graph) and how the host
     # waits for the answer word (poll it | synchronise); eager paths copy and synchronise

@@ -134,6 +134,10 @@ def kernel_net(cfg, model, a):
     if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
         raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
     layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    if a["kernel_engine"] == "cluster":
+        import cluster_net
+        return KernelPath(cluster_net.ClusterNet(layers, head, device=str(a["device"]), views=TTA_VIEWS[a["tta"]],
+                                                 ranks=a["kernel_cluster_blocks"]))
     tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
     return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
                                    pdl_trigger=a["kernel_pdl_trigger"], views=TTA_VIEWS[a["tta"]],
@@ -252,7 +256,8 @@ class Predictor:
         self._cfg = cfg
         self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
                                mem=self.mem, tta=self.tta, kernels=self.kernels, kernel_tiles=v.kernel_tiles,
-                               kernel_pdl=v.kernel_pdl, kernel_pdl_trigger=v.kernel_pdl_trigger)
+                               kernel_pdl=v.kernel_pdl, kernel_pdl_trigger=v.kernel_pdl_trigger,
+                               kernel_engine=v.kernel_engine, kernel_cluster_blocks=v.kernel_cluster_blocks)
         self.net = folded_net(cfg, model, self._fold_args)
         self.kn = self.net.kn if self.kernels else None
         if self.kn is not None:
@@ -284,6 +289,9 @@ class Predictor:
         if v.kernel_pdl_trigger != "early" and not (v.kernels and v.kernel_pdl):
             raise KitError(f"variant {v.label!r}: kernel_pdl_trigger '{v.kernel_pdl_trigger}' needs kernels: true "
                            "and kernel_pdl: true; remove it or set both")
+        if v.kernel_engine == "cluster" and not (v.kernels and not v.kernel_pdl and v.e2e_launch == "call"):
+            raise KitError(f"variant {v.label!r}: kernel_engine 'cluster' needs kernels: true, kernel_pdl: false "
+                           "and e2e_launch: call (the whole net is one kernel); or use kernel_engine: triton")
         if v.e2e_launch == "ahead" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
             raise KitError(f"variant {v.label!r}: e2e_launch 'ahead' needs kernels: true, e2e_input: mapped and "
                            "e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")

@@ -218,7 +218,7 @@ def _inference_flip():
     cfg = load_config()
     a = dict(fold_bn=True, cudnn_relu=False, device=torch.device("cpu"), dtype=torch.float16,
              mem=torch.channels_last, tta="flip", kernels=True, kernel_tiles="heuristic", kernel_pdl=False,
-             kernel_pdl_trigger="early")
+             kernel_pdl_trigger="early", kernel_engine="triton", kernel_cluster_blocks=16)
     ref_a = dict(a, kernels=False, dtype=torch.float32, mem=torch.contiguous_format)
     m1, m2 = _small_fastnet(1), _small_fastnet(2)
     net = folded_net(cfg, m1, a)

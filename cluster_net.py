@@ -1,0 +1,402 @@
+"""The folded fastnet as ONE kernel of one thread-block cluster (the host side of
+cluster_kernel.cu): the partition of every layer over the cluster's blocks, the per-block
+weight blobs, the generated kernel, its build with nvcc and its launch through the CUDA
+driver.  Same contract as kernel_net.KernelNet (models.FastNet.folded_spec, batch 1, TTA
+views inside, the answer word), so inference.Predictor runs either (variant key
+kernel_engine).
+
+Partition.  Every conv layer's output (maps x pooled rows x channels) is cut into blocks of
+(one map, a band of pooled rows, a block of channels); the last layer's blocks hold whole maps
+(its channel maxima are then local) and cut channels only.  Among the cuts that fit the
+cluster, plan() takes the one with the least GEMM work per block (rows padded to 16 x channels),
+then the narrower band (less staging).
+"""
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import KitError
+
+KERNEL_SRC = Path(__file__).with_name("cluster_kernel.cu")
+THREADS, WARPS = 256, 8
+SMEM_MAX = 227 * 1024  # an H100/H200 block's shared memory with the opt-in attribute
+IMG = 32
+
+
+def _ceil(a, b):
+    return -(-a // b) * b
+
+
+def _conv_meta(L, h, w, cin):
+    cout, c2, kh, kw = L["weight"].shape
+    if c2 != cin or kh != kw:
+        raise ValueError(f"layer weight {tuple(L['weight'].shape)}: needs {cin} input channels and a square kernel")
+    pad, pool = int(L["padding"]), int(L["pool"])
+    ho, wo = h + 2 * pad - kh + 1, w + 2 * pad - kh + 1
+    return dict(H=h, W=w, CIN=cin, COUT=cout, KH=kh, PAD=pad, POOL=1 if pool == 2 else 0,
+                HO=ho // 2 if pool == 2 else ho, WO=wo // 2 if pool == 2 else wo,
+                ACT={"relu": 1, "gelu": 2}[L["act"]])
+
+
+def _block(m, rank):
+    """The block of layer m that `rank` computes (as ck::Block): maps [n0, n0 + NMB), pooled
+    rows [p0, p1), channels [c0, c0 + NBLK); None when the rank idles in this layer."""
+    bm, bn = divmod(rank, m["CN"])
+    if bm >= m["NBM"]:
+        return None
+    band = bm % m["R"]
+    n0 = bm // m["R"] if m["NMB"] == 1 else 0
+    return dict(n0=n0, p0=band * m["HO"] // m["R"], p1=(band + 1) * m["HO"] // m["R"], c0=bn * m["NBLK"])
+
+
+def _layer_cut(m, nb, ranks, last):
+    """(R, CN): pooled-row bands per map and channel blocks, the least work per block first."""
+    s = 4 if m["POOL"] else 1
+    best = None
+    for cn in range(1, m["COUT"] // 16 + 1):
+        if m["COUT"] % (16 * cn):
+            continue
+        for r in ([1] if last else range(1, m["HO"] + 1)):
+            nbm = 1 if last else nb * r
+            if nbm * cn > ranks:
+                continue
+            band = -(-m["HO"] // r)
+            maxm = _ceil((nb if last else 1) * band * m["WO"] * s, 16)
+            key = (maxm * (m["COUT"] // cn), band, cn)
+            if best is None or key < best[0]:
+                best = (key, r, cn)
+    if best is None:
+        raise ValueError(f"no cut of layer {m} over {ranks} blocks (widths must be multiples of 16)")
+    return best[1], best[2]
+
+
+def plan(layers, n_views, ranks=16):
+    """Shapes, cuts and the shared-memory layout of the net; the stem (layers[0], 2x2 or any
+    valid conv of the image) runs inside layer 1's blocks."""
+    if len(layers) < 2 or int(layers[0]["padding"]) != 0 or int(layers[0]["pool"]) != 0:
+        raise ValueError("the cluster kernel needs a stem (a valid conv, no pool) and at least one conv layer")
+    stem = _conv_meta(layers[0], IMG, IMG, 3)
+    if stem["COUT"] % 8:
+        raise ValueError(f"stem width {stem['COUT']}: needs a multiple of 8")
+    convs, (h, w, c) = [], (stem["HO"], stem["WO"], stem["COUT"])
+    for i, L in enumerate(layers[1:]):
+        m = _conv_meta(L, h, w, c)
+        if m["CIN"] % 8 or m["COUT"] % 16:
+            raise ValueError(f"layer {i + 1}: widths {m['CIN']} -> {m['COUT']} need multiples of 8 and 16")
+        last = i == len(layers) - 2
+        m["R"], m["CN"] = _layer_cut(m, n_views, ranks, last)
+        m["NMB"] = n_views if last else 1
+        m["NBM"] = 1 if last else n_views * m["R"]
+        m["NBLK"] = m["COUT"] // m["CN"]
+        m["S"] = 4 if m["POOL"] else 1
+        band = -(-m["HO"] // m["R"])
+        m["SROWS"] = band * (2 if m["POOL"] else 1) + m["KH"] - 1
+        m["SW"] = m["W"] + 2 * m["PAD"]
+        m["CSTR"] = m["CIN"] + 8
+        m["K"] = m["KH"] * m["KH"] * m["CIN"]
+        m["KP"] = _ceil(m["K"], 16)
+        m["WSTR"] = m["KP"] + 8
+        m["MAXM"] = _ceil(m["NMB"] * band * m["WO"] * m["S"], 16)
+        m["CSTRC"] = m["NBLK"] + 4
+        units = (m["MAXM"] // 16) * (m["NBLK"] // 16)
+        m["KSPL"] = max(1, min(m["KP"] // 16, WARPS // units))
+        convs.append(m)
+        h, w, c = m["HO"], m["WO"], m["COUT"]
+    if convs[0]["KH"] != 3 or convs[0]["PAD"] != 1:
+        raise ValueError("the cluster kernel's layer 1 must be a 3x3 conv with padding 1 (its stem halo)")
+    # the blob: per layer segment (16-byte aligned) as it lies in shared memory
+    off, segs = 0, []
+    sk, sc = stem["KH"], stem["COUT"]
+    for i, m in enumerate(convs):
+        parts = {}
+        if i == 0:
+            parts["SW"] = (off, sk * sk * 3 * sc * 4)
+            off = _ceil(off + parts["SW"][1], 16)
+            parts["SB"] = (off, sc * 4)
+            off = _ceil(off + parts["SB"][1], 16)
+        parts["W"] = (off, m["NBLK"] * m["WSTR"] * 2)
+        off = _ceil(off + parts["W"][1], 16)
+        parts["B"] = (off, m["NBLK"] * 4)
+        off = _ceil(off + parts["B"][1], 16)
+        if i == len(convs) - 1:
+            parts["FC"] = (off, 16 * m["NBLK"] * 4)
+            off = _ceil(off + parts["FC"][1], 16)
+            parts["VW"] = (off, 32 * 4)
+            off = _ceil(off + parts["VW"][1], 16)
+        segs.append(parts)
+    blob = off
+    work = {}
+    work["ZERO"] = blob
+    work["IMG"] = blob + 16
+    l1 = convs[0]
+    work["STAGE"] = _ceil(work["IMG"] + (l1["SROWS"] + sk - 1) * IMG * 3 * 2, 128)
+    stage = max(m["NMB"] * m["SROWS"] * m["SW"] * m["CSTR"] * 2 for m in convs)
+    work["C"] = _ceil(work["STAGE"] + stage, 128)
+    cbytes = max(m["MAXM"] * m["CSTRC"] * 4 for m in convs)
+    work["MX"] = _ceil(work["C"] + cbytes, 16)
+    work["SLOTS"] = _ceil(work["MX"] + convs[-1]["NMB"] * convs[-1]["NBLK"] * 4, 16)
+    smem = work["SLOTS"] + ranks * 16 * 4
+    if smem > SMEM_MAX:
+        raise ValueError(f"the cluster kernel needs {smem} bytes of shared memory per block (> {SMEM_MAX})")
+    act, a = [], 0
+    for m in convs[:-1]:
+        act.append(a)
+        a += n_views * m["HO"] * m["WO"] * m["COUT"]
+    return dict(ranks=ranks, nv=n_views, stem=stem, convs=convs, segs=segs, blob=blob, work=work, smem=smem,
+                act=act, act_halves=max(a, 8))
+
+
+def source(p):
+    """The kernel for plan p: its constants, then cluster_kernel.cu, then the layer sequence."""
+    out = ["// generated by cluster_net.source(); the device code is cluster_kernel.cu", "#include <stdint.h>",
+           f"#define NET_IMG_W {IMG}", f"#define NET_STEM_ACT {p['stem']['ACT']}"]
+    keys = ("NB H W CIN COUT KH PAD POOL HO WO ACT R CN NMB NBM NBLK S SROWS SW CSTR K KP WSTR MAXM CSTRC "
+            "KSPL").split()
+    for i, m in enumerate(p["convs"]):
+        vals = dict(m, NB=p["nv"])
+        out.append(f"struct L{i + 1} {{ " + " ".join(f"static constexpr int {k} = {vals[k]};" for k in keys) + " };")
+    out.append(KERNEL_SRC.read_text())
+    w, segs, convs = p["work"], p["segs"], p["convs"]
+    n, st = len(convs), p["stem"]
+    body = [
+        f'extern "C" __global__ void __cluster_dims__({p["ranks"]}, 1, 1) __launch_bounds__(ck::THREADS, 1)',
+        "cluster_net_kernel(ck::Params p) {",
+        "  extern __shared__ __align__(128) uint8_t sm[];",
+        "  const uint32_t rank = ck::cluster_rank();",
+        "  int seq0 = 0;",
+        "  if (rank == 0 && threadIdx.x == 0) seq0 = *p.seq;  // off the answer's chain",
+        f"  const uint8_t* blob = p.blob + (size_t)rank * {p['blob']};",
+    ]
+    for i, parts in enumerate(segs):  # one cp.async group per layer: layer 1 waits for its own only
+        lo = min(o for o, _ in parts.values())
+        hi = max(o + s for o, s in parts.values())
+        body += [f"  for (int i = threadIdx.x; i < {(_ceil(hi, 16) - lo) // 16}; i += ck::THREADS)",
+                 f"    ck::cp16(sm + {lo} + 16 * i, blob + {lo} + 16 * i);", "  ck::cp_commit();"]
+    body += [
+        f"  if (threadIdx.x == 0) *reinterpret_cast<uint4*>(sm + {w['ZERO']}) = make_uint4(0, 0, 0, 0);",
+        f"  const __half* zero16 = reinterpret_cast<const __half*>(sm + {w['ZERO']});",
+        f"  __half* stage = reinterpret_cast<__half*>(sm + {w['STAGE']});",
+        f"  float* csm = reinterpret_cast<float*>(sm + {w['C']});",
+        "  ck::Block<L1> b1(rank);",
+        f"  const int r0 = max(0, b1.ih0()), r1 = min({IMG}, b1.ih0() + L1::SROWS + {st['KH'] - 1});",
+        f"  __half* img = reinterpret_cast<__half*>(sm + {w['IMG']});",
+        "  if (b1.active) ck::load_image_rows(p, r0, r1, img);",
+        "  ck::zero_c<L1>(csm);",
+        f"  ck::cp_wait<{n - 1}>();",
+        "  __syncthreads();",
+        f"  if (b1.active) ck::stem_into_stage<L1, {st['COUT']}, {st['KH']}>(b1, img, r0,"
+        f" reinterpret_cast<const float*>(sm + {segs[0]['SW'][0]}), reinterpret_cast<const float*>(sm + {segs[0]['SB'][0]}),"
+        " stage, b1.n0 == 1 && NET_FLIP);",
+        "  __syncthreads();",
+    ]
+    for i, m in enumerate(convs):
+        L, s = f"L{i + 1}", segs[i]
+        wp = f"reinterpret_cast<const __half*>(sm + {s['W'][0]})"
+        bp = f"reinterpret_cast<const float*>(sm + {s['B'][0]})"
+        if i > 0:
+            body += [f"  ck::Block<{L}> b{i + 1}(rank);",
+                     f"  if (b{i + 1}.active) ck::stage_from_global<{L}>(b{i + 1}, p.act + {p['act'][i - 1]}, stage);",
+                     f"  ck::zero_c<{L}>(csm);", "  ck::cp_wait<0>();", "  __syncthreads();"]
+        body += [f"  if (b{i + 1}.active) ck::gemm<{L}>(b{i + 1}, stage, {wp}, csm, zero16);", "  __syncthreads();"]
+        if i < n - 1:
+            body += [f"  if (b{i + 1}.active) ck::store_out<{L}>(b{i + 1}, csm, {bp}, p.act + {p['act'][i]});",
+                     "  ck::cluster_sync();"]
+        else:
+            fc = f"reinterpret_cast<const float*>(sm + {s['FC'][0]})"
+            vw = f"reinterpret_cast<const float*>(sm + {s['VW'][0]})"
+            body += [f"  float* slots = reinterpret_cast<float*>(sm + {w['SLOTS']});",
+                     f"  if (b{i + 1}.active) ck::head_out<{L}>(b{i + 1}, csm, {bp}, {fc}, {vw},"
+                     f" reinterpret_cast<float*>(sm + {w['MX']}), nullptr, slots, rank);",
+                     "  ck::cluster_sync();",
+                     "  if (rank == 0 && threadIdx.x == 0) {",
+                     f"    const float* hb = reinterpret_cast<const float*>(sm + {s['VW'][0]}) + 16;",
+                     "    int best = 0;",
+                     "    float bv = -INFINITY;",
+                     "    for (int k = 0; k < 10; ++k) {",
+                     "      float v = hb[k];",
+                     f"      for (int r = 0; r < {m['NBM'] * m['CN']}; ++r) v += slots[r * 16 + k];",
+                     "      p.out[k] = v;",
+                     "      if (v > bv) { bv = v; best = k; }  // the first of equal maxima, as torch.argmax",
+                     "    }",
+                     "    const int nseq = seq0 + 1;",
+                     "    *p.seq = nseq;",
+                     "    if (p.word) {",
+                     "      const int word = ((nseq & ck::SEQ_MASK) << 4) | best;",
+                     '      asm volatile("st.global.wt.s32 [%0], %1;" :: "l"(p.word), "r"(word) : "memory");',
+                     "    }",
+                     "  }"]
+    body.append("}")
+    flip = 1 if p["nv"] == 2 else 0
+    return "\n".join(out + [f"#ifndef NET_FLIP\n#define NET_FLIP {flip}\n#endif"] + body) + "\n"
+
+
+def pack(p, layers, head, views):
+    """[ranks, blob] uint8: every block's weights, biases (and the head's) in its shared-memory
+    layout; fp16 conv weights as [n][k] with k = (ky, kx, ci), zero-padded."""
+    ranks, convs, segs = p["ranks"], p["convs"], p["segs"]
+    blob = np.zeros((ranks, p["blob"]), dtype=np.uint8)
+
+    def put(r, where, arr):
+        o, size = where
+        b = np.ascontiguousarray(arr).view(np.uint8).ravel()
+        assert b.size <= size, (b.size, size)
+        blob[r, o:o + b.size] = b
+
+    st = layers[0]["weight"].detach().half().float()  # [co, ci, ky, kx] as the fp16 kernels see it
+    sw = st.permute(2, 3, 1, 0).reshape(-1, st.shape[0]).numpy()  # [(ky, kx, ci), co]
+    sb = layers[0]["bias"].detach().float().numpy()
+    wfc = head["weight"].detach().float().numpy()
+    bfc = head["bias"].detach().float().numpy()
+    vws = np.zeros(32, np.float32)
+    vws[:len(views)] = [w for _, w in views]
+    vws[16:16 + len(bfc)] = bfc * sum(w for _, w in views)  # [16:] sum_v w_v * b, read by block 0 only
+    for i, (m, L) in enumerate(zip(convs, layers[1:])):
+        wk = L["weight"].detach().half().permute(0, 2, 3, 1).reshape(m["COUT"], -1).numpy()  # [n, k]
+        wpad = np.zeros((m["COUT"], m["WSTR"]), np.float16)
+        wpad[:, :m["K"]] = wk
+        bias = L["bias"].detach().float().numpy()
+        for r in range(ranks):
+            b = _block(m, r)
+            if b is None:
+                continue
+            c0, c1 = b["c0"], b["c0"] + m["NBLK"]
+            if i == 0:
+                put(r, segs[0]["SW"], sw.astype(np.float32))
+                put(r, segs[0]["SB"], sb.astype(np.float32))
+            put(r, segs[i]["W"], wpad[c0:c1])
+            put(r, segs[i]["B"], bias[c0:c1].astype(np.float32))
+            if i == len(convs) - 1:
+                fc = np.zeros((16, m["NBLK"]), np.float32)
+                fc[:wfc.shape[0]] = wfc[:, c0:c1]
+                put(r, segs[i]["FC"], fc)
+                put(r, segs[i]["VW"], vws)
+    return blob
+
+
+# ============================================================================= build and launch
+def nvcc_path():
+    for c in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if c and Path(c).is_file():
+            return c
+    return None
+
+
+def cache_dir():
+    return Path(os.environ.get("KIT_CACHE", Path.home() / ".cache" / "cifar10-kit")) / "cluster"
+
+
+def build(src, arch="sm_90a"):
+    """The cubin of src (nvcc), cached under cache_dir() by the source's digest."""
+    digest = hashlib.sha256((src + arch).encode()).hexdigest()[:20]
+    out = cache_dir() / f"{digest}.cubin"
+    if out.is_file():
+        return out.read_bytes()
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise KitError("cluster kernel: nvcc not found (set NVCC=/path/to/nvcc or use kernel_engine: triton)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cu = out.with_suffix(".cu")
+    cu.write_text(src)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    r = subprocess.run([nvcc, f"-arch={arch}", "-cubin", "-O3", "-std=c++17", "-o", str(tmp), str(cu)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise KitError(f"cluster kernel: nvcc failed ({cu}):\n{r.stderr.strip()[-2000:]}")
+    os.replace(tmp, out)
+    return out.read_bytes()
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [("img", ctypes.c_uint64), ("blob", ctypes.c_uint64), ("act", ctypes.c_uint64),
+                ("out", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("word", ctypes.c_uint64),
+                ("img_half", ctypes.c_int32), ("pad", ctypes.c_int32)]
+
+
+_CU = None
+
+
+def _driver():
+    global _CU
+    if _CU is None:
+        cu = ctypes.CDLL("libcuda.so.1")
+        for name in ("cuModuleLoadData", "cuModuleGetFunction", "cuFuncSetAttribute", "cuLaunchKernel",
+                     "cuGetErrorString"):
+            getattr(cu, name).restype = ctypes.c_int
+        _CU = cu
+    return _CU
+
+
+def _check(rc, what):
+    if rc != 0:
+        s = ctypes.c_char_p()
+        _driver().cuGetErrorString(rc, ctypes.byref(s))
+        raise RuntimeError(f"cluster kernel: {what} failed: CUDA error {rc} ({(s.value or b'?').decode()})")
+
+
+class ClusterNet:
+    """KernelNet's interface over the one-launch cluster kernel (batch 1)."""
+
+    def __init__(self, layers, head, device="cuda", views=None, ranks=16):
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise RuntimeError("ClusterNet needs a CUDA GPU")
+        cap = torch.cuda.get_device_capability(self.device)
+        if cap != (9, 0):
+            raise RuntimeError(f"ClusterNet needs an sm_90 GPU (Hopper), this one is sm_{cap[0]}{cap[1]}")
+        self.views = views or [((False, 0, 0), 1.0)]
+        if any(dy or dx for (_, dy, dx), _ in self.views) or len(self.views) > 2 or \
+                (len(self.views) == 2 and [f for (f, _, _), _ in self.views] != [False, True]):
+            raise ValueError("ClusterNet views: none or flip only")
+        self.batch, self.pdl, self.pdl_trigger = 1, False, "early"
+        self.plan = plan(layers, len(self.views), ranks)
+        self.src = source(self.plan)
+        self.ncls = head["weight"].shape[0]
+        self.blob = torch.from_numpy(pack(self.plan, layers, head, self.views)).to(self.device)
+        self.act = torch.zeros(self.plan["act_halves"], dtype=torch.float16, device=self.device)
+        self.out = torch.zeros(1, 16, device=self.device)
+        self.logits = self.out[:, :self.ncls]
+        self._seq0 = torch.zeros(1, dtype=torch.int32, device=self.device)
+        cubin = build(self.src)
+        torch.cuda.synchronize(self.device)  # the primary context is current on this thread
+        cu = _driver()
+        self._mod, self._fn = ctypes.c_void_p(), ctypes.c_void_p()
+        self._cubin = ctypes.create_string_buffer(cubin, len(cubin))
+        _check(cu.cuModuleLoadData(ctypes.byref(self._mod), self._cubin), "cuModuleLoadData")
+        _check(cu.cuModuleGetFunction(ctypes.byref(self._fn), self._mod, b"cluster_net_kernel"),
+               "cuModuleGetFunction")
+        _check(cu.cuFuncSetAttribute(self._fn, 8, ctypes.c_int(self.plan["smem"])), "max dynamic shared memory")
+        if ranks > 8:
+            _check(cu.cuFuncSetAttribute(self._fn, 14, ctypes.c_int(1)), "non-portable cluster size")
+
+    def weight_bytes(self):
+        return int(self.blob[0].numel()) * self.plan["ranks"]
+
+    def tile_sources(self):
+        return ["cluster"] * len(self.plan["convs"])
+
+    def kernel_count(self):
+        return 1
+
+    def load_weights(self, layers, head):
+        self.blob.copy_(torch.from_numpy(pack(self.plan, layers, head, self.views)))
+
+    def forward(self, x, answer=None):
+        if x.shape != (1, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16) or not x.is_contiguous():
+            raise ValueError(f"ClusterNet input must be contiguous 1x32x32x3 uint8/fp16 NHWC, "
+                             f"got {tuple(x.shape)} {x.dtype}")
+        seq, word = answer if answer is not None else (self._seq0, None)
+        p = _Params(x.data_ptr(), self.blob.data_ptr(), self.act.data_ptr(), self.out.data_ptr(), seq.data_ptr(),
+                    word.data_ptr() if word is not None else 0, int(x.dtype == torch.float16), 0)
+        args = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.pointer(p), ctypes.c_void_p))
+        stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
+        _check(_driver().cuLaunchKernel(self._fn, self.plan["ranks"], 1, 1, THREADS, 1, 1, self.plan["smem"],
+                                        stream, args, None), "cuLaunchKernel")
+        return self.logits
+
+    __call__ = forward
