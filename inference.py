@@ -289,9 +289,9 @@ class Predictor:
         if v.kernel_pdl_trigger != "early" and not (v.kernels and v.kernel_pdl):
             raise KitError(f"variant {v.label!r}: kernel_pdl_trigger '{v.kernel_pdl_trigger}' needs kernels: true "
                            "and kernel_pdl: true; remove it or set both")
-        if v.kernel_engine == "cluster" and not (v.kernels and not v.kernel_pdl and v.e2e_launch == "call"):
-            raise KitError(f"variant {v.label!r}: kernel_engine 'cluster' needs kernels: true, kernel_pdl: false "
-                           "and e2e_launch: call (the whole net is one kernel); or use kernel_engine: triton")
+        if v.kernel_engine == "cluster" and not (v.kernels and not v.kernel_pdl):
+            raise KitError(f"variant {v.label!r}: kernel_engine 'cluster' needs kernels: true and kernel_pdl: false "
+                           "(the whole net is one kernel); or use kernel_engine: triton")
         if v.e2e_launch == "ahead" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
             raise KitError(f"variant {v.label!r}: e2e_launch 'ahead' needs kernels: true, e2e_input: mapped and "
                            "e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")

@@ -1,0 +1,124 @@
+"""The cluster kernel's host side on the CPU: its cut of every layer over the cluster's blocks,
+the per-block weight blobs, the generated kernel (built with nvcc where there is one), and the
+clear errors.  The kernel itself runs on a GPU only (tests/test_gpu.py)."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+import cluster_net as C
+
+
+def _spec(name="f85_model.pth"):
+    from config import load_config
+    from models import load_model
+    cfg = load_config()
+    model, _ = load_model(f"{ROOT}/checkpoints/{name}", "fastnet", cfg=cfg)
+    return model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+
+
+FLIP = [((False, 0, 0), 0.5), ((True, 0, 0), 0.5)]
+
+
+@pytest.mark.parametrize("ranks", [8, 16])
+@pytest.mark.parametrize("views", [1, 2])
+def test_every_output_of_every_layer_belongs_to_exactly_one_block(ranks, views):
+    layers, _ = _spec()
+    p = C.plan(layers, views, ranks)
+    assert p["smem"] <= C.SMEM_MAX and len(p["convs"]) == len(layers) - 1
+    for i, m in enumerate(p["convs"]):
+        seen = np.zeros((views, m["HO"], m["COUT"]), dtype=int)
+        for r in range(ranks):
+            b = C._block(m, r)
+            assert (b is None) == (not m["BAND"][r][2])
+            if b is None:
+                continue
+            maps = range(views) if m["NMB"] > 1 else [b["n0"]]
+            for n in maps:
+                seen[n, b["p0"]:b["p1"], b["c0"]:b["c0"] + m["NBLK"]] += 1
+            assert m["BAND"][r][1] == (2 * b["p0"] if m["POOL"] else b["p0"]) - m["PAD"]
+            rows = (b["p1"] - b["p0"]) * (2 if m["POOL"] else 1) + m["KH"] - 1
+            assert rows <= m["SROWS"] and len(maps) * (b["p1"] - b["p0"]) * m["WO"] * m["S"] <= m["MAXM"]
+        assert (seen == 1).all(), f"layer {i + 1}"
+        last = i == len(p["convs"]) - 1
+        assert not last or (m["R"] == 1 and m["NMB"] == views)  # the head's blocks hold whole maps
+        # ldmatrix's 8 rows: a pixel stride of an odd number of 16-byte chunks, rows of 4 mod 8 pixels
+        assert (m["CSTR"] * 2 // 16) % 2 == 1 and m["SW"] % 8 == 4 and m["SW"] >= m["W"] + 2 * m["PAD"]
+
+
+def test_each_blob_holds_its_blocks_weights_in_the_kernels_layout():
+    layers, head = _spec()
+    p = C.plan(layers, 2, 16)
+    blob = C.pack(p, layers, head, FLIP)
+    assert blob.shape == (16, p["blob"])
+    for i, (m, L) in enumerate(zip(p["convs"], layers[1:])):
+        want = L["weight"].half().permute(0, 2, 3, 1).reshape(m["COUT"], -1).numpy()
+        o, size = p["segs"][i]["W"]
+        for r in range(16):
+            b = C._block(m, r)
+            w = blob[r, o:o + size].view(np.float16).reshape(m["NBLK"], m["WSTR"])
+            if b is None:
+                assert not w.any()
+                continue
+            assert np.array_equal(w[:, :m["K"]], want[b["c0"]:b["c0"] + m["NBLK"]])
+            assert not w[:, m["K"]:].any()  # K padding and the bank-spreading columns are zero
+            ob, sb = p["segs"][i]["B"]
+            assert np.array_equal(blob[r, ob:ob + sb].view(np.float32), L["bias"].numpy()[b["c0"]:b["c0"] + m["NBLK"]])
+    # the head's segment: the view weights, then sum_v w_v * b from float 16 on
+    o, size = p["segs"][-1]["VW"]
+    vw = blob[0, o:o + size].view(np.float32)
+    assert np.allclose(vw[:2], [0.5, 0.5]) and np.allclose(vw[16:26], head["bias"].numpy())
+
+
+def test_the_generated_kernel_builds(tmp_path, monkeypatch):
+    """The whole generated source through nvcc (skipped where there is none): what the GPU would
+    load; a second build of the same source comes from the cache."""
+    if C.nvcc_path() is None:
+        pytest.skip("no nvcc")
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path))
+    layers, _ = _spec()
+    src = C.source(C.plan(layers, 1, 16))
+    assert "__cluster_dims__(16, 1, 1)" in src and "struct L3" in src
+    cubin = C.build(src)
+    assert cubin[:4] == b"\x7fELF" and C.build(src) == cubin
+    assert len(list((tmp_path / "cluster").glob("*.cubin"))) == 1
+
+
+def test_bad_builds_and_shapes_say_what_to_do(tmp_path, monkeypatch):
+    import utils
+    monkeypatch.setenv("KIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(C, "nvcc_path", lambda: None)
+    with pytest.raises(utils.KitError, match="nvcc not found"):
+        C.build("// nothing")
+    layers, _ = _spec("final_model.pth")  # airbench94's widths: more shared memory than a block has
+    with pytest.raises(ValueError, match="shared memory per block"):
+        C.plan(layers, 2, 16)
+    with pytest.raises(ValueError, match="at least one conv layer"):
+        C.plan(layers[:1], 1, 16)
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        C.ClusterNet(*_spec(), device="cpu")
+
+
+def test_a_cluster_variant_with_pdl_is_refused():
+    import utils
+    from config import load_config
+    from inference import Predictor
+    cfg = load_config(None, ["variants.F85_cluster.kernel_pdl=true"])
+    with pytest.raises(utils.KitError, match="kernel_engine 'cluster' needs"):
+        Predictor._check_variant(cfg.variants.F85_cluster, _model())
+
+
+def _model():
+    from models import load_model
+    from config import load_config
+    return load_model(f"{ROOT}/checkpoints/f85_model.pth", "fastnet", cfg=load_config())[0]
+
+
+def test_on_the_cpu_a_cluster_variant_runs_the_fp32_fallback():
+    """Without a GPU the variant is the same weights in FP32 eager, said so (as every kernel variant)."""
+    from config import load_config
+    from inference import Predictor
+    clf = Predictor(load_config(), "F85_cluster_ahead", torch.device("cpu"))
+    img = np.zeros((32, 32, 3), dtype=np.uint8)
+    assert isinstance(clf(img), int) and any("cpu fallback" in n for n in clf.notes)
