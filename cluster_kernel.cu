@@ -59,21 +59,52 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-__device__ __forceinline__ void cluster_sync() {
-  // release: this block's global and shared stores are seen by every block of the cluster
-  // after their acquire; the barrier is the cluster's hardware one
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
 __device__ __forceinline__ uint32_t cluster_rank() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
   return r;
 }
-__device__ __forceinline__ void st_remote_f32(const float* local, uint32_t rank, float v) {
-  // store into block `rank`'s shared memory at the address of `local` in this block
+// The blocks hand data to each other without cluster-wide barriers: a consumer owns one
+// mbarrier per buffer it receives, set at the kernel's start to expect the buffer's byte count;
+// producers write into the consumer's shared memory with st.async, each store counting its
+// bytes on that mbarrier; the consumer waits for the barrier's phase to complete (all bytes in)
+// and nothing else.
+__device__ __forceinline__ uint32_t remote(const void* local, uint32_t rank) {
+  // the address of `local`'s offset in block `rank`'s shared memory
   uint32_t a;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(saddr(local)), "r"(rank));
-  asm volatile("st.shared::cluster.f32 [%0], %1;\n" ::"r"(a), "f"(v) : "memory");
+  return a;
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int bytes) {
+  // one arrival (this call's) and `bytes` of stores to come
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(saddr(bar)) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(saddr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(const uint64_t* bar) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n\t"
+                 "selp.u32 %0, 1, 0, p;\n\t}\n" : "=r"(done) : "r"(saddr(bar)) : "memory");
+}
+__device__ __forceinline__ void st_async_f32(const float* local, uint32_t rank, float v, const uint64_t* bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n"
+               ::"r"(remote(local, rank)), "r"(__float_as_uint(v)), "r"(remote(bar, rank)) : "memory");
+}
+__device__ __forceinline__ void st_async_v2(const void* local, uint32_t rank, uint2 v, const uint64_t* bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.b32 [%0], {%1, %2}, [%3];\n"
+               ::"r"(remote(local, rank)), "r"(v.x), "r"(v.y), "r"(remote(bar, rank)) : "memory");
+}
+__device__ __forceinline__ void st_async_v4(const void* local, uint32_t rank, uint4 v, const uint64_t* bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n"
+               ::"r"(remote(local, rank)), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote(bar, rank)) : "memory");
+}
+__device__ __forceinline__ void cluster_arrive() {
+  // relaxed: what the others need of this block (its mbarriers) is published by
+  // fence.mbarrier_init; a release arrival would wait for this block's weight loads in flight
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
 __device__ __forceinline__ void ldsm4(uint32_t* r, uint32_t a) {
@@ -224,19 +255,14 @@ __device__ __forceinline__ float out_value(const float* csm, const float* bias, 
   return L::ACT == 2 ? gelu(v) : fmaxf(v, 0.f);
 }
 
-__device__ __forceinline__ void st_remote_v2(const void* local, uint32_t rank, uint2 v) {
-  uint32_t a;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(saddr(local)), "r"(rank));
-  asm volatile("st.shared::cluster.v2.u32 [%0], {%1, %2};\n" ::"r"(a), "r"(v.x), "r"(v.y) : "memory");
-}
-
 // Epilogue of a layer that is not the last: its fp16 NHWC output goes straight into the
 // staging buffers of the next layer's blocks that need it (their shared memory, at this
 // block's address of that buffer), four channels a thread.  LN::band(r, .) = {map of rank r's
-// block (-1: all maps), its first staged row, active}: compile-time, so the loop over the
-// cluster's ranks unrolls into a few compares.
+// block (-1: all maps), its first staged row, active, bytes it receives}: compile-time, so the
+// loop over the cluster's ranks unrolls into a few compares; bar: the consumers' mbarrier.
 template <class L, class LN>
-__device__ void push_out(const Block<L>& b, const float* csm, const float* bias, const __half* next_stage) {
+__device__ void push_out(const Block<L>& b, const float* csm, const float* bias, const __half* next_stage,
+                         const uint64_t* bar) {
   constexpr int CH = L::NBLK / 4;
   const int npx = (b.p1 - b.p0) * L::WO;
   for (int i = threadIdx.x; i < L::NMB * npx * CH; i += THREADS) {
@@ -253,8 +279,8 @@ __device__ void push_out(const Block<L>& b, const float* csm, const float* bias,
         const int y = ph - LN::band(r, 1);
         if (y >= 0 && y < LN::SROWS) {
           const int nl2 = LN::band(r, 0) < 0 ? n : 0;
-          st_remote_v2(next_stage + ((size_t)(nl2 * LN::SROWS + y) * LN::SW + pw + LN::PAD) * LN::CSTR + b.c0 + 4 * ch,
-                       r, v);
+          st_async_v2(next_stage + ((size_t)(nl2 * LN::SROWS + y) * LN::SW + pw + LN::PAD) * LN::CSTR + b.c0 + 4 * ch,
+                      r, v, bar);
         }
       }
     }
@@ -278,7 +304,7 @@ __device__ void zero_padding(const Block<L>& b, __half* stage) {
 // slot `rank` of block 0's shared memory.
 template <class L>
 __device__ void head_out(const Block<L>& b, const float* csm, const float* bias, const float* wfc, const float* vw,
-                         float* mx, float* hv, float* slots, uint32_t rank) {
+                         float* mx, float* hv, float* slots, uint32_t rank, const uint64_t* bar) {
   constexpr int NPX = L::HO * L::WO;  // the block holds whole maps
   for (int i = threadIdx.x; i < L::NMB * L::NBLK * NPX; i += THREADS) {  // every output value at once
     const int q = i % NPX, rest = i / NPX;
@@ -302,7 +328,7 @@ __device__ void head_out(const Block<L>& b, const float* csm, const float* bias,
         s += vw[nl] * t;
       }
     }
-    st_remote_f32(slots + rank * 16 + k, 0, s);
+    st_async_f32(slots + rank * 16 + k, 0, s, bar);
   }
 }
 
@@ -350,27 +376,52 @@ __device__ void stem_into_stage(const Block<L>& b, const __half* img, int r0, co
   }
 }
 
-// Block 0 reads the whole image into its shared memory as fp16 (uint8 from pinned host memory:
-// one coalesced 16-byte read per thread over PCIe, .cv: never a cached copy of an earlier
-// call's image; or fp16 on the device).  Each block then copies its rows from there
-// (copy_image_rows, after a cluster barrier): small reads from many SMs at once queue up on
-// PCIe, one block's single read of the image does not.
-__device__ void load_image(const Params& p, __half* img) {
+// Block 0 reads the whole image (uint8 from pinned host memory: one coalesced 16-byte read per
+// thread over PCIe, .cv: never a cached copy of an earlier call's image; or fp16 on the device)
+// and sends each block the rows [r0, r1) its stem needs, as fp16, into its `rows` buffer
+// (IMG::band(r, .) = {r0, r1}).  Small reads from many SMs at once queue up on PCIe; one
+// block's single read of the image does not.  read_image: the loads (issued before the
+// cluster's start barrier completes); send_image: after it.
+template <class IMG>
+__device__ __forceinline__ uint4 read_image(const Params& p) {
   constexpr int BYTES = NET_IMG_W * NET_IMG_W * 3;
+  const int n16 = p.img_half ? BYTES * 2 / 16 : BYTES / 16;
+  uint4 v = make_uint4(0, 0, 0, 0);
+  const int i = threadIdx.x;  // one chunk a thread (fp16's second 128: send_image)
+  if (i < n16 && i < THREADS)
+    v = p.img_half ? __ldcg(reinterpret_cast<const uint4*>(p.img) + i) : __ldcv(reinterpret_cast<const uint4*>(p.img) + i);
+  return v;
+}
+
+template <class IMG>
+__device__ __forceinline__ void send_chunk(int row, int col, uint4 v, const __half* rows, const uint64_t* bar) {
+  // 8 fp16 at (row, col) of the image, to every block whose rows hold `row`
+#pragma unroll
+  for (int r = 0; r < NET_RANKS; ++r)
+    if (row >= IMG::band(r, 0) && row < IMG::band(r, 1))
+      st_async_v4(rows + (row - IMG::band(r, 0)) * NET_IMG_W * 3 + col, r, v, bar);
+}
+
+template <class IMG>
+__device__ void send_image(const Params& p, uint4 v, const __half* rows, const uint64_t* bar) {
+  constexpr int ROWB = NET_IMG_W * 3;  // values per row
   if (!p.img_half) {
-    const uint4* src = reinterpret_cast<const uint4*>(p.img);
-    for (int i = threadIdx.x; i < BYTES / 16; i += THREADS) {
-      uint4 v = __ldcv(src + i);
+    if (threadIdx.x < ROWB * NET_IMG_W / 16) {
       const uint8_t* bytes = reinterpret_cast<const uint8_t*>(&v);
       __align__(16) __half h[16];
 #pragma unroll
       for (int j = 0; j < 16; ++j) h[j] = __ushort2half_rn(bytes[j]);
-      reinterpret_cast<uint4*>(img)[2 * i] = reinterpret_cast<const uint4*>(h)[0];
-      reinterpret_cast<uint4*>(img)[2 * i + 1] = reinterpret_cast<const uint4*>(h)[1];
+      const int e = threadIdx.x * 16, row = e / ROWB, col = e % ROWB;
+      send_chunk<IMG>(row, col, reinterpret_cast<const uint4*>(h)[0], rows, bar);
+      send_chunk<IMG>(row, col + 8, reinterpret_cast<const uint4*>(h)[1], rows, bar);
     }
-  } else {
-    const uint4* src = reinterpret_cast<const uint4*>(p.img);
-    for (int i = threadIdx.x; i < BYTES * 2 / 16; i += THREADS) reinterpret_cast<uint4*>(img)[i] = __ldcg(src + i);
+  } else {  // fp16: 384 chunks of 8 values; threads 0-127 read and send a second one
+    const int e = threadIdx.x * 8;
+    send_chunk<IMG>(e / ROWB, e % ROWB, v, rows, bar);
+    if (threadIdx.x < ROWB * NET_IMG_W / 8 - THREADS) {
+      const int i2 = threadIdx.x + THREADS, e2 = i2 * 8;
+      send_chunk<IMG>(e2 / ROWB, e2 % ROWB, __ldcg(reinterpret_cast<const uint4*>(p.img) + i2), rows, bar);
+    }
   }
 }
 
@@ -400,19 +451,6 @@ __device__ void gate(const Params& p, int seq0) {
     __threadfence_system();  // the image is read after the flag was seen
   }
   __syncthreads();
-}
-
-// rows [r0, r1) of block 0's fp16 image (at the same shared-memory address there) into rows
-__device__ void copy_image_rows(const __half* img0, int r0, int r1, __half* rows) {
-  constexpr int ROW16 = NET_IMG_W * 3 * 2 / 16;  // 16-byte chunks per fp16 row (12)
-  uint32_t a;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, 0;\n" : "=r"(a) : "r"(saddr(img0 + r0 * NET_IMG_W * 3)));
-  for (int i = threadIdx.x; i < (r1 - r0) * ROW16; i += THREADS) {
-    uint4 v;
-    asm volatile("ld.shared::cluster.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a + 16u * i) : "memory");
-    reinterpret_cast<uint4*>(rows)[i] = v;
-  }
 }
 
 }  // namespace ck

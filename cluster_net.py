@@ -140,8 +140,7 @@ def plan(layers, n_views, ranks=16):
     work["ZERO"] = blob
     work["IMG"] = blob + 16
     l1 = convs[0]
-    work["IMG0"] = _ceil(work["IMG"] + (l1["SROWS"] + sk - 1) * IMG * 3 * 2, 16)  # block 0: the whole image
-    off = _ceil(work["IMG0"] + IMG * IMG * 3 * 2, 128)
+    off = _ceil(work["IMG"] + (l1["SROWS"] + sk - 1) * IMG * 3 * 2, 128)
     for i, m in enumerate(convs):  # every layer its own staging buffer: the previous layer writes it remotely
         work[f"STAGE{i + 1}"] = off
         off = _ceil(off + m["NMB"] * m["SROWS"] * m["SW"] * m["CSTR"] * 2, 128)
@@ -151,17 +150,43 @@ def plan(layers, n_views, ranks=16):
     work["HV"] = _ceil(work["MX"] + convs[-1]["NMB"] * convs[-1]["NBLK"] * 4, 16)
     work["SLOTS"] = _ceil(work["HV"] + convs[-1]["NMB"] * convs[-1]["NBLK"] * convs[-1]["HO"] * convs[-1]["WO"] * 4,
                           16)
-    smem = work["SLOTS"] + ranks * 16 * 4
+    work["BARS"] = _ceil(work["SLOTS"] + ranks * 16 * 4, 16)  # mbarriers: image rows, each layer's staging, logits
+    smem = work["BARS"] + 8 * (len(convs) + 1)
     if smem > SMEM_MAX:
         raise ValueError(f"the cluster kernel needs {smem} bytes of shared memory per block (> {SMEM_MAX})")
-    for m in convs:  # each rank's block of each layer: {map (-1: all), first staged row, active}
+    for m in convs:  # each rank's block of each layer: {map (-1: all), first staged row, active, bytes in}
         band = []
         for r in range(ranks):
             b = _block(m, r)
-            band.append([-1 if m["NMB"] > 1 else b["n0"], (2 * b["p0"] if m["POOL"] else b["p0"]) - m["PAD"], 1]
-                        if b else [0, 0, 0])
+            if b is None:
+                band.append([0, 0, 0, 0])
+                continue
+            ih0 = (2 * b["p0"] if m["POOL"] else b["p0"]) - m["PAD"]
+            rows = min(m["H"], ih0 + m["SROWS"]) - max(0, ih0)
+            band.append([-1 if m["NMB"] > 1 else b["n0"], ih0, 1, m["NMB"] * rows * m["W"] * m["CIN"] * 2])
         m["BAND"] = band
-    return dict(ranks=ranks, nv=n_views, stem=stem, convs=convs, segs=segs, blob=blob, work=work, smem=smem)
+    img = []  # the image rows each rank's stem needs: {r0, r1, bytes}
+    for r in range(ranks):
+        act, ih0 = l1["BAND"][r][2], l1["BAND"][r][1]
+        r0, r1 = max(0, ih0), min(IMG, ih0 + l1["SROWS"] + sk - 1)
+        img.append([r0, r1, (r1 - r0) * IMG * 3 * 2] if act else [0, 0, 0])
+    head = convs[-1]
+    head_bytes = sum(16 * 4 for b in head["BAND"] if b[2])
+    return dict(ranks=ranks, nv=n_views, stem=stem, convs=convs, segs=segs, blob=blob, work=work, smem=smem,
+                img=img, head_bytes=head_bytes)
+
+
+def _table(name, rows):
+    """A per-rank table as a constexpr function of selects: folded to a constant where the rank
+    and field are (the unrolled loops over ranks), a short select chain where they are not (a
+    local array would be rebuilt on the stack at every call)."""
+    def pick(var, vals):
+        expr = str(vals[-1])
+        for k in range(len(vals) - 2, -1, -1):
+            expr = f"({var} == {k} ? {vals[k]} : {expr})"
+        return expr
+    fields = [pick("r", [row[f] for row in rows]) for f in range(len(rows[0]))]
+    return f"__device__ static constexpr int {name}(int r, int f) {{ return {pick('f', fields)}; }}"
 
 
 def source(p):
@@ -172,10 +197,9 @@ def source(p):
             "KSPL NCH").split()
     for i, m in enumerate(p["convs"]):
         vals = dict(m, NB=p["nv"])
-        band = ", ".join("{" + ", ".join(map(str, b)) + "}" for b in m["BAND"])
         out.append(f"struct L{i + 1} {{ " + " ".join(f"static constexpr int {k} = {vals[k]};" for k in keys) +
-                   f" __device__ static constexpr int band(int r, int f) {{ constexpr int t[{p['ranks']}][3] = {{{band}}};"
-                   " return t[r][f]; } };")
+                   " " + _table("band", m["BAND"]) + " };")
+    out.append("struct IMG { " + _table("band", p["img"]) + " };")
     out.append(KERNEL_SRC.read_text())
     w, segs, convs = p["work"], p["segs"], p["convs"]
     n, st = len(convs), p["stem"]
@@ -189,25 +213,44 @@ def source(p):
         "  if (rank == 0 && threadIdx.x == 0) seq0 = *p.seq;  // off the answer's chain",
         f"  const uint8_t* blob = p.blob + (size_t)rank * {p['blob']};",
     ]
-    for i, parts in enumerate(segs):  # one cp.async group per layer: layer 1 waits for its own only
+    prefetch = []  # one cp.async group per layer: layer 1 waits for its own only
+    for i, parts in enumerate(segs):
         lo = min(o for o, _ in parts.values())
         hi = max(o + s for o, s in parts.values())
-        body += [f"  for (int i = threadIdx.x; i < {(_ceil(hi, 16) - lo) // 16}; i += ck::THREADS)",
-                 f"    ck::cp16(sm + {lo} + 16 * i, blob + {lo} + 16 * i);", "  ck::cp_commit();"]
+        prefetch += [f"  for (int i = threadIdx.x; i < {(_ceil(hi, 16) - lo) // 16}; i += ck::THREADS)",
+                     f"    ck::cp16(sm + {lo} + 16 * i, blob + {lo} + 16 * i);", "  ck::cp_commit();"]
     body += [
         f"  if (threadIdx.x == 0) *reinterpret_cast<uint4*>(sm + {w['ZERO']}) = make_uint4(0, 0, 0, 0);",
         f"  const __half* zero16 = reinterpret_cast<const __half*>(sm + {w['ZERO']});",
         *[f"  __half* stage{i + 1} = reinterpret_cast<__half*>(sm + {w[f'STAGE{i + 1}']});" for i in range(n)],
         f"  float* csm = reinterpret_cast<float*>(sm + {w['C']});",
         "  ck::Block<L1> b1(rank);",
-        f"  const int r0 = max(0, b1.ih0()), r1 = min({IMG}, b1.ih0() + L1::SROWS + {st['KH'] - 1});",
-        f"  __half* img = reinterpret_cast<__half*>(sm + {w['IMG']});",
-        f"  __half* img0 = reinterpret_cast<__half*>(sm + {w['IMG0']});",
-        "  if (rank == 0) {  // the gate (launched ahead), then the image", "    ck::gate(p, seq0);", "    ck::load_image(p, img0);", "  }",
+        f"  uint64_t* bars = reinterpret_cast<uint64_t*>(sm + {w['BARS']});  // image rows, layer k's staging, logits",
+        "  if (threadIdx.x == 0) {",
+        "    ck::mbar_init(bars, IMG::band(rank, 2));",
+        *[f"    ck::mbar_init(bars + {i}, L{i + 1}::band(rank, 3));" for i in range(1, n)],
+        f"    ck::mbar_init(bars + {n}, rank == 0 ? {p['head_bytes']} : 0);",
+        '    asm volatile("fence.mbarrier_init.release.cluster;\\n" ::: "memory");',
+        "  }",
+        "  __syncthreads();",
         *[f"  {{ ck::Block<L{i + 1}> bz(rank); if (bz.active) ck::zero_padding<L{i + 1}>(bz, stage{i + 1}); }}"
           for i in range(1, n)],
-        "  ck::cluster_sync();  // block 0 holds the image",
-        "  if (b1.active) ck::copy_image_rows(img0, r0, r1, img);",
+        "  ck::cluster_arrive();  // every block's mbarriers are set before anyone stores into them",
+        "  uint4 px = make_uint4(0, 0, 0, 0);",
+        "  if (rank == 0) {  // the gate (launched ahead), then the image's loads",
+        "    ck::gate(p, seq0);",
+        "    px = ck::read_image<IMG>(p);",
+        "  }",
+        "  // the weights' prefetch: issuing ~3,500 16-byte copies takes a block ~1 µs, so block 0",
+        "  // issues its image reads first",
+        *prefetch,
+        "  ck::cluster_wait();",
+        "  ck::stamp(p, rank, 5);",
+        f"  __half* img = reinterpret_cast<__half*>(sm + {w['IMG']});",
+        "  if (rank == 0) ck::send_image<IMG>(p, px, img, bars);",
+        "  ck::mbar_wait(bars);  // this block's image rows are in",
+        "  ck::stamp(p, rank, 9);",
+        "  const int r0 = IMG::band(rank, 0);",
         f"  ck::cp_wait<{n - 1}>();",
         "  __syncthreads();",
         "  ck::stamp(p, rank, 1);",
@@ -223,22 +266,25 @@ def source(p):
         bp = f"reinterpret_cast<const float*>(sm + {s['B'][0]})"
         if i > 0:
             body += [f"  ck::Block<{L}> b{i + 1}(rank);",
-                     "  ck::cp_wait<0>();", "  __syncthreads();",
+                     f"  ck::mbar_wait(bars + {i});  // its input rows are in", "  ck::cp_wait<0>();", "  __syncthreads();",
                      f"  ck::stamp(p, rank, {4 * i + 2});"]
         body += [f"  if (b{i + 1}.active) ck::gemm<{L}>(b{i + 1}, stage{i + 1}, {wp}, csm, zero16);", "  __syncthreads();",
                  f"  ck::stamp(p, rank, {4 * i + 3});"]
         if i < n - 1:
-            body += [f"  if (b{i + 1}.active) ck::push_out<{L}, L{i + 2}>(b{i + 1}, csm, {bp}, stage{i + 2});",
-                     f"  ck::stamp(p, rank, {4 * i + 4});", "  ck::cluster_sync();", f"  ck::stamp(p, rank, {4 * i + 5});"]
+            body += [f"  if (b{i + 1}.active) ck::push_out<{L}, L{i + 2}>(b{i + 1}, csm, {bp}, stage{i + 2}, bars + {i + 1});",
+                     f"  ck::stamp(p, rank, {4 * i + 4});"]
         else:
             fc = f"reinterpret_cast<const float*>(sm + {s['FC'][0]})"
             vw = f"reinterpret_cast<const float*>(sm + {s['VW'][0]})"
             body += [f"  float* slots = reinterpret_cast<float*>(sm + {w['SLOTS']});",
                      f"  if (b{i + 1}.active) ck::head_out<{L}>(b{i + 1}, csm, {bp}, {fc}, {vw},"
                      f" reinterpret_cast<float*>(sm + {w['MX']}),"
-                     f" reinterpret_cast<float*>(sm + {w['HV']}), slots, rank);",
-                     f"  ck::stamp(p, rank, {4 * i + 4});", "  ck::cluster_sync();", f"  ck::stamp(p, rank, {4 * i + 5});",
-                     "  if (rank == 0 && threadIdx.x == 0) {",
+                     f" reinterpret_cast<float*>(sm + {w['HV']}), slots, rank, bars + {n});",
+                     f"  ck::stamp(p, rank, {4 * i + 4});",
+                     "  if (rank != 0) return;",
+                     f"  ck::mbar_wait(bars + {n});  // every block's share of the logits is in",
+                     f"  ck::stamp(p, rank, {4 * i + 5});",
+                     "  if (threadIdx.x == 0) {",
                      f"    const float* hb = reinterpret_cast<const float*>(sm + {s['VW'][0]}) + 16;",
                      "    int best = 0;",
                      "    float bv = -INFINITY;",
