@@ -1,25 +1,28 @@
-// The whole folded fastnet in ONE kernel launch: one thread-block cluster of RANKS blocks
-// (one per SM), the layers meeting at the cluster's hardware barrier instead of at kernel
-// boundaries.  The host side (plan, weight packing, build, launch) is cluster_net.py, which
-// prepends the net's constants (struct Lk per conv layer, NET_* macros) and the kernel's body.
+// The whole folded fastnet in ONE kernel launch: one thread-block cluster of NET_RANKS blocks
+// (one per SM) that hand each layer's output to the next layer's blocks through their shared
+// memory instead of meeting at kernel boundaries.  The host side (cut, weight packing, build,
+// launch) is cluster_net.py, which prepends the net's constants (struct Lk per conv layer, the
+// per-rank tables, NET_* macros) and appends the kernel's body.
 //
 // Why a cluster: at batch 1 every layer of the small nets is a few µs of dependent latency
 // (launch, loads from L2, split-K atomics, the kernel's end), not of arithmetic.  A cluster's
-// blocks are resident together, so they can wait for each other; its barrier is a hardware
-// one (no atomics in L2), and a block reaches the others' shared memory directly.
+// blocks are resident together, so they can wait for each other, and a block writes into the
+// others' shared memory directly (DSMEM).
 //
 // Per call: every block prefetches its own slice of every layer's weights (one blob per
-// block, packed by the host in this file's shared-memory layout) with cp.async, while it
-// reads the image rows it needs straight from pinned host memory.  Layer 1's blocks each
-// compute the stem for their own band of rows (and its halo) in shared memory, so the stem's
-// output never leaves the SM.  A layer's block = (map, band of output rows, block of output
-// channels); it stages its input rows (zero-padded) in shared memory, runs an implicit GEMM
-// with mma.sync (ldmatrix reads each GEMM row straight from its pixel: no im2col), and its
-// epilogue pools (max of the 4 rows of a pooled pixel), adds the bias, applies GELU and stores
-// fp16 NHWC into a global buffer (L2) that the next layer stages from after the barrier.
-// The last layer's blocks hold whole maps: each takes its channels' maxima and its share of
-// the logits and writes it into block 0's shared memory; block 0 sums them, takes the argmax
-// and writes the answer word ((call number << 4) | class id) into pinned host memory.
+// block, packed by the host in this file's shared-memory layout) with cp.async.  Block 0 (after
+// the gate, when launched ahead) reads the image from pinned host memory and sends each block
+// the rows its stem needs.  Layer 1's blocks each compute the stem for their own band of rows
+// (and its halo) in shared memory, so the stem's output never leaves the SM.  A layer's block =
+// (map, band of output rows, block of output channels); its input rows sit zero-padded in its
+// staging buffer, it runs an implicit GEMM with mma.sync (ldmatrix reads each GEMM row straight
+// from its pixel: no im2col), and its epilogue pools (max of the 4 rows of a pooled pixel), adds
+// the bias, applies GELU and pushes fp16 NHWC into the staging buffers of the next layer's
+// blocks that need those rows.  Every hand-over is an st.async counted on the receiver's
+// mbarrier (mbar_init): a block waits only for its own input, never for the whole cluster.  The
+// last layer's blocks hold whole maps: each takes its channels' maxima and its share of the
+// logits and sends it to block 0, which sums them, takes the argmax and writes the answer word
+// ((call number << 4) | class id) into pinned host memory.
 #include <cuda_fp16.h>
 #include <stdint.h>
 

@@ -1,15 +1,16 @@
 """The folded fastnet as ONE kernel of one thread-block cluster (the host side of
-cluster_kernel.cu): the partition of every layer over the cluster's blocks, the per-block
-weight blobs, the generated kernel, its build with nvcc and its launch through the CUDA
-driver.  Same contract as kernel_net.KernelNet (models.FastNet.folded_spec, batch 1, TTA
-views inside, the answer word), so inference.Predictor runs either (variant key
-kernel_engine).
+cluster_kernel.cu): the cut of every layer over the cluster's blocks, the per-block weight
+blobs, the generated kernel, its build with nvcc and its launch through the CUDA driver
+(ctypes: torch has no cubin loader).  Same contract as kernel_net.KernelNet
+(models.FastNet.folded_spec, batch 1, TTA views none or flip, the answer word, gate() for a
+launch ahead), so inference.Predictor runs either (variant key kernel_engine).
 
-Partition.  Every conv layer's output (maps x pooled rows x channels) is cut into blocks of
-(one map, a band of pooled rows, a block of channels); the last layer's blocks hold whole maps
-(its channel maxima are then local) and cut channels only.  Among the cuts that fit the
-cluster, plan() takes the one with the least GEMM work per block (rows padded to 16 x channels),
-then the narrower band (less staging).
+Cut.  Every conv layer's output (maps x pooled rows x channels) is cut into blocks of (one
+map, a band of pooled rows, a block of channels); the last layer's blocks hold whole maps (its
+channel maxima are then local) and cut channels only.  Among the cuts that fit the cluster,
+plan() takes the one with the least GEMM work per block (rows padded to 16 x channels), then
+the narrower band (less staging).  Everything a block does is known when the kernel is
+generated: the tables of which rank holds what are compile-time.
 """
 import ctypes
 import hashlib
