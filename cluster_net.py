@@ -351,6 +351,15 @@ def pack(p, layers, head, views):
     return blob
 
 
+def weight_bytes(layers, head):
+    """Bytes of the net's weights counted as KernelNet.weight_bytes counts them (fp16 conv weights,
+    fp32 biases, the head padded to [16, pow2(C)] fp32 plus its bias): the size column means the
+    same for both engines.  (Each call, every block also reads its padded slice: ClusterNet.blob.)"""
+    c = head["weight"].shape[1]
+    cp = 1 << (max(c, 16) - 1).bit_length()
+    return sum(L["weight"].numel() * 2 + L["bias"].numel() * 4 for L in layers) + 16 * cp * 4 + 16 * 4
+
+
 # ============================================================================= build and launch
 def nvcc_path():
     for c in (os.environ.get("NVCC"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
@@ -430,6 +439,7 @@ class ClusterNet:
         self.plan = plan(layers, len(self.views), ranks)
         self.src = source(self.plan)
         self.ncls = head["weight"].shape[0]
+        self._weight_bytes = weight_bytes(layers, head)
         self.blob = torch.from_numpy(pack(self.plan, layers, head, self.views)).to(self.device)
         self.out = torch.zeros(1, 16, device=self.device)
         self.logits = self.out[:, :self.ncls]
@@ -449,7 +459,7 @@ class ClusterNet:
             _check(cu.cuFuncSetAttribute(self._fn, 14, ctypes.c_int(1)), "non-portable cluster size")
 
     def weight_bytes(self):
-        return int(self.blob[0].numel()) * self.plan["ranks"]
+        return self._weight_bytes
 
     def tile_sources(self):
         return ["cluster"] * len(self.plan["convs"])

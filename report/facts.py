@@ -276,6 +276,14 @@ def persistent_lines(s):
     return out
 
 
+def cluster_table(s):
+    """The invocation that ran the cluster engine: each of its variants' e2e and GPU times."""
+    c = s.cluster
+    rows = [[v, r["label"], f"{num(r['acc'])}", ms(r["e2e_p50_ms"]), ms(r["e2e_p95_ms"]), ms(r["gpu_lat_p50_ms"])]
+            for v, r in c.iterrows()]
+    return ["ID", "Variant", "Acc. (%)", "e2e p50 (ms)", "e2e p95 (ms)", "GPU p50 (ms)"], rows
+
+
 # ----------------------------------------------------------------------------- anchors
 def anchors_table(s):
     """Each anchor beside our like-for-like number, with whether it compares."""

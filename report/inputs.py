@@ -38,6 +38,7 @@ class Study:
     persistent: dict           # persistent.json (env, variants), or None
     stages: list               # [(stage, wall s, exit code)] from logs/*.log
     gpu_tests: dict            # test_gpu.log: summary, agreement lines, failed tests; or None
+    cluster: pd.DataFrame = None  # the newest invocation holding cluster-engine rows: its rows (index = variant)
     seed_source: dict = None   # {F / F85: (invocation, commit)} whose seed statistics the row shows (borrow_seeds)
 
 
@@ -114,6 +115,20 @@ def check_one_gpu(inv, rows):
                           "its rows are not one measurement")
     if gpus[0] == "":
         raise ReportError(f"invocation {inv} ran without a GPU: its timings are not the study's")
+
+
+def cluster_rows(cfg, df):
+    """The rows of the newest bench invocation that ran a variant with kernel_engine: cluster (its
+    other rows too: they are what it compares with), or None."""
+    cl = {v for v in cfg.variants if cfg.variants[v].kernel_engine == "cluster"}
+    bench = df[(df["script"] == "bench") & (df["invocation"] != "")]
+    hits = bench[bench["variant"].isin(cl)]
+    if hits.empty:
+        return None
+    inv = hits["invocation"].iloc[-1]
+    rows = bench[bench["invocation"] == inv].drop_duplicates("variant", keep="last")
+    check_one_gpu(inv, rows)
+    return rows.set_index("variant", drop=False)
 
 
 def newest_runs(df, pattern):
@@ -241,4 +256,5 @@ def load(cfg, results):
                  persistent=read_variants(os.path.join(here, "persistent.json"), "tools/persistent_bench.py",
                                           ("e2e", "acc", "agree", "stale", "phases", "splits")),
                  stages=read_stages(os.path.join(here, "logs")),
-                 gpu_tests=read_gpu_tests(os.path.join(here, "logs", "test_gpu.log")), seed_source=seed_source)
+                 gpu_tests=read_gpu_tests(os.path.join(here, "logs", "test_gpu.log")), seed_source=seed_source,
+                 cluster=cluster_rows(cfg, df))

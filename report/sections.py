@@ -209,6 +209,25 @@ def results_gains(doc, s, figs):
             "kernel holds every SM spinning, and the process must stop it before other GPU work."])
 
 
+def results_cluster(doc, s):
+    if s.cluster is None:
+        return
+    c = s.cluster
+    doc.heading("The whole net in one thread-block cluster", 2)
+    doc.para("kernel_engine: cluster (cluster_net.py, cluster_kernel.cu) runs F85's net as ONE kernel of one "
+             "thread-block cluster (16 blocks, one per SM; F85_cluster8: 8). Each block owns a band of every "
+             "layer's output and pushes it into the shared memory of the next layer's blocks that need it "
+             "(st.async, counted on the receiver's mbarrier), so no layer ends at a kernel boundary or goes "
+             "through L2; block 0 reads the image and writes the answer. Launched ahead (F85_cluster_ahead) the "
+             "kernel is its own gate. F's airbench94 widths need more shared memory per block than the card has "
+             "with this cut, so F stays on the one-kernel-per-layer path. Invocation {inv} ({gpu}, commit {c}, "
+             "{runs} runs; no B1, so no speedups), accuracy through each variant's own end-to-end path on the test "
+             "split:".format(inv=c["invocation"].iloc[0], gpu=c["gpu"].iloc[0], c=c["git_commit"].iloc[0],
+                             runs=int(c["runs"].iloc[0])))
+    doc.table(*facts.cluster_table(s), note="Not the final table's invocation: compare these rows with each other "
+                                            "only (the same variant moves by 10-20 % between machines).")
+
+
 def results_front_and_anchors(doc, s):
     doc.heading("Front points (validation split)", 2)
     doc.table(*facts.front_table(s), note=facts.FRONT_NOTE + " Chosen: front.py's record.")
@@ -266,6 +285,15 @@ def improvements(s):
                                                                        key=lambda x: -x[1][1])[:2])
         out.append(f"The costliest of F's {len(s.profile['F']['kernels'])} kernels, in layer order (the stem first, "
                    f"the head inside the last): {top}.")
+    c = s.cluster
+    if c is not None and "F85" in c.index:
+        best = c[c.index.map(lambda v: s.cfg.variants[v].kernel_engine == "cluster" if v in s.cfg.variants
+                              else False)]["e2e_p50_ms"].idxmin()
+        f85, b = c.at["F85", "e2e_p50_ms"], c.at[best, "e2e_p50_ms"]
+        out.append(f"F85 as one cluster kernel ({best}): {ms(b)} ms e2e p50 against {ms(f85)} ms for F85's path in "
+                   f"the same invocation ({b / f85 - 1:+.0%}), not in the final table, whose invocation ran F85's "
+                   "Triton path. The same for F needs its wide layers' weights streamed through the blocks' shared "
+                   "memory.")
     return out
 
 
@@ -297,6 +325,7 @@ def write(doc, s, figs):
     method_choice(doc, s)
     results_tables(doc, s, figs)
     results_gains(doc, s, figs)
+    results_cluster(doc, s)
     results_front_and_anchors(doc, s)
     conclusion(doc, s)
     appendix(doc, s)

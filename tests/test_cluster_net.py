@@ -122,3 +122,13 @@ def test_on_the_cpu_a_cluster_variant_runs_the_fp32_fallback():
     clf = Predictor(load_config(), "F85_cluster_ahead", torch.device("cpu"))
     img = np.zeros((32, 32, 3), dtype=np.uint8)
     assert isinstance(clf(img), int) and any("cpu fallback" in n for n in clf.notes)
+
+
+def test_weight_bytes_count_as_the_triton_engine_counts_them():
+    """The size column means the same for both engines: KernelNet's packed weights, biases and padded head."""
+    import kernel_net as K
+    layers, head = _spec()
+    want = sum(K._pack_weight(L).numel() * 2 + L["bias"].numel() * 4 for L in layers)
+    want += 16 * K._pow2(max(head["weight"].shape[1], 16)) * 4 + 16 * 4
+    assert C.weight_bytes(layers, head) == want
+    assert round(want / 1e6, 2) == 0.21  # F85's size in the final table

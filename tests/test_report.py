@@ -263,3 +263,18 @@ def test_bad_results_is_one_error_line_and_exit_2(tmp_path, kind):
     assert r.returncode == 2, (r.returncode, err)
     assert len(err.splitlines()) == 1 and err.startswith("error:") and path in err, err
     assert not out.exists()  # nothing written
+
+
+def test_the_cluster_rows_are_the_newest_invocation_that_ran_the_cluster_engine():
+    import pandas as pd
+    cfg = load_config()
+
+    def row(inv, variant, gpu="NVIDIA H200"):
+        return dict(script="bench", invocation=inv, variant=variant, gpu=gpu)
+    df = pd.DataFrame([row("a", "F85"), row("a", "F85_cluster"), row("b", "F85"), row("b", "F85_cluster_ahead"),
+                       row("b", "F85_cluster_ahead"), row("c", "F")])
+    got = inputs.cluster_rows(cfg, df)
+    assert list(got.index) == ["F85", "F85_cluster_ahead"] and set(got["invocation"]) == {"b"}
+    assert inputs.cluster_rows(cfg, df[df["invocation"] == "c"]) is None
+    with pytest.raises(inputs.ReportError, match="mixes GPUs"):
+        inputs.cluster_rows(cfg, pd.concat([df, pd.DataFrame([row("b", "F85_nopdl", gpu="other")])]))
