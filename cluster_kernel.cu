@@ -324,7 +324,7 @@ __device__ void head_out(const Block<L>& b, const float* csm, const float* bias,
   if (threadIdx.x < 16) {
     const int k = threadIdx.x;
     float s = 0.f;
-    if (k < 10) {
+    if (k < NET_NCLS) {
       for (int nl = 0; nl < L::NMB; ++nl) {
         float t = 0.f;
         for (int c = 0; c < L::NBLK; ++c) t += wfc[k * L::NBLK + c] * mx[nl * L::NBLK + c];

@@ -132,3 +132,34 @@ def test_weight_bytes_count_as_the_triton_engine_counts_them():
     want += 16 * K._pow2(max(head["weight"].shape[1], 16)) * 4 + 16 * 4
     assert C.weight_bytes(layers, head) == want
     assert round(want / 1e6, 2) == 0.21  # F85's size in the final table
+
+
+@pytest.mark.parametrize("ranks", [8, 16])
+@pytest.mark.parametrize("views", [1, 2])
+def test_every_block_expects_exactly_the_bytes_its_producers_send(ranks, views):
+    """A consumer waits until its mbarrier has counted the bytes the plan says it gets; one byte
+    short and the kernel would never end.  Replays the kernel's senders (send_image, push_out,
+    head_out) over the plan's tables and checks every rank's count."""
+    layers, _ = _spec()
+    p = C.plan(layers, views, ranks)
+    convs, l1 = p["convs"], p["convs"][0]
+    got = np.zeros(ranks, dtype=int)
+    for row in range(32):  # block 0 sends every 8 fp16 of the image rows each stem needs
+        for r, (r0, r1, _) in enumerate(p["img"]):
+            got[r] += 32 * 3 // 8 * 16 if r0 <= row < r1 else 0
+    assert got.tolist() == [b for *_, b in p["img"]]
+    assert sum(b for *_, b in p["img"]) > 0 and [r0 for r0, *_ in p["img"]][0] == 0
+    for m, nxt in zip(convs, convs[1:]):  # push_out: 4 channels (8 bytes) per store
+        got = np.zeros(ranks, dtype=int)
+        for pr in range(ranks):
+            b = C._block(m, pr)
+            if b is None:
+                continue
+            for n in (range(views) if m["NMB"] > 1 else [b["n0"]]):
+                for ph in range(b["p0"], b["p1"]):
+                    for r, (mp, ih0, act, _) in enumerate(nxt["BAND"]):
+                        if act and (mp < 0 or mp == n) and 0 <= ph - ih0 < nxt["SROWS"]:
+                            got[r] += m["WO"] * (m["NBLK"] // 4) * 8
+        assert got.tolist() == [bb for *_, bb in nxt["BAND"]]
+    assert p["head_bytes"] == 64 * sum(act for _, _, act, _ in convs[-1]["BAND"])
+    assert l1["BAND"][0][1] == -1  # layer 1's first band starts at the top padding row

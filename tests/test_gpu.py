@@ -172,21 +172,28 @@ def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant)
     assert torch.allclose(la, lb, atol=2e-2, rtol=1e-2), (la, lb)
 
 
-def test_cluster_kernel_launched_ahead_expires_and_the_next_call_answers_its_own_image(gpu_cfg, test_split):
-    """The cluster kernel is its own gate: after a pause longer than e2e_ahead_ms the waiting
-    launch has expired; the next call still answers its own image, and drain() leaves nothing
-    waiting."""
+def _calls_with_pauses(gpu_cfg, test_split, variant, n):
+    """n calls of a variant launching ahead, every 4th after a pause longer than e2e_ahead_ms: each
+    answers its own image (F85's path's answer) and each pause cost one expired launch."""
     import time
-    imgs = test_split[0][:20]
-    want = list(_predictor(gpu_cfg, "F85").predict(imgs))
-    clf = _predictor(gpu_cfg, "F85_cluster_ahead")
+    imgs = test_split[0][:n]
+    ref = _predictor(gpu_cfg, "F85")
+    want = [ref(i) for i in imgs]
+    clf = _predictor(gpu_cfg, variant)
+    assert clf.e2e_launch == "ahead"
     got = []
     for k, img in enumerate(imgs):
         if k % 4 == 3:
             time.sleep(3 * clf.ahead_ms / 1e3)
         got.append(clf(img))
     assert got == want
-    assert clf.expired_calls == len(imgs) // 4, clf.expired_calls
+    assert clf.expired_calls == n // 4, clf.expired_calls
+    return clf, imgs, want
+
+
+def test_cluster_kernel_launched_ahead_expires_and_the_next_call_answers_its_own_image(gpu_cfg, test_split):
+    """The cluster kernel is its own gate: the same expiry, and drain() leaves nothing waiting."""
+    clf, imgs, want = _calls_with_pauses(gpu_cfg, test_split, "F85_cluster_ahead", 20)
     clf.drain()
     torch.cuda.synchronize()
     assert [clf(i) for i in imgs[:5]] == want[:5]
@@ -197,19 +204,7 @@ def test_a_graph_launched_ahead_expires_and_the_next_call_answers_its_own_image(
     answered on the previous image); the next call still answers its own.  drain() leaves
     nothing waiting: a device synchronise, run_static() and the next calls work; a synchronise
     while a graph waits returns once it has expired, and the next call answers right."""
-    import time
-    imgs = test_split[0][:40]
-    ref = _predictor(gpu_cfg, "F85")
-    want = [ref(i) for i in imgs]
-    clf = _predictor(gpu_cfg, "F85_ahead")
-    assert clf.e2e_launch == "ahead"
-    got = []
-    for k, img in enumerate(imgs):
-        if k % 4 == 3:
-            time.sleep(3 * clf.ahead_ms / 1e3)
-        got.append(clf(img))
-    assert got == want
-    assert clf.expired_calls == len(imgs) // 4, clf.expired_calls
+    clf, imgs, want = _calls_with_pauses(gpu_cfg, test_split, "F85_ahead", 40)
     clf.drain()
     torch.cuda.synchronize()
     clf.run_static()
