@@ -86,10 +86,9 @@ def test_the_generated_kernel_builds(tmp_path, monkeypatch):
 
 
 def test_bad_builds_and_shapes_say_what_to_do(tmp_path, monkeypatch):
-    import utils
     monkeypatch.setenv("KIT_CACHE", str(tmp_path))
     monkeypatch.setattr(C, "nvcc_path", lambda: None)
-    with pytest.raises(utils.KitError, match="nvcc not found"):
+    with pytest.raises(RuntimeError, match="nvcc not found"):  # bench.py goes on without the variant
         C.build("// nothing")
     layers, _ = _spec("final_model.pth")  # airbench94's widths: more shared memory than a block has
     with pytest.raises(ValueError, match="shared memory per block"):
