@@ -272,8 +272,10 @@ __device__ void push_out(const Block<L>& b, const float* csm, const float* bias,
     const int ch = i % CH, rest = i / CH;
     const int q = rest % npx, nl = rest / npx;
     const int qq = nl * npx + q;  // GEMM row group
-    const __half2 h0 = __floats2half2_rn(out_value<L>(csm, bias, qq, 4 * ch), out_value<L>(csm, bias, qq, 4 * ch + 1));
-    const __half2 h1 = __floats2half2_rn(out_value<L>(csm, bias, qq, 4 * ch + 2), out_value<L>(csm, bias, qq, 4 * ch + 3));
+    const __half2 h0 =
+        __floats2half2_rn(out_value<L>(csm, bias, qq, 4 * ch), out_value<L>(csm, bias, qq, 4 * ch + 1));
+    const __half2 h1 =
+        __floats2half2_rn(out_value<L>(csm, bias, qq, 4 * ch + 2), out_value<L>(csm, bias, qq, 4 * ch + 3));
     const uint2 v = make_uint2(*reinterpret_cast<const uint32_t*>(&h0), *reinterpret_cast<const uint32_t*>(&h1));
     const int n = b.n0 + nl, ph = b.p0 + q / L::WO, pw = q % L::WO;
 #pragma unroll
@@ -392,7 +394,8 @@ __device__ __forceinline__ uint4 read_image(const Params& p) {
   uint4 v = make_uint4(0, 0, 0, 0);
   const int i = threadIdx.x;  // one chunk a thread (fp16's second 128: send_image)
   if (i < n16 && i < THREADS)
-    v = p.img_half ? __ldcg(reinterpret_cast<const uint4*>(p.img) + i) : __ldcv(reinterpret_cast<const uint4*>(p.img) + i);
+    v = p.img_half ? __ldcg(reinterpret_cast<const uint4*>(p.img) + i)
+                   : __ldcv(reinterpret_cast<const uint4*>(p.img) + i);
   return v;
 }
 

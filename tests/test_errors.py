@@ -161,7 +161,7 @@ def test_bench_without_the_reference_checkpoint_benches_what_is_there(trained):
 
 
 def test_gpu_tools_say_they_need_a_gpu(trained):
-    """tools/kernel_tune.py, kernel_profile.py and chain_tune.py on a machine without CUDA, or
+    """tools/kernel_tune.py, kernel_profile.py, chain_tune.py and cluster_trace.py on a machine without CUDA, or
     asked for what is not there: one line."""
     check(trained, "tools/kernel_tune.py", ["--shapes", "ta"], "on a machine with a CUDA GPU")
     check(trained, "tools/kernel_tune.py", ["--shapes", "zz"], "unknown front shape 'zz'")
@@ -170,3 +170,6 @@ def test_gpu_tools_say_they_need_a_gpu(trained):
     check(trained, "tools/chain_tune.py", ["--variants", "F85"], "on a machine with a CUDA GPU")
     check(trained, "tools/chain_tune.py", ["--variants", "B1"], "'B1' is not a variant of our kernels")
     check(trained, "tools/chain_tune.py", ["--calls", "0"], "must be >= 1")
+    check(trained, "tools/cluster_trace.py", [], "on a machine with a CUDA GPU")
+    check(trained, "tools/cluster_trace.py", ["--variant", "F85"], "'F85' is not a variant with kernel_engine: cluster")
+    check(trained, "tools/cluster_trace.py", ["--calls", "5"], "more than the 20 warm-up calls")
