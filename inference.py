@@ -126,18 +126,19 @@ class KernelPath(nn.Module):
 
 
 def kernel_net(cfg, model, a):
-    """KernelPath over the folded spec of one image, its TTA views inside the kernels."""
+    """KernelPath over the folded spec of one image, its TTA views inside the kernels: our Triton
+    kernels (kernel_net.py) or the one cluster kernel (cluster_net.py, kernel_engine: cluster)."""
+    if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
+        raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
+    layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
+    if a["kernel_engine"] == "cluster":  # a build failure is a RuntimeError there too: bench goes on without it
+        import cluster_net
+        return KernelPath(cluster_net.ClusterNet(layers, head, device=str(a["device"]), views=TTA_VIEWS[a["tta"]],
+                                                 ranks=a["kernel_cluster_blocks"]))
     import kernel_net as KN  # Triton is needed only here
     ok, why = KN.available(str(a["device"]))
     if not ok:
         raise RuntimeError(f"Triton kernels unavailable: {why}")  # not a KitError: bench goes on without it
-    if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
-        raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
-    layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
-    if a["kernel_engine"] == "cluster":
-        import cluster_net
-        return KernelPath(cluster_net.ClusterNet(layers, head, device=str(a["device"]), views=TTA_VIEWS[a["tta"]],
-                                                 ranks=a["kernel_cluster_blocks"]))
     tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
     return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
                                    pdl_trigger=a["kernel_pdl_trigger"], views=TTA_VIEWS[a["tta"]],
@@ -292,6 +293,9 @@ class Predictor:
         if v.kernel_engine == "cluster" and not (v.kernels and not v.kernel_pdl):
             raise KitError(f"variant {v.label!r}: kernel_engine 'cluster' needs kernels: true and kernel_pdl: false "
                            "(the whole net is one kernel); or use kernel_engine: triton")
+        if v.kernel_cluster_blocks != 16 and v.kernel_engine != "cluster":
+            raise KitError(f"variant {v.label!r}: kernel_cluster_blocks {v.kernel_cluster_blocks} needs "
+                           "kernel_engine: cluster; remove it or set both")
         if v.e2e_launch == "ahead" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
             raise KitError(f"variant {v.label!r}: e2e_launch 'ahead' needs kernels: true, e2e_input: mapped and "
                            "e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")

@@ -108,6 +108,15 @@ def test_a_cluster_variant_with_pdl_is_refused():
         Predictor._check_variant(cfg.variants.F85_cluster, _model())
 
 
+def test_cluster_blocks_without_the_cluster_engine_are_refused():
+    import utils
+    from config import load_config
+    from inference import Predictor
+    cfg = load_config(None, ["variants.F85.kernel_cluster_blocks=8"])
+    with pytest.raises(utils.KitError, match="kernel_cluster_blocks 8 needs kernel_engine: cluster"):
+        Predictor._check_variant(cfg.variants.F85, _model())
+
+
 def _model():
     from models import load_model
     from config import load_config
