@@ -103,7 +103,7 @@ __device__ __forceinline__ void st_async_v4(const void* local, uint32_t rank, ui
 }
 __device__ __forceinline__ void cluster_arrive() {
   // relaxed: what the others need of this block (its mbarriers) is published by
-  // fence.mbarrier_init; a release arrival would wait for this block's weight loads in flight
+  // fence.mbarrier_init; a release arrival would also order every earlier memory operation
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() {

@@ -1,8 +1,8 @@
 """On a CUDA GPU only (skipped elsewhere; CI has none): the end-to-end call of the shipped models
 against their FP32 reference on all 10,000 test images, its correctness under use (no stale
 answer, no shared buffer, a timed-out wait), every end-to-end I/O mode, the persistent kernel
-against the graph path, the kit's timer against torch.utils.benchmark, and our kernels against
-the float64 reference on random inputs.
+against the graph path, the cluster kernel against the Triton path and FP32, the kit's timer
+against torch.utils.benchmark, and our kernels against the float64 reference on random inputs.
 
 Run: python -m pytest -q -rP tests/test_gpu.py   (-rP shows the agreement lines it prints)
 """
