@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import kernel_net as KN  # the layers' shapes and the head's padding, as the Triton engine has them
+
 
 KERNEL_SRC = Path(__file__).with_name("cluster_kernel.cu")
 THREADS, WARPS = 256, 8
@@ -35,15 +37,11 @@ def _ceil(a, b):
     return -(-a // b) * b
 
 
-def _conv_meta(L, h, w, cin):
-    cout, c2, kh, kw = L["weight"].shape
-    if c2 != cin or kh != kw:
-        raise ValueError(f"layer weight {tuple(L['weight'].shape)}: needs {cin} input channels and a square kernel")
-    pad, pool = int(L["padding"]), int(L["pool"])
-    ho, wo = h + 2 * pad - kh + 1, w + 2 * pad - kh + 1
-    return dict(H=h, W=w, CIN=cin, COUT=cout, KH=kh, PAD=pad, POOL=1 if pool == 2 else 0,
-                HO=ho // 2 if pool == 2 else ho, WO=wo // 2 if pool == 2 else wo,
-                ACT={"relu": 1, "gelu": 2}[L["act"]])
+def _meta(L, h, w, cin):
+    """kernel_net's shapes of one layer (its contract checks too), with POOL = 1 for a pooled one."""
+    m = KN._layer_meta(L, h, w, cin)
+    m["POOL"] = int(m["S"] == 4)
+    return m
 
 
 def _block(m, rank):
@@ -59,7 +57,6 @@ def _block(m, rank):
 
 def _layer_cut(m, nb, ranks, last):
     """(R, CN): pooled-row bands per map and channel blocks, the least work per block first."""
-    s = 4 if m["POOL"] else 1
     best = None
     for cn in range(1, m["COUT"] // 16 + 1):
         if m["COUT"] % (16 * cn):
@@ -69,7 +66,7 @@ def _layer_cut(m, nb, ranks, last):
             if nbm * cn > ranks:
                 continue
             band = -(-m["HO"] // r)
-            maxm = _ceil((nb if last else 1) * band * m["WO"] * s, 16)
+            maxm = _ceil((nb if last else 1) * band * m["WO"] * m["S"], 16)
             key = (maxm * (m["COUT"] // cn), band, cn)
             if best is None or key < best[0]:
                 best = (key, r, cn)
@@ -85,12 +82,12 @@ def plan(layers, n_views, ranks=16, ncls=10):
         raise ValueError(f"{ncls} classes: the cluster kernel's head takes 1 to 16")
     if len(layers) < 2 or int(layers[0]["padding"]) != 0 or int(layers[0]["pool"]) != 0:
         raise ValueError("the cluster kernel needs a stem (a valid conv, no pool) and at least one conv layer")
-    stem = _conv_meta(layers[0], IMG, IMG, 3)
+    stem = _meta(layers[0], IMG, IMG, 3)
     if stem["COUT"] % 8:
         raise ValueError(f"stem width {stem['COUT']}: needs a multiple of 8")
     convs, (h, w, c) = [], (stem["HO"], stem["WO"], stem["COUT"])
     for i, L in enumerate(layers[1:]):
-        m = _conv_meta(L, h, w, c)
+        m = _meta(L, h, w, c)
         if m["CIN"] % 8 or m["COUT"] % 16:
             raise ValueError(f"layer {i + 1}: widths {m['CIN']} -> {m['COUT']} need multiples of 8 and 16")
         last = i == len(layers) - 2
@@ -98,7 +95,6 @@ def plan(layers, n_views, ranks=16, ncls=10):
         m["NMB"] = n_views if last else 1
         m["NBM"] = 1 if last else n_views * m["R"]
         m["NBLK"] = m["COUT"] // m["CN"]
-        m["S"] = 4 if m["POOL"] else 1
         band = -(-m["HO"] // m["R"])
         m["SROWS"] = band * (2 if m["POOL"] else 1) + m["KH"] - 1
         # ldmatrix reads 8 rows of 16 bytes at once: a pixel stride of an odd number of 16-byte
@@ -361,8 +357,7 @@ def weight_bytes(layers, head):
     """Bytes of the net's weights counted as KernelNet.weight_bytes counts them (fp16 conv weights,
     fp32 biases, the head padded to [16, pow2(C)] fp32 plus its bias): the size column means the
     same for both engines.  (Each call, every block also reads its padded slice: ClusterNet.blob.)"""
-    c = head["weight"].shape[1]
-    cp = 1 << (max(c, 16) - 1).bit_length()
+    cp = KN._pow2(max(head["weight"].shape[1], 16))
     return sum(L["weight"].numel() * 2 + L["bias"].numel() * 4 for L in layers) + 16 * cp * 4 + 16 * 4
 
 
