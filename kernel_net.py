@@ -293,13 +293,13 @@ class KernelNet(torch.nn.Module):
         self.specs = self._build_specs(layers)
         self._build_head(head)
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "interpreter"
-        cache = read_tile_cache(tile_cache)
-        for i, sp in enumerate(self.specs):
-            if tiles:
-                sp["tiles"], sp["tile_source"] = dict(tiles[i]), "given"
-            else:
+        if tiles:  # as set_tiles later: one dict per layer, each trigger checked, the scratch sized
+            self.set_tiles(tiles)
+        else:
+            cache = read_tile_cache(tile_cache)
+            for sp in self.specs:
                 sp["tiles"], sp["tile_source"] = self._choose_tiles(sp, autotune, cache)
-            self._alloc_scratch(sp)
+                self._alloc_scratch(sp)
 
     # -- build --------------------------------------------------------------------------------
     def _build_views(self, views):

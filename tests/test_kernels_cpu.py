@@ -269,6 +269,11 @@ def _tile_cache():
             chain.setdefault("set_refused", []).append("")
         except ValueError as e:
             chain.setdefault("set_refused", []).append(str(e))
+        try:  # the same tiles given at build: the same check, before any launch
+            K.KernelNet(layers, head, batch=1, tiles=bad)
+            chain.setdefault("build_refused", []).append("")
+        except ValueError as e:
+            chain.setdefault("build_refused", []).append(str(e))
     refused = []
     for body in ("[1, 2]", "", '{"tiles": {"a"'):  # not a cache, empty, truncated: one line each
         with open(path, "w") as f:
@@ -539,6 +544,7 @@ def test_whole_net_tile_entries_win_over_the_layer_ones_and_match_only_their_net
     assert c["err"] < TOL and c["set_err"] < TOL, c
     assert c["set_sources"] == ["given"] * 3, c
     assert "trigger must be one of early, late" in c["set_refused"][0] and "2 tile dicts" in c["set_refused"][1], c
+    assert c["build_refused"] == c["set_refused"], c  # KernelNet(tiles=...) checks them as set_tiles does
 
 
 def test_the_image_reading_layer_has_longer_row_tiles_among_its_candidates(K):
