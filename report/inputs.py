@@ -46,6 +46,10 @@ def table_variants(cfg):
     return [v for v in cfg.variants if cfg.variants[v].table]
 
 
+def cluster_variants(cfg):
+    return [v for v in cfg.variants if cfg.variants[v].kernel_engine == "cluster"]
+
+
 def ablation_variants(cfg):
     return [v for v in cfg.variants if not cfg.variants[v].table and not v.startswith("P_")]
 
@@ -120,9 +124,8 @@ def check_one_gpu(inv, rows):
 def cluster_rows(cfg, df):
     """The rows of the newest bench invocation that ran a variant with kernel_engine: cluster (its
     other rows too: they are what it compares with), or None."""
-    cl = {v for v in cfg.variants if cfg.variants[v].kernel_engine == "cluster"}
     bench = df[(df["script"] == "bench") & (df["invocation"] != "")]
-    hits = bench[bench["variant"].isin(cl)]
+    hits = bench[bench["variant"].isin(cluster_variants(cfg))]
     if hits.empty:
         return None
     inv = hits["invocation"].iloc[-1]

@@ -3,7 +3,7 @@ results, conclusion and the provenance appendix.  Every number comes from facts.
 import facts
 from config import config_hash
 from facts import ms, num
-from inputs import front_rows, table_variants
+from inputs import cluster_variants, front_rows, table_variants
 
 LABEL_WRAP = {1: 22}  # the Variant column of the latency tables, wrapped to keep the font readable
 
@@ -287,8 +287,7 @@ def improvements(s):
                    f"the head inside the last): {top}.")
     c = s.cluster
     if c is not None and "F85" in c.index:
-        best = c[c.index.map(lambda v: s.cfg.variants[v].kernel_engine == "cluster" if v in s.cfg.variants
-                              else False)]["e2e_p50_ms"].idxmin()
+        best = c.loc[c.index.isin(cluster_variants(s.cfg)), "e2e_p50_ms"].idxmin()
         f85, b = c.at["F85", "e2e_p50_ms"], c.at[best, "e2e_p50_ms"]
         out.append(f"F85 as one cluster kernel ({best}): {ms(b)} ms e2e p50 against {ms(f85)} ms for F85's path in "
                    f"the same invocation ({b / f85 - 1:+.0%}), not in the final table, whose invocation ran F85's "
