@@ -105,31 +105,28 @@ def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split
     assert stale == 0, f"{stale} of 10000 answers were the other image's"
 
 
-def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
-    imgs = test_split[0][:300]
-    f, f85 = _predictor(gpu_cfg, "F_ahead"), _predictor(gpu_cfg, "F85")  # one launching ahead, one not
-    alone = ([f(i) for i in imgs], [f85(i) for i in imgs])
-    mixed = ([], [])
-    for i in imgs:  # interleaved: one's call between two of the other's
-        mixed[0].append(f(i))
-        mixed[1].append(f85(i))
-    assert mixed == alone
-    ptrs = [t.data_ptr() for c in (f, f85) for t in (c.h_in, c.h_word, c._seq, c.kn.out, c.kn.hcnt)]
-    ptrs.append(f.h_flag.data_ptr())
-    assert len(set(ptrs)) == len(ptrs)
-
-
-def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split):
-    imgs = test_split[0][:300]
-    a, b = _predictor(gpu_cfg, "F85_cluster_ahead"), _predictor(gpu_cfg, "F85_cluster8")
+def _interleaved_as_alone(a, b, imgs, buffers):
+    """Two predictors' calls interleaved (one's between two of the other's) answer as each alone,
+    and none of their buffers (the end-to-end ones and `buffers(predictor)`) is shared."""
     alone = ([a(i) for i in imgs], [b(i) for i in imgs])
     mixed = ([], [])
     for i in imgs:
         mixed[0].append(a(i))
         mixed[1].append(b(i))
     assert mixed == alone
-    ptrs = [t.data_ptr() for c in (a, b) for t in (c.h_in, c.h_word, c._seq, c.kn.out, c.kn.blob)]
+    ptrs = [t.data_ptr() for c in (a, b) for t in (c.h_in, c.h_word, c._seq, c.kn.out, *buffers(c))]
     assert len(set(ptrs)) == len(ptrs)
+
+
+def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
+    f, f85 = _predictor(gpu_cfg, "F_ahead"), _predictor(gpu_cfg, "F85")  # one launching ahead, one not
+    _interleaved_as_alone(f, f85, test_split[0][:300],
+                          lambda c: (c.kn.hcnt,) + ((c.h_flag,) if c.e2e_launch == "ahead" else ()))
+
+
+def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split):
+    a, b = _predictor(gpu_cfg, "F85_cluster_ahead"), _predictor(gpu_cfg, "F85_cluster8")
+    _interleaved_as_alone(a, b, test_split[0][:300], lambda c: (c.kn.blob,))
 
 
 @pytest.mark.parametrize("variant", ["F", "F_ahead", "F85_cluster", "F85_cluster_ahead"])
