@@ -42,6 +42,7 @@ struct Params {
   const int* flag;      // launched ahead of its call: wait for this word (pinned host memory), or nullptr
   long long gate_ns;    // ... at most this long (then the call is marked expired in word[1])
   int img_half;         // 1: img is fp16
+  int serve;            // 1: serve calls until the gate expires or the host's stop word (flag[1]) is set
 };
 
 __device__ __forceinline__ void stamp(const Params& p, uint32_t rank, int i) {
@@ -83,11 +84,32 @@ __device__ __forceinline__ void mbar_init(uint64_t* bar, int bytes) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(saddr(bar)) : "memory");
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(saddr(bar)), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void mbar_wait(const uint64_t* bar) {
-  uint32_t done = 0;
-  while (!done)
-    asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n\t"
-                 "selp.u32 %0, 1, 0, p;\n\t}\n" : "=r"(done) : "r"(saddr(bar)) : "memory");
+__device__ __forceinline__ void mbar_arm(uint64_t* bar, int bytes) {
+  // the next phase: this block's arrival and the bytes it expects (a serving kernel's next call)
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(saddr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ long long globaltimer() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// Wait for phase `ph` (0, 1, 0, ...: one a call) of this block's barrier.  A wait longer than
+// limit_ns (the gate's limit plus a second) cannot happen in a correct kernel: it traps, so a
+// broken hand-over ends the kernel with a CUDA error instead of hanging the GPU.
+__device__ __forceinline__ void mbar_wait(const uint64_t* bar, uint32_t ph, long long limit_ns) {
+  long long t_end = 0;
+  for (;;) {
+    uint32_t done;
+    asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
+                 "selp.u32 %0, 1, 0, p;\n\t}\n" : "=r"(done) : "r"(saddr(bar)), "r"(ph) : "memory");
+    if (done) return;
+    const long long t = globaltimer();
+    if (t_end == 0) t_end = t + limit_ns;
+    else if (t > t_end) __trap();
+  }
+}
+__device__ __forceinline__ void st_cluster(const int* local, uint32_t rank, int v) {
+  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(remote(local, rank)), "r"(v) : "memory");
 }
 __device__ __forceinline__ void st_async_f32(const float* local, uint32_t rank, float v, const uint64_t* bar) {
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n"
@@ -107,6 +129,11 @@ __device__ __forceinline__ void cluster_arrive() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+  // release / acquire: every block's reads of its buffers and stores before it are done and seen
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
@@ -431,32 +458,34 @@ __device__ void send_image(const Params& p, uint4 v, const __half* rows, const u
   }
 }
 
-__device__ __forceinline__ long long globaltimer() {
-  long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 __device__ __forceinline__ void store_wt(int* a, int v) {  // through to host memory at once
   asm volatile("st.global.wt.s32 [%0], %1;" ::"l"(a), "r"(v) : "memory");
 }
 
-// Launched ahead of its call (inference.Predictor, e2e_launch: ahead), block 0 is the call's
-// gate, as kernels.gate_kernel: it stamps word[2] (ready), then waits until the host's flag
-// word holds the call's number, (device counter + 1) & SEQ_MASK, at most gate_ns; if it never
-// comes, word[1] says so (the host then takes the launch queued behind this one).  Everything
-// that does not need the image (the weights' prefetch) is already under way.
-__device__ void gate(const Params& p, int seq0) {
-  if (p.flag == nullptr) return;
+// Launched ahead of its call (inference.Predictor, e2e_launch: ahead or serve), block 0 is the
+// call's gate, as kernels.gate_kernel: it stamps word[2] (ready), then waits until the host's
+// flag word holds the call's number, (device counter + 1) & SEQ_MASK, at most gate_ns; if it
+// never comes, word[1] says so (ahead: the host then takes the launch queued behind this one;
+// serve: the host launches the kernel again).  A serving kernel also stops when the host sets
+// flag[1].  Everything that does not need the image (the weights' prefetch) is already under
+// way.  Returns 1 when the call came (to every thread of block 0; box: a shared word).
+__device__ int gate(const Params& p, int seq, int* box) {
+  if (p.flag == nullptr) return 1;
   if (threadIdx.x == 0) {
-    const int want = (seq0 + 1) & SEQ_MASK;
+    const int want = (seq + 1) & SEQ_MASK;
     store_wt(p.word + 2, want);
     const long long t_end = globaltimer() + p.gate_ns;
-    int f = *reinterpret_cast<const volatile int*>(p.flag);
-    while (f != want && globaltimer() < t_end) f = *reinterpret_cast<const volatile int*>(p.flag);
-    if (f != want) store_wt(p.word + 1, want);
+    int f, stop;
+    for (;;) {  // both words in one read
+      asm volatile("ld.volatile.global.v2.s32 {%0, %1}, [%2];" : "=r"(f), "=r"(stop) : "l"(p.flag) : "memory");
+      if (f == want || stop || globaltimer() >= t_end) break;
+    }
+    if (f != want && !stop) store_wt(p.word + 1, want);
     __threadfence_system();  // the image is read after the flag was seen
+    *box = f == want;
   }
   __syncthreads();
+  return *box;
 }
 
 }  // namespace ck

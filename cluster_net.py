@@ -150,7 +150,8 @@ def plan(layers, n_views, ranks=16, ncls=10):
     work["SLOTS"] = _ceil(work["HV"] + convs[-1]["NMB"] * convs[-1]["NBLK"] * convs[-1]["HO"] * convs[-1]["WO"] * 4,
                           16)
     work["BARS"] = _ceil(work["SLOTS"] + ranks * 16 * 4, 16)  # mbarriers: image rows, each layer's staging, logits
-    smem = work["BARS"] + 8 * (len(convs) + 1)
+    work["CTRL"] = work["BARS"] + 8 * (len(convs) + 1)  # two words: block 0's gate, the last call (serve)
+    smem = work["CTRL"] + 8
     if smem > SMEM_MAX:
         raise ValueError(f"the cluster kernel needs {smem} bytes of shared memory per block (> {SMEM_MAX})")
     for m in convs:  # each rank's block of each layer: {map (-1: all), first staged row, active, bytes in}
@@ -203,14 +204,18 @@ def source(p):
     out.append(KERNEL_SRC.read_text())
     w, segs, convs = p["work"], p["segs"], p["convs"]
     n, st = len(convs), p["stem"]
+    arm = ["ck::mbar_arm(bars, IMG::band(rank, 2));",
+           *[f"ck::mbar_arm(bars + {i}, L{i + 1}::band(rank, 3));" for i in range(1, n)],
+           f"ck::mbar_arm(bars + {n}, rank == 0 ? {p['head_bytes']} : 0);"]
     body = [
         f'extern "C" __global__ void __cluster_dims__({p["ranks"]}, 1, 1) __launch_bounds__(ck::THREADS, 1)',
         "cluster_net_kernel(ck::Params p) {",
         "  extern __shared__ __align__(128) uint8_t sm[];",
         "  const uint32_t rank = ck::cluster_rank();",
         "  ck::stamp(p, rank, 0);",
-        "  int seq0 = 0;",
-        "  if (rank == 0 && threadIdx.x == 0) seq0 = *p.seq;  // off the answer's chain",
+        "  int seq = 0;  // the device call counter (block 0's thread 0)",
+        "  if (rank == 0 && threadIdx.x == 0) seq = *p.seq;  // off the answer's chain",
+        "  const long long watchdog = p.gate_ns + 1000000000LL;  // no wait of a correct kernel lasts longer",
         f"  const uint8_t* blob = p.blob + (size_t)rank * {p['blob']};",
     ]
     prefetch = []  # one cp.async group per layer: layer 1 waits for its own only
@@ -226,6 +231,7 @@ def source(p):
         f"  float* csm = reinterpret_cast<float*>(sm + {w['C']});",
         "  ck::Block<L1> b1(rank);",
         f"  uint64_t* bars = reinterpret_cast<uint64_t*>(sm + {w['BARS']});  // image rows, layer k's staging, logits",
+        f"  int* ctrl = reinterpret_cast<int*>(sm + {w['CTRL']});  // [0] block 0's gate, [1] the last call (serve)",
         "  if (threadIdx.x == 0) {",
         "    ck::mbar_init(bars, IMG::band(rank, 2));",
         *[f"    ck::mbar_init(bars + {i}, L{i + 1}::band(rank, 3));" for i in range(1, n)],
@@ -237,20 +243,22 @@ def source(p):
           for i in range(1, n)],
         "  ck::cluster_arrive();  // every block's mbarriers are set before anyone stores into them",
         "  uint4 px = make_uint4(0, 0, 0, 0);",
-        "  if (rank == 0) {  // the gate (launched ahead), then the image's loads",
-        "    ck::gate(p, seq0);",
+        "  int go = 1;  // block 0: the call came (a serving kernel answers only then)",
+        "  if (rank == 0) {  // the gate (launched ahead or serving), then the image's loads",
+        "    go = ck::gate(p, seq, ctrl);",
         "    px = ck::read_image<IMG>(p);",
         "  }",
-        "  // the weights' prefetch; block 0 issues its image reads first (the image is on the",
-        "  // critical path, the weights are needed only after it)",
+        "  // the weights' prefetch (once: a serving kernel keeps them); block 0 issues its image",
+        "  // reads first (the image is on the critical path, the weights are needed only after it)",
         *prefetch,
         "  ck::cluster_wait();",
-        "  ck::stamp(p, rank, 5);",
         f"  __half* img = reinterpret_cast<__half*>(sm + {w['IMG']});",
-        "  if (rank == 0) ck::send_image<IMG>(p, px, img, bars);",
-        "  ck::mbar_wait(bars);  // this block's image rows are in",
-        "  ck::stamp(p, rank, 9);",
         "  const int r0 = IMG::band(rank, 0);",
+        "  for (uint32_t ph = 0;; ph ^= 1) {  // one call a round, on barrier phase ph",
+        "  ck::stamp(p, rank, 5);",
+        "  if (rank == 0) ck::send_image<IMG>(p, px, img, bars);",
+        "  ck::mbar_wait(bars, ph, watchdog);  // this block's image rows are in",
+        "  ck::stamp(p, rank, 9);",
         f"  ck::cp_wait<{n - 1}>();",
         "  __syncthreads();",
         "  ck::stamp(p, rank, 1);",
@@ -266,7 +274,7 @@ def source(p):
         bp = f"reinterpret_cast<const float*>(sm + {s['B'][0]})"
         if i > 0:
             body += [f"  ck::Block<{L}> b{i + 1}(rank);",
-                     f"  ck::mbar_wait(bars + {i});  // its input rows are in", "  ck::cp_wait<0>();",
+                     f"  ck::mbar_wait(bars + {i}, ph, watchdog);  // its input rows are in", "  ck::cp_wait<0>();",
                      "  __syncthreads();",
                      f"  ck::stamp(p, rank, {4 * i + 2});"]
         body += [f"  if (b{i + 1}.active) ck::gemm<{L}>(b{i + 1}, stage{i + 1}, {wp}, csm, zero16);",
@@ -284,27 +292,46 @@ def source(p):
                      f" reinterpret_cast<float*>(sm + {w['MX']}),"
                      f" reinterpret_cast<float*>(sm + {w['HV']}), slots, rank, bars + {n});",
                      f"  ck::stamp(p, rank, {4 * i + 4});",
-                     "  if (rank != 0) return;",
-                     f"  ck::mbar_wait(bars + {n});  // every block's share of the logits is in",
-                     f"  ck::stamp(p, rank, {4 * i + 5});",
-                     "  if (threadIdx.x == 0) {",
-                     f"    const float* hb = reinterpret_cast<const float*>(sm + {s['VW'][0]}) + 16;",
-                     "    int best = 0;",
-                     "    float bv = -INFINITY;",
-                     "    for (int k = 0; k < NET_NCLS; ++k) {",
-                     "      float v = hb[k];",
-                     f"      for (int r = 0; r < {m['NBM'] * m['CN']}; ++r) v += slots[r * 16 + k];",
-                     "      p.out[k] = v;",
-                     "      if (v > bv) { bv = v; best = k; }  // the first of equal maxima, as torch.argmax",
-                     "    }",
-                     "    const int nseq = seq0 + 1;",
-                     "    *p.seq = nseq;",
-                     "    if (p.word) {",
-                     "      const int word = ((nseq & ck::SEQ_MASK) << 4) | best;",
-                     '      asm volatile("st.global.wt.s32 [%0], %1;" :: "l"(p.word), "r"(word) : "memory");',
+                     "  if (!p.serve && rank != 0) return;",
+                     "  if (rank == 0) {",
+                     f"    ck::mbar_wait(bars + {n}, ph, watchdog);  // every block's share of the logits is in",
+                     f"    ck::stamp(p, rank, {4 * i + 5});",
+                     "    if (threadIdx.x == 0) {",
+                     f"      const float* hb = reinterpret_cast<const float*>(sm + {s['VW'][0]}) + 16;",
+                     "      int best = 0;",
+                     "      float bv = -INFINITY;",
+                     "      for (int k = 0; k < NET_NCLS; ++k) {",
+                     "        float v = hb[k];",
+                     f"        for (int r = 0; r < {m['NBM'] * m['CN']}; ++r) v += slots[r * 16 + k];",
+                     "        p.out[k] = v;",
+                     "        if (v > bv) { bv = v; best = k; }  // the first of equal maxima, as torch.argmax",
+                     "      }",
+                     "      if (!p.serve || go) {  // a serving kernel's last round (expired, stopped) answers nothing",
+                     "        seq += 1;",
+                     "        *p.seq = seq;",
+                     "        if (p.word) {",
+                     "          const int word = ((seq & ck::SEQ_MASK) << 4) | best;",
+                     '          asm volatile("st.global.wt.s32 [%0], %1;" :: "l"(p.word), "r"(word) : "memory");',
+                     "        }",
+                     "      }",
                      "    }",
                      "  }",
-                     "  ck::stamp(p, rank, 15);"]
+                     "  ck::stamp(p, rank, 15);",
+                     "  if (!p.serve) return;",
+                     "  // serving, the round's end: every block arms its barriers for the next call, block 0",
+                     "  // tells every block whether one follows, and the cluster barrier keeps the next",
+                     "  // call's stores out of buffers still being read",
+                     "  if (threadIdx.x == 0) {",
+                     *[f"    {a}" for a in arm],
+                     "  }",
+                     "  if (rank == 0 && threadIdx.x < NET_RANKS) ck::st_cluster(ctrl + 1, threadIdx.x, !go);",
+                     "  ck::cluster_sync();",
+                     "  if (ctrl[1]) return;",
+                     "  if (rank == 0) {",
+                     "    go = ck::gate(p, seq, ctrl);",
+                     "    px = ck::read_image<IMG>(p);",
+                     "  }",
+                     "  }"]
     body.append("}")
     flip = 1 if p["nv"] == 2 else 0
     return "\n".join(out + [f"#ifndef NET_FLIP\n#define NET_FLIP {flip}\n#endif"] + body) + "\n"
@@ -400,7 +427,7 @@ class _Params(ctypes.Structure):
     _fields_ = [("img", ctypes.c_uint64), ("blob", ctypes.c_uint64),
                 ("out", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("word", ctypes.c_uint64),
                 ("trace", ctypes.c_uint64), ("flag", ctypes.c_uint64), ("gate_ns", ctypes.c_int64),
-                ("img_half", ctypes.c_int32), ("pad", ctypes.c_int32)]
+                ("img_half", ctypes.c_int32), ("serve", ctypes.c_int32)]
 
 
 _CU = None
@@ -446,7 +473,7 @@ class ClusterNet:
         self.out = torch.zeros(1, 16, device=self.device)
         self.logits = self.out[:, :self.ncls]
         self._seq0 = torch.zeros(1, dtype=torch.int32, device=self.device)
-        self._gate = None  # (flag, ns): set by gate(), taken by the next forward
+        self._gate = None  # (flag, ns, serve): set by gate() or serve(), taken by the next forward
         self.trace = None  # an int64 [ranks, 32] tensor: each block stamps its phases (trace_phases)
         cubin = build(self.src)
         torch.cuda.synchronize(self.device)  # the primary context is current on this thread
@@ -483,13 +510,21 @@ class ClusterNet:
         return _Params(x.data_ptr(), self.blob.data_ptr(), self.out.data_ptr(), seq.data_ptr(),
                        word.data_ptr() if word is not None else 0,
                        self.trace.data_ptr() if self.trace is not None else 0,
-                       gate[0].data_ptr() if gate else 0, gate[1] if gate else 0, int(x.dtype == torch.float16), 0)
+                       gate[0].data_ptr() if gate else 0, gate[1] if gate else 0, int(x.dtype == torch.float16),
+                       int(bool(gate and gate[2])))
 
     def gate(self, flag, seq, word, limit_ms):
         """KernelNet.gate's counterpart: the kernel is its own gate, so this launches nothing; it
         makes the next forward wait (block 0, before reading the image) until the host's flag word
         holds the call's number, at most limit_ms (seq, word: that forward's answer buffers)."""
-        self._gate = (flag, int(limit_ms * 1e6))
+        self._gate = (flag, int(limit_ms * 1e6), False)
+
+    def serve(self, flag, limit_ms):
+        """Make the next forward a serving kernel: it answers call after call (each behind the
+        gate above, flag[0] its number), keeps its weights in shared memory, and ends when no
+        call has come for limit_ms (word[1] then names the call it waited for) or when flag[1]
+        is set.  While it runs it holds its SMs and a device-wide synchronise waits for it."""
+        self._gate = (flag, int(limit_ms * 1e6), True)
 
     def forward(self, x, answer=None):
         p = self._params(x, answer)

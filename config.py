@@ -150,9 +150,11 @@ VARIANT = {
     "e2e_wait": Field(str, "poll", choices=("poll", "sync")),
     # and who launches the graph: call (each call launches its own) | ahead (each call also
     # launches the NEXT call's graph, whose first kernel waits for that call's image: the launch
-    # leaves the critical path; kernels, mapped and poll only).  e2e_ahead_ms: how long a graph
-    # launched ahead waits for its image; then it expires and the next call launches afresh
-    "e2e_launch": Field(str, "call", choices=("call", "ahead")),
+    # leaves the critical path; kernels, mapped and poll only) | serve (kernel_engine: cluster:
+    # one launch answers call after call, each behind its gate, until no call comes for
+    # e2e_ahead_ms: no launch per call at all).  e2e_ahead_ms: how long a graph launched ahead
+    # (or the serving kernel) waits for its image; then it expires and the next call launches afresh
+    "e2e_launch": Field(str, "call", choices=("call", "ahead", "serve")),
     "e2e_ahead_ms": Field(float, 2.0, gt=0, hi=1000),
 }
 

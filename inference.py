@@ -16,7 +16,9 @@ End to end on a GPU, per call: the image is copied (numpy) into a pinned host bu
     in the graph (copy), and whose last kernel writes (call number << 4) | class id into a
     pinned host word; the host polls that word (e2e_wait: poll) or synchronises (sync); with
     e2e_launch: ahead each call also launches the next call's graph, whose first kernel (a
-    gate) waits for that call's image, so the launch is off the critical path;
+    gate) waits for that call's image, so the launch is off the critical path; with serve
+    (the cluster kernel) one launch answers call after call, each behind its gate: no launch
+    per call at all;
   - other CUDA-graph paths: the graph holds the copy in, the net, the argmax, the answer word
     and the copy out; polled or synchronised likewise;
   - eager and torch.compile paths: one copy each way (pinned buffers), then a synchronise.
@@ -64,13 +66,17 @@ def _drain_at_exit():
         clf.drain()
 
 
-def poll_answer(word, want, timeout_s, at=0, shift=4):
+def poll_answer(word, want, timeout_s, at=0, shift=4, gone_at=None):
     """Spin on the pinned answer word (a numpy view) until it holds call number want; True
     then, False after timeout_s.  The clock is read now and then, not on every poll.  at, shift:
-    another word of the same buffer and where its number sits (the gate's ready stamp: 2, 0)."""
+    another word of the same buffer and where its number sits (the gate's ready stamp: 2, 0).
+    gone_at: a word that holds want once the kernel has ended without this call (a serving
+    kernel's expiry, word 1): None then."""
     clock, deadline, spins = time.perf_counter, None, 0
     while (int(word[at]) >> shift) != want:
         spins += 1
+        if spins & 63 == 0 and gone_at is not None and int(word[gone_at]) == want:
+            return (int(word[at]) >> shift) == want or None
         if spins & 1023 == 0:
             now = clock()
             deadline = deadline or now + timeout_s
@@ -296,16 +302,19 @@ class Predictor:
         if v.kernel_cluster_blocks != 16 and v.kernel_engine != "cluster":
             raise KitError(f"variant {v.label!r}: kernel_cluster_blocks {v.kernel_cluster_blocks} needs "
                            "kernel_engine: cluster; remove it or set both")
-        if v.e2e_launch == "ahead" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
-            raise KitError(f"variant {v.label!r}: e2e_launch 'ahead' needs kernels: true, e2e_input: mapped and "
-                           "e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")
+        if v.e2e_launch != "call" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
+            raise KitError(f"variant {v.label!r}: e2e_launch '{v.e2e_launch}' needs kernels: true, e2e_input: mapped "
+                           "and e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")
+        if v.e2e_launch == "serve" and v.kernel_engine != "cluster":
+            raise KitError(f"variant {v.label!r}: e2e_launch 'serve' needs kernel_engine: cluster (one kernel that "
+                           "stays and answers every call); use e2e_launch: ahead")
 
     # -- build -----------------------------------------------------------------------------------
     def _build_calls(self, cuda):
         """Warm up / compile / capture: the device-side call on static_in and the end-to-end call."""
         dev = self.device
         self._graph = None
-        self._pending = False  # e2e_launch: ahead: the next call's graph is launched and waits for its image
+        self._pending = False  # ahead: the next call's graph is launched and waits; serve: the kernel runs
         self.calls = 0  # answers received; the GPU counts its own in self._seq
         with torch.inference_mode():
             self.static_in = self.prepare(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, device=dev))
@@ -326,6 +335,8 @@ class Predictor:
                 self._e2e_graph, _ = capture_graph(self._e2e_graph_body)
             if self.e2e_launch == "ahead":
                 self._build_ahead()
+            if self.e2e_launch == "serve":
+                self._build_serve()
             self._resync()  # the warm-up runs of the capture counted calls on the GPU
 
     def _build_ahead(self):
@@ -345,6 +356,31 @@ class Predictor:
         torch.cuda.synchronize()
         self._word_np[1:3] = -1  # word 1: the last call whose gate expired; 2: whose gate started (none)
         _AHEAD.add(self)
+
+    def _build_serve(self):
+        """The serving kernel's host words and stream (its own: nothing queues behind it)."""
+        self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()  # word 0: the call number; 1: stop
+        self._flag_np = self.h_flag.numpy()
+        self._stream = torch.cuda.Stream(self.device)
+        self._word_np[1:3] = -1
+        _AHEAD.add(self)
+
+    def _start_server(self):
+        """Launch the serving kernel (not timed by bench.py: settle() starts it); it waits for
+        the next call's number in flag word 0."""
+        self._flag_np[1] = 0
+        self._word_np[1] = -1  # no kernel runs now: no expiry left to read
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the weights' copies, if any
+        with torch.cuda.stream(self._stream):
+            self.kn.serve(self.h_flag, self.ahead_ms)
+            self.kn(self.h_in, answer=(self._seq, self.h_word))
+        self._pending = True
+
+    def _stop_server(self):
+        self._flag_np[1] = 1
+        self._stream.synchronize()  # it ends at its gate, within one call's time
+        self._flag_np[1] = 0
+        self._pending = False
 
     def _e2e_graph_body(self):
         """What the end-to-end graph holds (captured once): image in, net, answer word out."""
@@ -393,6 +429,8 @@ class Predictor:
         self._h_in_np[...] = img
         if self.e2e_launch == "ahead":
             return self._call_ahead()
+        if self.e2e_launch == "serve":
+            return self._call_serve()
         if self.cuda_graph:
             self._e2e_graph.replay()
             return self._wait(self.calls + 1)
@@ -421,6 +459,27 @@ class Predictor:
         raise KitError(f"{self.variant}: the graph launched for call {n} expired although its image was there; "
                        "the next call starts afresh")
 
+    def _call_serve(self):
+        """The serving kernel waits for this call: write its number (the image is in), poll the
+        answer.  If the kernel had ended (no call for e2e_ahead_ms) it says so in word 1: launch
+        it again, it then takes this call."""
+        n = self.calls + 1
+        want = n & SEQ_MASK
+        for _ in range(2):
+            if not self._pending:
+                self._start_server()
+            self._flag_np[0] = want
+            got = poll_answer(self._word_np, want, self.timeout_s, gone_at=1)
+            if got:
+                self.calls = n
+                return int(self._word_np[0]) & 15
+            if got is False:
+                break
+            self._pending = False  # it ended waiting for this call
+            self._stream.synchronize()
+            self.expired_calls += 1
+        return self._wait(n)  # the bounded wait ran out: a synchronise, then the answer or one clear error
+
     def _launch_ahead(self):
         with torch.cuda.stream(self._stream):
             self._ahead_graph.replay()
@@ -432,6 +491,8 @@ class Predictor:
         it before work that needs every SM (the persistent kernel) or a device-wide synchronise,
         which would otherwise wait out the gate's limit (e2e_ahead_ms).  The next call launches
         afresh.  run_static(), logits() and swap_weights() drain first themselves."""
+        if self._pending and self.e2e_launch == "serve":
+            self._stop_server()
         if self._pending:
             n = self.calls + 1
             self._flag_np[0] = n & SEQ_MASK
@@ -445,6 +506,8 @@ class Predictor:
         wait for the gate to expire)."""
         if self.device.type != "cuda":
             return
+        if not self._pending and self.e2e_launch == "serve":
+            self._start_server()
         if not self._pending:
             torch.cuda.synchronize()
             return
@@ -479,8 +542,12 @@ class Predictor:
         """After a missing answer: take the GPU's own call count, so the next call waits for the
         right word (the device counter moves only when a graph ran to its end).  A graph launched
         ahead has ended too then: its gate expired."""
+        if self._pending and self.e2e_launch == "serve":
+            self._flag_np[1] = 1  # a serving kernel would wait out e2e_ahead_ms
         torch.cuda.synchronize()
         self._pending = False
+        if self.e2e_launch == "serve":
+            self._flag_np[1] = 0
         self.calls = int(self._seq.item())
 
     def predict(self, imgs, batch_size=500):
@@ -503,7 +570,7 @@ class Predictor:
                 "cudnn_relu": self.cudnn_relu, "compile": self.compile, "cuda_graph": self.cuda_graph,
                 "checkpoint": self.ckpt_path, "size_mb": self.size_mb, "n_params": self.n_params,
                 "tta": self.tta, "kernels": self.kernels,
-                "io": (f"{self.e2e_input}+{self.e2e_wait}" + ("+ahead" if self.e2e_launch == "ahead" else ""))
+                "io": (f"{self.e2e_input}+{self.e2e_wait}" + (f"+{self.e2e_launch}" if self.e2e_launch != "call" else ""))
                 if self.device.type == "cuda" else ""}
 
     @torch.no_grad()

@@ -117,6 +117,30 @@ def test_cluster_blocks_without_the_cluster_engine_are_refused():
         Predictor._check_variant(cfg.variants.F85, _model())
 
 
+def test_serving_needs_the_cluster_engine_and_host_io():
+    import utils
+    from config import load_config
+    from inference import Predictor
+    cfg = load_config(None, ["variants.F85.e2e_launch=serve", "variants.F85_cluster_serve.e2e_wait=sync"])
+    with pytest.raises(utils.KitError, match="e2e_launch 'serve' needs kernel_engine: cluster"):
+        Predictor._check_variant(cfg.variants.F85, _model())
+    with pytest.raises(utils.KitError, match="e2e_launch 'serve' needs kernels: true, e2e_input: mapped and e2e_wait"):
+        Predictor._check_variant(cfg.variants.F85_cluster_serve, _model())
+
+
+def test_the_serving_kernel_loops_and_a_single_call_does_not():
+    """One source serves both: the round loop on barrier phases ph, the answer only for a call
+    that came, the early return of a single call (p.serve = 0) before the round's end."""
+    layers, _ = _spec()
+    src = C.source(C.plan(layers, 1, 16))
+    body = src[src.index("cluster_net_kernel("):]
+    loop = body.index("for (uint32_t ph = 0;; ph ^= 1)")
+    assert body.index("ck::mbar_wait(bars, ph, watchdog)") > loop
+    assert body.index("if (!p.serve) return;") < body.index("ck::cluster_sync();") < body.index("if (ctrl[1]) return;")
+    assert "if (!p.serve || go)" in body and body.count("go = ck::gate(p, seq, ctrl);") == 2
+    assert body.count("ck::mbar_arm(") == len(C.plan(layers, 1, 16)["convs"]) + 1
+
+
 def _model():
     from models import load_model
     from config import load_config

@@ -69,7 +69,7 @@ def _reference_ids(cfg, clf, imgs):
     return torch.cat(out).numpy()
 
 
-@pytest.mark.parametrize("variant", ["F", "F85", "F85_cluster_ahead"])
+@pytest.mark.parametrize("variant", ["F", "F85", "F85_cluster_ahead", "F85_cluster_serve"])
 def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
@@ -96,7 +96,7 @@ def _two_images_of_two_classes(clf, imgs):
 
 
 @pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_ahead", "F85_cluster", "F85_cluster_ahead",
-                                     "F85_cluster8"])
+                                     "F85_cluster8", "F85_cluster_serve"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
     (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
@@ -124,32 +124,36 @@ def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
                           lambda c: (c.kn.hcnt,) + ((c.h_flag,) if c.e2e_launch == "ahead" else ()))
 
 
-def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split):
-    a, b = _predictor(gpu_cfg, "F85_cluster_ahead"), _predictor(gpu_cfg, "F85_cluster8")
-    _interleaved_as_alone(a, b, test_split[0][:300], lambda c: (c.kn.blob,))
+@pytest.mark.parametrize("pair", [("F85_cluster_ahead", "F85_cluster8"), ("F85_cluster_serve", "F85_cluster_serve")])
+def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split, pair):
+    a, b = _predictor(gpu_cfg, pair[0]), _predictor(gpu_cfg, pair[1])  # two serving kernels at once, too
+    _interleaved_as_alone(a, b, test_split[0][:300],
+                          lambda c: (c.kn.blob,) + ((c.h_flag,) if c.e2e_launch != "call" else ()))
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85_cluster", "F85_cluster_ahead"])
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85_cluster", "F85_cluster_ahead", "F85_cluster_serve"])
 def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, variant):
     import utils
     clf = _predictor(gpu_cfg, variant, timeout_s=0.05)
     img = test_split[0][0]
     want = clf(img)
-    clf.drain()  # no graph launched ahead: the next call launches its own
-    name = "_ahead_graph" if clf.e2e_launch == "ahead" else "_e2e_graph"
-    graph = getattr(clf, name)
-
-    class NoReplay:  # the GPU never runs this call: the answer word keeps the previous call's number
-        def replay(self):
-            pass
-    setattr(clf, name, NoReplay())
+    clf.drain()  # no graph launched ahead, no kernel serving: the next call launches its own
+    if clf.e2e_launch == "serve":  # the GPU never runs this call: no serving kernel is launched
+        name, stand_in = "_start_server", lambda: setattr(clf, "_pending", True)
+    else:
+        class NoReplay:  # the GPU never runs this call: the answer word keeps the previous call's number
+            def replay(self):
+                pass
+        name, stand_in = ("_ahead_graph" if clf.e2e_launch == "ahead" else "_e2e_graph"), NoReplay()
+    real = getattr(clf, name)
+    setattr(clf, name, stand_in)
     with pytest.raises(utils.KitError, match="no answer to call"):
         clf(img)
-    setattr(clf, name, graph)
+    setattr(clf, name, real)
     assert [clf(img) for _ in range(5)] == [want] * 5
 
 
-@pytest.mark.parametrize("variant", ["F85_cluster", "F85_cluster8", "F85_cluster_ahead"])
+@pytest.mark.parametrize("variant", ["F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_cluster_serve"])
 def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant):
     """The one-launch cluster kernel (16 or 8 blocks, launched per call or ahead) vs F85's Triton
     kernels on the same file: >= 99.9 % the same class ids on 2,000 test images (the two sum
@@ -177,7 +181,7 @@ def _calls_with_pauses(gpu_cfg, test_split, variant, n):
     ref = _predictor(gpu_cfg, "F85")
     want = [ref(i) for i in imgs]
     clf = _predictor(gpu_cfg, variant)
-    assert clf.e2e_launch == "ahead"
+    assert clf.e2e_launch in ("ahead", "serve")
     got = []
     for k, img in enumerate(imgs):
         if k % 4 == 3:
@@ -194,6 +198,23 @@ def test_cluster_kernel_launched_ahead_expires_and_the_next_call_answers_its_own
     clf.drain()
     torch.cuda.synchronize()
     assert [clf(i) for i in imgs[:5]] == want[:5]
+
+
+def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split):
+    """e2e_launch: serve: after a pause longer than e2e_ahead_ms the kernel has ended (word 1 names
+    the call it waited for) and the call launches it again; drain() stops it at once (a device
+    synchronise then returns), run_static() works beside it, and the next calls answer right."""
+    import time
+    clf, imgs, want = _calls_with_pauses(gpu_cfg, test_split, "F85_cluster_serve", 12)
+    clf.drain()
+    assert not clf._pending
+    t0 = time.perf_counter()
+    torch.cuda.synchronize()
+    assert time.perf_counter() - t0 < clf.ahead_ms / 1e3  # nothing waits out the expiry
+    clf.run_static()
+    assert [clf(i) for i in imgs[:5]] == want[:5] and clf._pending
+    clf.settle()  # the kernel waits for call 6 (its ready stamp)
+    assert int(clf._word_np[2]) == clf.calls + 1 and clf(imgs[5]) == want[5]
 
 
 def test_a_graph_launched_ahead_expires_and_the_next_call_answers_its_own_image(gpu_cfg, test_split):
