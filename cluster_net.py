@@ -2,9 +2,9 @@
 cluster_kernel.cu): the cut of every layer over the cluster's blocks, the per-block weight
 blobs, the generated kernel, its build with nvcc and its launch through the CUDA driver
 (ctypes: torch has no cubin loader).  Same contract as kernel_net.KernelNet
-(models.FastNet.folded_spec, batch 1, the answer word, gate() for a launch ahead; no TTA views
-yet: plan() cuts a net with the flip view, but its kernel has not run on a GPU), so
-inference.Predictor runs either (variant key kernel_engine).
+(models.FastNet.folded_spec, batch 1, the answer word, gate() for a launch ahead, serve() for a
+kernel that stays; TTA: none or flip, the mirrored view as a second map), so inference.Predictor
+runs either (variant key kernel_engine).
 
 Cut.  Every conv layer's output (maps x pooled rows x channels) is cut into blocks of (one
 map, a band of pooled rows, a block of channels); the last layer's blocks hold whole maps (its
@@ -462,8 +462,9 @@ class ClusterNet:
         if cap != (9, 0):
             raise RuntimeError(f"ClusterNet needs an sm_90 GPU (Hopper), this one is sm_{cap[0]}{cap[1]}")
         self.views = views or [((False, 0, 0), 1.0)]
-        if len(self.views) != 1:  # the flip view's code paths (stem, head) have not run on a GPU yet
-            raise RuntimeError("ClusterNet: TTA views are not supported yet (use kernel_engine: triton, or tta: none)")
+        if [v for v, _ in self.views] not in ([(False, 0, 0)], [(False, 0, 0), (True, 0, 0)]):
+            raise RuntimeError("ClusterNet: TTA views other than the image and its mirror are not supported "
+                               "(tta none or flip; or use kernel_engine: triton)")  # map 1 is the mirrored one
         self.batch, self.pdl, self.pdl_trigger = 1, False, "early"
         self.plan = plan(layers, len(self.views), ranks, ncls=head["weight"].shape[0])
         self.src = source(self.plan)

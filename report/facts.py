@@ -10,8 +10,8 @@ from utils import KitError
 # F's inference path one change a step, ending at F; F's I/O alternatives and other single changes, each vs its base.
 ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F")
 # F's I/O rows run F's kernels without PDL: where F ships with it, they are set beside F_nopdl (io_pairs).
-IO_PAIRS = (("F_copy_sync", "F"), ("F_copy", "F"), ("F_sync", "F"), ("F_ahead", "F"), ("F85_ahead", "F85"))
-PAIRS = (("F_nopdl", "F"), ("F_pdl", "F"), ("F85_nopdl", "F85"), ("F85_cudnn", "F85"))
+IO_PAIRS = (("F_copy_sync", "F"), ("F_copy", "F"), ("F_sync", "F"), ("F_ahead", "F"), ("F85_ahead", "F85_triton"))
+PAIRS = (("F_nopdl", "F"), ("F_pdl", "F"), ("F85_nopdl", "F85_triton"), ("F85_triton", "F85"), ("F85_cudnn", "F85"))
 
 # Public reference points: the only typed numbers of the report, each with its source.
 ANCHORS = {
@@ -93,6 +93,8 @@ def seed_line(s, role):
     src = (s.seed_source or {}).get(role)
     via = "" if src is None else (f" From invocation {src[0]} (commit {src[1]}), where the shipped file scored "
                                   f"the same {num(r['acc'])} %: this invocation had no seed files.")
+    if src is not None and len(src) > 2 and src[2] != r["label"]:
+        via += f" There the row's path was: {src[2]}."
     return (f"{role} (shape {r['shape']}, TTA {r['tta']}): {num(r['acc_mean'])} ± {num(r['acc_std'])} % "
             f"(mean ± std over {n} seeds, {r['split']} split){ci}; seeds {listed}.{via}")
 

@@ -122,14 +122,15 @@ def check_one_gpu(inv, rows):
 
 
 def cluster_rows(cfg, df):
-    """The rows of the newest bench invocation that ran a variant with kernel_engine: cluster (its
-    other rows too: they are what it compares with), or None."""
+    """F85's rows (F85 and F85_*: its paths) of the newest bench invocation that ran a variant with
+    kernel_engine: cluster, or None."""
     bench = df[(df["script"] == "bench") & (df["invocation"] != "")]
     hits = bench[bench["variant"].isin(cluster_variants(cfg))]
     if hits.empty:
         return None
     inv = hits["invocation"].iloc[-1]
     rows = bench[bench["invocation"] == inv].drop_duplicates("variant", keep="last")
+    rows = rows[rows["variant"].str.fullmatch(r"F85(_.*)?")]
     check_one_gpu(inv, rows)
     return rows.set_index("variant", drop=False)
 
@@ -225,7 +226,8 @@ def borrow_seeds(df, rows, inv):
     """F's and F85's seed statistics where this invocation's row has none (its machine held only
     the shipped files, not the final runs' seed files): taken from the newest earlier bench row of
     the same variant, shape, TTA and file name whose shipped file scored the same test accuracy
-    there (the same file through the same arithmetic).  Changes rows; {role: (invocation, commit)}."""
+    there (the same file; its path then may differ: its label is kept).  Changes rows; {role:
+    (invocation, commit, label)}."""
     bench = df[(df["script"] == "bench") & (df["invocation"] != inv) & (df["acc_seeds"] != "")]
     got = {}
     for role in ("F", "F85"):
@@ -239,7 +241,7 @@ def borrow_seeds(df, rows, inv):
             src = same.iloc[-1]
             for c in SEED_COLS:
                 rows.at[role, c] = src[c]
-            got[role] = (src["invocation"], src["git_commit"])
+            got[role] = (src["invocation"], src["git_commit"], src["label"])
     return got
 
 

@@ -112,20 +112,20 @@ def test_cluster_blocks_without_the_cluster_engine_are_refused():
     import utils
     from config import load_config
     from inference import Predictor
-    cfg = load_config(None, ["variants.F85.kernel_cluster_blocks=8"])
+    cfg = load_config(None, ["variants.F85_triton.kernel_cluster_blocks=8"])
     with pytest.raises(utils.KitError, match="kernel_cluster_blocks 8 needs kernel_engine: cluster"):
-        Predictor._check_variant(cfg.variants.F85, _model())
+        Predictor._check_variant(cfg.variants.F85_triton, _model())
 
 
 def test_serving_needs_the_cluster_engine_and_host_io():
     import utils
     from config import load_config
     from inference import Predictor
-    cfg = load_config(None, ["variants.F85.e2e_launch=serve", "variants.F85_cluster_serve.e2e_wait=sync"])
+    cfg = load_config(None, ["variants.F85_triton.e2e_launch=serve", "variants.F85.e2e_wait=sync"])
     with pytest.raises(utils.KitError, match="e2e_launch 'serve' needs kernel_engine: cluster"):
-        Predictor._check_variant(cfg.variants.F85, _model())
+        Predictor._check_variant(cfg.variants.F85_triton, _model())
     with pytest.raises(utils.KitError, match="e2e_launch 'serve' needs kernels: true, e2e_input: mapped and e2e_wait"):
-        Predictor._check_variant(cfg.variants.F85_cluster_serve, _model())
+        Predictor._check_variant(cfg.variants.F85, _model())
 
 
 def test_the_serving_kernel_loops_and_a_single_call_does_not():

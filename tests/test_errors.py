@@ -171,5 +171,6 @@ def test_gpu_tools_say_they_need_a_gpu(trained):
     check(trained, "tools/chain_tune.py", ["--variants", "B1"], "'B1' is not a variant of our kernels")
     check(trained, "tools/chain_tune.py", ["--calls", "0"], "must be >= 1")
     check(trained, "tools/cluster_trace.py", [], "on a machine with a CUDA GPU")
-    check(trained, "tools/cluster_trace.py", ["--variant", "F85"], "'F85' is not a variant with kernel_engine: cluster")
+    check(trained, "tools/cluster_trace.py", ["--variant", "F85_triton"],
+          "'F85_triton' is not a variant with kernel_engine: cluster")
     check(trained, "tools/cluster_trace.py", ["--calls", "5"], "more than the 20 warm-up calls")

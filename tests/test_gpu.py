@@ -69,7 +69,7 @@ def _reference_ids(cfg, clf, imgs):
     return torch.cat(out).numpy()
 
 
-@pytest.mark.parametrize("variant", ["F", "F85", "F85_cluster_ahead", "F85_cluster_serve"])
+@pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead"])
 def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
@@ -95,8 +95,8 @@ def _two_images_of_two_classes(clf, imgs):
     return (imgs[0], ids[0]), (imgs[j], ids[j])
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_ahead", "F85_cluster", "F85_cluster_ahead",
-                                     "F85_cluster8", "F85_cluster_serve"])
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_triton", "F85_ahead", "F85_cluster",
+                                     "F85_cluster_ahead", "F85_cluster8"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
     (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
@@ -119,19 +119,19 @@ def _interleaved_as_alone(a, b, imgs, buffers):
 
 
 def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
-    f, f85 = _predictor(gpu_cfg, "F_ahead"), _predictor(gpu_cfg, "F85")  # one launching ahead, one not
+    f, f85 = _predictor(gpu_cfg, "F_ahead"), _predictor(gpu_cfg, "F85_triton")  # one launching ahead, one not
     _interleaved_as_alone(f, f85, test_split[0][:300],
                           lambda c: (c.kn.hcnt,) + ((c.h_flag,) if c.e2e_launch == "ahead" else ()))
 
 
-@pytest.mark.parametrize("pair", [("F85_cluster_ahead", "F85_cluster8"), ("F85_cluster_serve", "F85_cluster_serve")])
+@pytest.mark.parametrize("pair", [("F85_cluster_ahead", "F85_cluster8"), ("F85", "F85")])
 def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split, pair):
     a, b = _predictor(gpu_cfg, pair[0]), _predictor(gpu_cfg, pair[1])  # two serving kernels at once, too
     _interleaved_as_alone(a, b, test_split[0][:300],
                           lambda c: (c.kn.blob,) + ((c.h_flag,) if c.e2e_launch != "call" else ()))
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85_cluster", "F85_cluster_ahead", "F85_cluster_serve"])
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_cluster", "F85_cluster_ahead"])
 def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, variant):
     import utils
     clf = _predictor(gpu_cfg, variant, timeout_s=0.05)
@@ -153,17 +153,25 @@ def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, va
     assert [clf(img) for _ in range(5)] == [want] * 5
 
 
-@pytest.mark.parametrize("variant", ["F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_cluster_serve"])
+@pytest.mark.parametrize("variant", ["F85", "F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_cluster_flip"])
 def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant):
-    """The one-launch cluster kernel (16 or 8 blocks, launched per call or ahead) vs F85's Triton
-    kernels on the same file: >= 99.9 % the same class ids on 2,000 test images (the two sum
-    their K slices in other orders) and logits within fp16 rounding on a device input."""
+    """The one-launch cluster kernel (16 or 8 blocks, launched per call, ahead or serving; with
+    the flip view too) vs F85's Triton kernels on the same file and views: >= 99.9 % the same
+    class ids on 2,000 test images (the two sum their K slices in other orders) and logits within
+    fp16 rounding on a device input."""
+    import copy
     imgs = test_split[0][:2000]
-    tri, cl = _predictor(gpu_cfg, "F85"), _predictor(gpu_cfg, variant)
+    cfg, ref = gpu_cfg, "F85_triton"
+    if variant == "F85_cluster_flip":  # both under the flip view (two maps in every layer)
+        cfg = copy.deepcopy(gpu_cfg)
+        cfg.variants.F85_cluster["tta"] = cfg.variants.F85_triton["tta"] = "flip"
+        variant = "F85_cluster"
+    tri, cl = _predictor(cfg, ref), _predictor(cfg, variant)
+    assert tri.tta == cl.tta and (cl.tta == "flip") == (cfg is not gpu_cfg)
     assert cl.kn.kernel_count() == 1 and cl.kn.plan["ranks"] == (8 if variant.endswith("8") else 16)
     a, b = tri.predict(imgs), cl.predict(imgs)
     same = 100.0 * float((a == b).mean())
-    print(f"{variant} vs F85's Triton kernels on {len(imgs)} test images: {same:.2f} % the same class ids; "
+    print(f"{variant} (tta {cl.tta}) vs F85's Triton kernels on {len(imgs)} test images: {same:.2f} % the same class ids; "
           f"{'; '.join(cl.notes)}")
     assert same >= 99.9
     x = torch.from_numpy(imgs[:1]).cuda().contiguous()
@@ -178,7 +186,7 @@ def _calls_with_pauses(gpu_cfg, test_split, variant, n):
     answers its own image (F85's path's answer) and each pause cost one expired launch."""
     import time
     imgs = test_split[0][:n]
-    ref = _predictor(gpu_cfg, "F85")
+    ref = _predictor(gpu_cfg, "F85_triton")
     want = [ref(i) for i in imgs]
     clf = _predictor(gpu_cfg, variant)
     assert clf.e2e_launch in ("ahead", "serve")
@@ -204,8 +212,10 @@ def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split):
     """e2e_launch: serve: after a pause longer than e2e_ahead_ms the kernel has ended (word 1 names
     the call it waited for) and the call launches it again; drain() stops it at once (a device
     synchronise then returns), run_static() works beside it, and the next calls answer right."""
+    import gc
     import time
-    clf, imgs, want = _calls_with_pauses(gpu_cfg, test_split, "F85_cluster_serve", 12)
+    gc.collect()  # no other test's serving kernel left waiting out its expiry
+    clf, imgs, want = _calls_with_pauses(gpu_cfg, test_split, "F85", 12)
     clf.drain()
     assert not clf._pending
     t0 = time.perf_counter()
@@ -231,7 +241,7 @@ def test_a_graph_launched_ahead_expires_and_the_next_call_answers_its_own_image(
     assert clf(imgs[5]) == want[5] and clf.expired_calls == len(imgs) // 4 + 1
 
 
-@pytest.mark.parametrize("variant", ["F", "F85"])
+@pytest.mark.parametrize("variant", ["F", "F85_triton"])
 @pytest.mark.parametrize("fit_split", [False, True])
 def test_persistent_kernel_answers_as_the_graph_path(gpu_cfg, test_split, variant, fit_split):
     """kernel_server: the graph path's answers on >= 99.9 % of 2,000 test images, no stale answer
@@ -264,7 +274,7 @@ def test_persistent_kernel_answers_as_the_graph_path(gpu_cfg, test_split, varian
 def test_persistent_kernel_timeout_raises_and_the_next_call_works(gpu_cfg, test_split):
     import utils
     from kernel_server import KernelServer
-    clf = _predictor(gpu_cfg, "F85")
+    clf = _predictor(gpu_cfg, "F85_triton")
     img = test_split[0][0]
     srv = KernelServer(clf.kn, timeout_s=3.0)
     srv.start()
@@ -298,7 +308,7 @@ def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):
     assert same >= 0.995, same  # FP16 cuDNN vs our FP16 kernels: a near-tie may flip
 
 
-@pytest.mark.parametrize("variant", ["F", "F85"])
+@pytest.mark.parametrize("variant", ["F", "F85_triton"])
 def test_other_tiles_and_per_layer_triggers_give_the_same_answers(gpu_cfg, test_split, variant):
     """Predictor.set_kernel_tiles (what tools/chain_tune.py times): the heuristic tiles with the
     PDL trigger alternating layer by layer, then back to the start tiles; the end-to-end call

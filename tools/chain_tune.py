@@ -1,6 +1,6 @@
 """Tune the tiles of whole nets, layer by layer inside the net's own end-to-end call, on the GPU.
 
-    python tools/chain_tune.py [--variants F,F85] [--rounds 2] [--calls 400] [--workers 14] [--out PATH]
+    python tools/chain_tune.py [--variants F,F85_triton] [--rounds 2] [--calls 400] [--workers 14] [--out PATH]
 
 tools/kernel_tune.py times each layer alone.  In the net's call a layer's kernel runs between
 two others: with programmatic dependent launch the next kernel's programs launch while it runs
@@ -172,7 +172,7 @@ def worth_saving(a, b, margin):
 
 def main():
     ap = utils.ArgParser(__doc__)
-    ap.add_argument("--variants", default="F,F85", help="comma-separated variants of our kernels")
+    ap.add_argument("--variants", default="F,F85_triton", help="comma-separated variants of our kernels")
     ap.add_argument("--rounds", type=int, default=2, help="passes over the layers (tiles)")
     ap.add_argument("--calls", type=int, default=400, help="end-to-end calls per measurement")
     ap.add_argument("--top", type=int, default=4, help="candidates re-timed against the current tiles")

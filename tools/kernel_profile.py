@@ -1,7 +1,7 @@
 """Where every µs of one batch-1 call goes: the per-kernel table of variants' CUDA graphs, built
 by the kit's Predictor exactly as bench.py times them (GPU only).
 
-    python tools/kernel_profile.py --out results/kernel_profile.json [--variants F,F_cudnn,F85]
+    python tools/kernel_profile.py --out results/kernel_profile.json [--variants F,F_cudnn,F85_triton]
 
 For each variant: end-to-end host p50 (the user's wait), the device-side call's host p50,
 its CUDA-event GPU time and pipelined time (200 back-to-back replays / 200), and the kernels
@@ -55,7 +55,7 @@ def measure(clf, imgs, device, runs=10, iters=300):
 def main():
     ap = utils.ArgParser(__doc__)
     ap.add_argument("--out", required=True, help="the JSON file to write")
-    ap.add_argument("--variants", default="F,F_cudnn,F85", help="CUDA-graph variants, comma-separated")
+    ap.add_argument("--variants", default="F,F_cudnn,F85_triton", help="CUDA-graph variants, comma-separated")
     add_config_args(ap)
     a = ap.parse_args()
     if not torch.cuda.is_available():

@@ -1,7 +1,7 @@
 """The persistent kernel (kernel_server.py) against the graph path, end to end, in one process
 (GPU only): is a launch-free call faster?
 
-    python tools/persistent_bench.py --out results/persistent.json [--variants F,F85] [--iters 3000]
+    python tools/persistent_bench.py --out results/persistent.json [--variants F,F85_triton] [--iters 3000]
 
 For each variant (our kernels): its graph path as bench.py times it, the persistent kernel with
 the variant's tiles, and the persistent kernel with split-K refitted to one round of work
@@ -95,7 +95,7 @@ def compare(clf, imgs, labels, iters, programs):
 def main():
     ap = utils.ArgParser(__doc__)
     ap.add_argument("--out", required=True, help="the JSON file to write")
-    ap.add_argument("--variants", default="F,F85", help="variants run by our kernels, comma-separated")
+    ap.add_argument("--variants", default="F,F85_triton", help="variants run by our kernels, comma-separated")
     ap.add_argument("--iters", type=int, default=3000, help="calls per timed block (3 blocks per path)")
     ap.add_argument("--programs", type=int, default=0, help="programs of the persistent kernel (0: one per SM)")
     add_config_args(ap)
