@@ -66,7 +66,8 @@ def method_protocol(doc, s):
         f"{f['runs']:.0f} short runs, interleaved: run 1 of every variant, then run 2, … so slow drifts of the "
         "card hit all variants alike.",
         f"Per run and variant: {b.e2e_iters} timed end-to-end calls, each one started after the previous one has "
-        "ended on the GPU (a synchronise, or for a graph launched ahead until that graph waits for its image), "
+        "ended on the GPU (a synchronise, or for a kernel launched ahead or serving until it waits for the "
+        "call's image), "
         f"outside the timed region; then {b.warmup} untimed warm-up calls and {f['iters']:.0f} timed device-side "
         "calls, each between two synchronisations; the GPU time of such calls from CUDA events; for CUDA-graph "
         "paths, back-to-back replays divided by their count (pipelined). The garbage collector is off while timing.",
@@ -85,6 +86,9 @@ def method_protocol(doc, s):
              + ("Each call also launches the next call's CUDA graph, whose first kernel waits on a flag word "
                 "in host memory until that call's image is there, so the launch is not on the critical path. "
                 if f["io"].endswith("+ahead") else "")
+             + (f"F85's path ({s.rows.at['F85', 'io']}) is one kernel launched once that serves every call: it "
+                "waits on a flag word in host memory for the call's number, reads the image, answers, and waits "
+                "for the next. " if "F85" in s.rows.index and facts.serving(s.rows.loc["F85"]) else "")
              + "Eager paths copy the image and synchronise. The device-side latency (input already on the GPU) "
                "and the GPU time explain where the end-to-end time goes.")
 
@@ -183,9 +187,11 @@ def results_gains(doc, s, figs):
                     "against its one-kernel path, and F85's weights through cuDNN + torch.compile:")
     doc.heading("GPU time and host overhead", 2)
     doc.table(*facts.breakdown_table(s), note="e2e − GPU: what launching, moving the image and returning the "
-                                              "answer add to the GPU's own time, at the p50.")
+                                              "answer add to the GPU's own time, at the p50. A serving path (F85: "
+                                              "one launch answers every call) has no such split: its GPU column "
+                                              "times a launch per call, which its end-to-end call does not pay.")
     doc.image(figs["host_gpu"], "Figure 3. GPU time (CUDA events) and the rest of the end-to-end p50, CUDA-graph "
-                                "variants; ticks: pipelined replays.")
+                                "variants (serving paths apart); ticks: pipelined replays.")
     if s.profile is None:
         doc.para("No results/kernel_profile.json: no per-kernel table.")
     else:
@@ -205,8 +211,9 @@ def results_gains(doc, s, figs):
                  "images; stale: in 2,000 calls alternating two images:".format(**s.persistent["env"]))
         doc.bullets(facts.persistent_lines(s) + [
             "A barrier costs about a kernel boundary (a release, the last arrival seen at L2, an acquire), so only "
-            "the small net gains from the saved launch. The shipped paths stay the graph paths: the persistent "
-            "kernel holds every SM spinning, and the process must stop it before other GPU work."])
+            "the small net gains from the saved launch. It is not a shipped path: it holds every SM spinning, and "
+            "the process must stop it before other GPU work (F85's serving kernel, below, holds one cluster of 16 "
+            "SMs and meets at hardware barriers instead)."])
 
 
 def results_cluster(doc, s):
