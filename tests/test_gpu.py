@@ -77,7 +77,7 @@ def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, varia
     from inference import evaluate
     imgs, labels = test_split
     clf = _predictor(gpu_cfg, variant)
-    assert clf.kernels and clf.e2e_input in ("mapped", "tagged") and clf.e2e_wait == "poll"
+    assert clf.kernels and clf.e2e_input == "mapped" and clf.e2e_wait == "poll"
     ours = np.array([clf(img) for img in imgs])
     ref = _reference_ids(gpu_cfg, clf, imgs)
     agree = 100.0 * float((ours == ref).mean())
