@@ -516,15 +516,13 @@ __device__ int gate(const Params& p, int seq, int* box) {
 // read sees one state of the chunk, and the host's stores become visible in program order, so
 // a chunk holding the number holds that call's bytes.  Thread 0 also watches the stop word.
 // Returns 1 when every chunk came (v: this thread's chunk); else word[1] names the call (expiry).
-// box: two shared words, the stop seen and the call's number (seq is thread 0's alone).
 __device__ int gate_tagged(const Params& p, int seq, int* box, uint4& v) {
+  const int want = (seq + 1) & SEQ_MASK;
   if (threadIdx.x == 0) {
-    box[1] = (seq + 1) & SEQ_MASK;
-    store_wt(p.word + 2, box[1]);
+    store_wt(p.word + 2, want);
     *box = 0;
   }
   __syncthreads();
-  const int want = box[1];
   const long long t_end = globaltimer() + p.gate_ns;
   const uint4* src = reinterpret_cast<const uint4*>(p.img) + threadIdx.x;
   int ok = 0;

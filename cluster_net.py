@@ -152,8 +152,8 @@ def plan(layers, n_views, ranks=16, ncls=10):
     work["SLOTS"] = _ceil(work["HV"] + convs[-1]["NMB"] * convs[-1]["NBLK"] * convs[-1]["HO"] * convs[-1]["WO"] * 4,
                           16)
     work["BARS"] = _ceil(work["SLOTS"] + ranks * 16 * 4, 16)  # mbarriers: image rows, each layer's staging, logits
-    work["CTRL"] = work["BARS"] + 8 * (len(convs) + 1)  # block 0's gate (2 words), the last call (serve)
-    smem = work["CTRL"] + 16
+    work["CTRL"] = work["BARS"] + 8 * (len(convs) + 1)  # two words: block 0's gate, the last call (serve)
+    smem = work["CTRL"] + 8
     if smem > SMEM_MAX:
         raise ValueError(f"the cluster kernel needs {smem} bytes of shared memory per block (> {SMEM_MAX})")
     for m in convs:  # each rank's block of each layer: {map (-1: all), first staged row, active, bytes in}
@@ -233,7 +233,7 @@ def source(p):
         f"  float* csm = reinterpret_cast<float*>(sm + {w['C']});",
         "  ck::Block<L1> b1(rank);",
         f"  uint64_t* bars = reinterpret_cast<uint64_t*>(sm + {w['BARS']});  // image rows, layer k's staging, logits",
-        f"  int* ctrl = reinterpret_cast<int*>(sm + {w['CTRL']});  // [0, 1] block 0's gate, [2] the last call (serve)",
+        f"  int* ctrl = reinterpret_cast<int*>(sm + {w['CTRL']});  // [0] block 0's gate, [1] the last call (serve)",
         "  if (threadIdx.x == 0) {",
         "    ck::mbar_init(bars, IMG::band(rank, 2));",
         *[f"    ck::mbar_init(bars + {i}, L{i + 1}::band(rank, 3));" for i in range(1, n)],
@@ -329,9 +329,9 @@ def source(p):
                      "  if (threadIdx.x == 0) {",
                      *[f"    {a}" for a in arm],
                      "  }",
-                     "  if (rank == 0 && threadIdx.x < NET_RANKS) ck::st_cluster(ctrl + 2, threadIdx.x, !go);",
+                     "  if (rank == 0 && threadIdx.x < NET_RANKS) ck::st_cluster(ctrl + 1, threadIdx.x, !go);",
                      "  ck::cluster_sync();",
-                     "  if (ctrl[2]) return;",
+                     "  if (ctrl[1]) return;",
                      "  if (rank == 0) {",
                      "    if (p.tagged) go = ck::gate_tagged(p, seq, ctrl, px);",
                      "    else { go = ck::gate(p, seq, ctrl); px = ck::read_image<IMG>(p); }",

@@ -136,7 +136,7 @@ def test_the_serving_kernel_loops_and_a_single_call_does_not():
     body = src[src.index("cluster_net_kernel("):]
     loop = body.index("for (uint32_t ph = 0;; ph ^= 1)")
     assert body.index("ck::mbar_wait(bars, ph, watchdog)") > loop
-    assert body.index("if (!p.serve) return;") < body.index("ck::cluster_sync();") < body.index("if (ctrl[2]) return;")
+    assert body.index("if (!p.serve) return;") < body.index("ck::cluster_sync();") < body.index("if (ctrl[1]) return;")
     assert "if (!p.serve || go)" in body and body.count("go = ck::gate(p, seq, ctrl);") == 2
     assert body.count("ck::mbar_arm(") == len(C.plan(layers, 1, 16)["convs"]) + 1
 
