@@ -31,8 +31,6 @@ THREADS, WARPS = 256, 8
 NCH = 3  # independent accumulator chains per warp in a layer's K loop
 SMEM_MAX = 227 * 1024  # an H100/H200 block's shared memory with the opt-in attribute
 IMG = 32
-TAGGED_SHAPE = (IMG * IMG * 3 // 12, 4)  # a tagged image: (256, 4) int32, one chunk per thread of block 0
-assert TAGGED_SHAPE[0] == THREADS
 
 
 def _ceil(a, b):
@@ -246,9 +244,9 @@ def source(p):
         "  ck::cluster_arrive();  // every block's mbarriers are set before anyone stores into them",
         "  uint4 px = make_uint4(0, 0, 0, 0);",
         "  int go = 1;  // block 0: the call came (a serving kernel answers only then)",
-        "  if (rank == 0) {  // the gate (launched ahead or serving), then the image's loads (tagged: in one)",
-        "    if (p.tagged) go = ck::gate_tagged(p, seq, ctrl, px);",
-        "    else { go = ck::gate(p, seq, ctrl); px = ck::read_image<IMG>(p); }",
+        "  if (rank == 0) {  // the gate (launched ahead or serving), then the image's loads",
+        "    go = ck::gate(p, seq, ctrl);",
+        "    px = ck::read_image<IMG>(p);",
         "  }",
         "  // the weights' prefetch (once: a serving kernel keeps them); block 0 issues its image",
         "  // reads first (the image is on the critical path, the weights are needed only after it)",
@@ -258,10 +256,7 @@ def source(p):
         "  const int r0 = IMG::band(rank, 0);",
         "  for (uint32_t ph = 0;; ph ^= 1) {  // one call a round, on barrier phase ph",
         "  ck::stamp(p, rank, 5);",
-        "  if (rank == 0) {",
-        "    if (p.tagged) ck::send_tagged<IMG>(px, img, bars);",
-        "    else ck::send_image<IMG>(p, px, img, bars);",
-        "  }",
+        "  if (rank == 0) ck::send_image<IMG>(p, px, img, bars);",
         "  ck::mbar_wait(bars, ph, watchdog);  // this block's image rows are in",
         "  ck::stamp(p, rank, 9);",
         f"  ck::cp_wait<{n - 1}>();",
@@ -333,8 +328,8 @@ def source(p):
                      "  ck::cluster_sync();",
                      "  if (ctrl[1]) return;",
                      "  if (rank == 0) {",
-                     "    if (p.tagged) go = ck::gate_tagged(p, seq, ctrl, px);",
-                     "    else { go = ck::gate(p, seq, ctrl); px = ck::read_image<IMG>(p); }",
+                     "    go = ck::gate(p, seq, ctrl);",
+                     "    px = ck::read_image<IMG>(p);",
                      "  }",
                      "  }"]
     body.append("}")
@@ -432,8 +427,7 @@ class _Params(ctypes.Structure):
     _fields_ = [("img", ctypes.c_uint64), ("blob", ctypes.c_uint64),
                 ("out", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("word", ctypes.c_uint64),
                 ("trace", ctypes.c_uint64), ("flag", ctypes.c_uint64), ("gate_ns", ctypes.c_int64),
-                ("img_half", ctypes.c_int32), ("serve", ctypes.c_int32),
-                ("tagged", ctypes.c_int32), ("pad", ctypes.c_int32)]
+                ("img_half", ctypes.c_int32), ("serve", ctypes.c_int32)]
 
 
 _CU = None
@@ -507,22 +501,18 @@ class ClusterNet:
         self.blob.copy_(torch.from_numpy(pack(self.plan, layers, head, self.views)))
 
     def _params(self, x, answer):
-        gate, self._gate = self._gate, None
-        tagged = tuple(x.shape) == TAGGED_SHAPE and x.dtype == torch.int32 and x.is_contiguous()
-        if tagged and not gate:
-            raise ValueError("ClusterNet: a tagged image is read by the gate: gate() or serve() first")
-        if not tagged and (x.shape != (1, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16)
-                           or not x.is_contiguous()):
-            raise ValueError(f"ClusterNet input must be contiguous 1x32x32x3 uint8/fp16 NHWC or a tagged image "
-                             f"{TAGGED_SHAPE} int32, got {tuple(x.shape)} {x.dtype}")
+        if x.shape != (1, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16) or not x.is_contiguous():
+            raise ValueError(f"ClusterNet input must be contiguous 1x32x32x3 uint8/fp16 NHWC, "
+                             f"got {tuple(x.shape)} {x.dtype}")
         seq, word = answer if answer is not None else (self._seq0, None)
+        gate, self._gate = self._gate, None
         if gate and word is None:
             raise ValueError("ClusterNet: a gated forward needs the answer words")
         return _Params(x.data_ptr(), self.blob.data_ptr(), self.out.data_ptr(), seq.data_ptr(),
                        word.data_ptr() if word is not None else 0,
                        self.trace.data_ptr() if self.trace is not None else 0,
                        gate[0].data_ptr() if gate else 0, gate[1] if gate else 0, int(x.dtype == torch.float16),
-                       int(bool(gate and gate[2])), int(tagged), 0)
+                       int(bool(gate and gate[2])))
 
     def gate(self, flag, seq, word, limit_ms):
         """KernelNet.gate's counterpart: the kernel is its own gate, so this launches nothing; it
@@ -536,14 +526,6 @@ class ClusterNet:
         call has come for limit_ms (word[1] then names the call it waited for) or when flag[1]
         is set.  While it runs it holds its SMs and a device-wide synchronise waits for it."""
         self._gate = (flag, int(limit_ms * 1e6), True)
-
-    @staticmethod
-    def tag_image(buf, img, n):
-        """Write uint8 image img (32, 32, 3) as call n into a tagged buffer (TAGGED_SHAPE int32,
-        numpy): 12 image bytes then the call number per 16-byte chunk, all bytes before any
-        number, so a chunk that holds n holds call n's bytes (x86 stores are seen in order)."""
-        buf.view(np.uint8).reshape(TAGGED_SHAPE[0], 16)[:, :12] = img.reshape(TAGGED_SHAPE[0], 12)
-        buf[:, 3] = n
 
     def forward(self, x, answer=None):
         p = self._params(x, answer)
