@@ -64,6 +64,7 @@ class _FakeGPU:
     def __init__(self, monkeypatch, word, seq, wait="poll"):
         self.p = Predictor.__new__(Predictor)
         self.p.variant, self.p.e2e_wait, self.p.timeout_s, self.p.calls = "F", wait, 0.01, 0
+        self.p.e2e_launch, self.p._pending = "call", False  # what _resync reads besides
         self.p._word_np = np.array([word, 0, 0, 0], dtype=np.int32)
         self.p._seq = torch.tensor([seq], dtype=torch.int32)
         self.syncs = []
