@@ -377,6 +377,7 @@ class Predictor:
         self._pending = True
 
     def _stop_server(self):
+        """Set the stop word and wait for the serving kernel to end (drain)."""
         self._flag_np[1] = 1
         self._stream.synchronize()  # it ends at its gate, within one call's time
         self._flag_np[1] = 0
@@ -487,10 +488,11 @@ class Predictor:
 
     def drain(self):
         """e2e_launch: ahead: let the graph launched for the next call run now (on the last image,
-        its answer unused) and wait for it, so that this predictor leaves nothing on the GPU.  Do
-        it before work that needs every SM (the persistent kernel) or a device-wide synchronise,
-        which would otherwise wait out the gate's limit (e2e_ahead_ms).  The next call launches
-        afresh.  run_static(), logits() and swap_weights() drain first themselves."""
+        its answer unused) and wait for it; serve: stop the serving kernel and wait for it; so
+        that this predictor leaves nothing on the GPU.  Do it before work that needs every SM (the
+        persistent kernel) or a device-wide synchronise, which would otherwise wait out the gate's
+        limit (e2e_ahead_ms).  The next call launches afresh.  run_static(), logits() and
+        swap_weights() drain first themselves."""
         if self._pending and self.e2e_launch == "serve":
             self._stop_server()
         if self._pending:
@@ -501,9 +503,9 @@ class Predictor:
 
     def settle(self):
         """Wait until this predictor is ready for the next call (bench.py, between timed calls): a
-        device synchronise (the GPU idle), or with a graph launched ahead until that graph's gate
-        has started, waiting for the image (its ready stamp, answer word 2; a synchronise would
-        wait for the gate to expire)."""
+        device synchronise (the GPU idle), or with a graph launched ahead (or a serving kernel,
+        launched here if none runs) until its gate has started, waiting for the image (its ready
+        stamp, answer word 2; a synchronise would wait for the gate to expire)."""
         if self.device.type != "cuda":
             return
         if not self._pending and self.e2e_launch == "serve":
@@ -541,7 +543,7 @@ class Predictor:
     def _resync(self):
         """After a missing answer: take the GPU's own call count, so the next call waits for the
         right word (the device counter moves only when a graph ran to its end).  A graph launched
-        ahead has ended too then: its gate expired."""
+        ahead has ended too then (its gate expired); a serving kernel is told to stop first."""
         if self._pending and self.e2e_launch == "serve":
             self._flag_np[1] = 1  # a serving kernel would wait out e2e_ahead_ms
         torch.cuda.synchronize()
