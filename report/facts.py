@@ -91,10 +91,12 @@ def seed_line(s, role):
     ci = "" if missing(r["acc_ci_low"]) else f", 95 % interval {num(r['acc_ci_low'])}–{num(r['acc_ci_high'])} %"
     listed = ", ".join(f"{k}: {a:.2f}" for k, a in seeds(r))
     src = (s.seed_source or {}).get(role)
-    via = "" if src is None else (f" From invocation {src[0]} (commit {src[1]}), where the shipped file scored "
-                                  f"the same {num(r['acc'])} %: this invocation had no seed files.")
-    if src is not None and len(src) > 2 and src[2] != r["label"]:
-        via += f" There the row's path was: {src[2]}."
+    via = ""
+    if src is not None:
+        inv, commit, label = src
+        via = (f" From invocation {inv} (commit {commit}), where the shipped file scored the same {num(r['acc'])} %: "
+               "this invocation had no seed files." + (f" There the row's path was: {label}." if label != r["label"]
+                                                       else ""))
     return (f"{role} (shape {r['shape']}, TTA {r['tta']}): {num(r['acc_mean'])} ± {num(r['acc_std'])} % "
             f"(mean ± std over {n} seeds, {r['split']} split){ci}; seeds {listed}.{via}")
 
@@ -198,10 +200,10 @@ def goals_table(s):
 
 
 # ----------------------------------------------------------------------------- where the time goes
-def serving(row):
-    """A path whose kernel is launched once and serves every call (io ...+serve): its device and
-    GPU columns time a per-call launch of that kernel, which its end-to-end call does not pay."""
-    return str(row.get("io", "")).endswith("+serve")
+def serving(io):
+    """A row's I/O column of a path whose kernel is launched once and serves every call (...+serve):
+    its device and GPU columns time a per-call launch of that kernel, which its call does not pay."""
+    return str(io).endswith("+serve")
 
 
 def breakdown(s, v):
@@ -215,7 +217,7 @@ def breakdown_table(s, variants=("F", "F85")):
     out = []
     for v in (v for v in variants if v in s.rows.index):
         e2e, dev, gpu, pipe, share = breakdown(s, v)
-        if serving(s.rows.loc[v]):  # no host share: its GPU column is a launch the e2e call does not pay
+        if serving(s.rows.at[v, "io"]):  # no host share: its GPU column is a launch the e2e call does not pay
             out.append([v, ms(e2e), ms(dev), ms(gpu), ms(pipe), DASH, DASH])
             continue
         out.append([v, ms(e2e), ms(dev), ms(gpu), ms(pipe), ms(e2e - gpu), DASH if missing(share) else f"{share:.0f}"])
@@ -289,7 +291,7 @@ def persistent_lines(s):
 
 
 def cluster_table(s):
-    """The invocation that ran the cluster engine: each of its variants' e2e and GPU times."""
+    """F85's paths in the newest invocation that ran the cluster engine: e2e and GPU times."""
     c = s.cluster
     rows = [[v, r["label"], f"{num(r['acc'])}", ms(r["e2e_p50_ms"]), ms(r["e2e_p95_ms"]), ms(r["gpu_lat_p50_ms"])]
             for v, r in c.iterrows()]

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import facts  # noqa: E402
 from inputs import front_rows, table_variants  # noqa: E402
 
 OURS, BASE, FRONT, GOAL = "#1f5fa8", "#8a8a8a", "#e07b24", "#b22222"
@@ -71,7 +72,7 @@ def host_gpu(s, folder):
     """GPU time and the rest of the e2e p50 for the CUDA-graph variants with a GPU time (front points and
     serving paths apart: a serving path's GPU time is a per-call launch its e2e call does not pay)."""
     r = s.rows[(s.rows["cuda_graph"].str.lower() == "true") & s.rows["gpu_lat_p50_ms"].notna()
-               & ~s.rows["variant"].str.startswith("P_") & ~s.rows["io"].str.endswith("+serve")]
+               & ~s.rows["variant"].str.startswith("P_") & ~s.rows["io"].map(facts.serving)]
     r = r.sort_values("e2e_p50_ms")
     fig, ax = plt.subplots(figsize=(7.0, 1.4 + 0.28 * len(r)))
     ax.barh(r["variant"], r["gpu_lat_p50_ms"], color=OURS, label="GPU (CUDA events, p50)")

@@ -38,8 +38,8 @@ class Study:
     persistent: dict           # persistent.json (env, variants), or None
     stages: list               # [(stage, wall s, exit code)] from logs/*.log
     gpu_tests: dict            # test_gpu.log: summary, agreement lines, failed tests; or None
-    cluster: pd.DataFrame = None  # the newest invocation holding cluster-engine rows: its rows (index = variant)
-    seed_source: dict = None   # {F / F85: (invocation, commit)} whose seed statistics the row shows (borrow_seeds)
+    cluster: pd.DataFrame = None  # F85's rows of the newest invocation that ran the cluster engine (index = variant)
+    seed_source: dict = None   # {F / F85: (invocation, commit, label)} whose seed statistics the row shows (borrow_seeds)
 
 
 def table_variants(cfg):

@@ -88,7 +88,7 @@ def method_protocol(doc, s):
                 if f["io"].endswith("+ahead") else "")
              + (f"F85's path ({s.rows.at['F85', 'io']}) is one kernel launched once that serves every call: it "
                 "waits on a flag word in host memory for the call's number, reads the image, answers, and waits "
-                "for the next. " if "F85" in s.rows.index and facts.serving(s.rows.loc["F85"]) else "")
+                "for the next. " if "F85" in s.rows.index and facts.serving(s.rows.at["F85", "io"]) else "")
              + "Eager paths copy the image and synchronise. The device-side latency (input already on the GPU) "
                "and the GPU time explain where the end-to-end time goes.")
 
