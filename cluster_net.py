@@ -204,9 +204,10 @@ def source(p):
     out.append(KERNEL_SRC.read_text())
     w, segs, convs = p["work"], p["segs"], p["convs"]
     n, st = len(convs), p["stem"]
-    arm = ["ck::mbar_arm(bars, IMG::band(rank, 2));",
-           *[f"ck::mbar_arm(bars + {i}, L{i + 1}::band(rank, 3));" for i in range(1, n)],
-           f"ck::mbar_arm(bars + {n}, rank == 0 ? {p['head_bytes']} : 0);"]
+    # each of a block's mbarriers and the bytes it expects a call (set at the start, re-armed per call)
+    expects = [("bars", "IMG::band(rank, 2)"), *[(f"bars + {i}", f"L{i + 1}::band(rank, 3)") for i in range(1, n)],
+               (f"bars + {n}", f"rank == 0 ? {p['head_bytes']} : 0")]
+    gate = ["  if (rank == 0) {", "    go = ck::gate(p, seq, ctrl);", "    px = ck::read_image<IMG>(p);", "  }"]
     body = [
         f'extern "C" __global__ void __cluster_dims__({p["ranks"]}, 1, 1) __launch_bounds__(ck::THREADS, 1)',
         "cluster_net_kernel(ck::Params p) {",
@@ -233,9 +234,7 @@ def source(p):
         f"  uint64_t* bars = reinterpret_cast<uint64_t*>(sm + {w['BARS']});  // image rows, layer k's staging, logits",
         f"  int* ctrl = reinterpret_cast<int*>(sm + {w['CTRL']});  // [0] block 0's gate, [1] the last call (serve)",
         "  if (threadIdx.x == 0) {",
-        "    ck::mbar_init(bars, IMG::band(rank, 2));",
-        *[f"    ck::mbar_init(bars + {i}, L{i + 1}::band(rank, 3));" for i in range(1, n)],
-        f"    ck::mbar_init(bars + {n}, rank == 0 ? {p['head_bytes']} : 0);",
+        *[f"    ck::mbar_init({bar}, {bytes_});" for bar, bytes_ in expects],
         '    asm volatile("fence.mbarrier_init.release.cluster;\\n" ::: "memory");',
         "  }",
         "  __syncthreads();",
@@ -244,10 +243,8 @@ def source(p):
         "  ck::cluster_arrive();  // every block's mbarriers are set before anyone stores into them",
         "  uint4 px = make_uint4(0, 0, 0, 0);",
         "  int go = 1;  // block 0: the call came (a serving kernel answers only then)",
-        "  if (rank == 0) {  // the gate (launched ahead or serving), then the image's loads",
-        "    go = ck::gate(p, seq, ctrl);",
-        "    px = ck::read_image<IMG>(p);",
-        "  }",
+        "  // block 0: the gate (launched ahead or serving), then the image's loads",
+        *gate,
         "  // the weights' prefetch (once: a serving kernel keeps them); block 0 issues its image",
         "  // reads first (the image is on the critical path, the weights are needed only after it)",
         *prefetch,
@@ -322,15 +319,12 @@ def source(p):
                      "  // tells every block whether one follows, and the cluster barrier keeps the next",
                      "  // call's stores out of buffers still being read",
                      "  if (threadIdx.x == 0) {",
-                     *[f"    {a}" for a in arm],
+                     *[f"    ck::mbar_arm({bar}, {bytes_});" for bar, bytes_ in expects],
                      "  }",
                      "  if (rank == 0 && threadIdx.x < NET_RANKS) ck::st_cluster(ctrl + 1, threadIdx.x, !go);",
                      "  ck::cluster_sync();",
                      "  if (ctrl[1]) return;",
-                     "  if (rank == 0) {",
-                     "    go = ck::gate(p, seq, ctrl);",
-                     "    px = ck::read_image<IMG>(p);",
-                     "  }",
+                     *gate,
                      "  }"]
     body.append("}")
     flip = 1 if p["nv"] == 2 else 0
