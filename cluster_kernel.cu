@@ -43,6 +43,8 @@ struct Params {
   long long gate_ns;    // ... at most this long (then the call is marked expired in word[1])
   int img_half;         // 1: img is fp16
   int serve;            // 1: serve calls until the gate expires or the host's stop word (flag[1]) is set
+  int tagged;           // 1 (gated): img holds 256 chunks of 16 bytes, 12 of the image and the call number
+  int pad;
 };
 
 __device__ __forceinline__ void stamp(const Params& p, uint32_t rank, int i) {
@@ -435,6 +437,25 @@ __device__ __forceinline__ void send_chunk(int row, int col, uint4 v, const __ha
       st_async_v4(rows + (row - IMG::band(r, 0)) * NET_IMG_W * 3 + col, r, v, bar);
 }
 
+// The tagged image (e2e_input: tagged): 12 bytes a thread, as fp16, to every block whose rows
+// hold them (a row of 96 bytes is 8 chunks: none straddles two rows).
+template <class IMG>
+__device__ void send_tagged(const uint4 v, const __half* rows, const uint64_t* bar) {
+  constexpr int ROWB = NET_IMG_W * 3;
+  const uint32_t w[3] = {v.x, v.y, v.z};
+  __align__(8) __half h[12];
+#pragma unroll
+  for (int j = 0; j < 12; ++j) h[j] = __ushort2half_rn((w[j / 4] >> (8 * (j % 4))) & 0xff);
+  const int e = threadIdx.x * 12, row = e / ROWB, col = e % ROWB;
+#pragma unroll
+  for (int r = 0; r < NET_RANKS; ++r)
+    if (row >= IMG::band(r, 0) && row < IMG::band(r, 1))
+#pragma unroll
+      for (int q = 0; q < 3; ++q)
+        st_async_v2(rows + (row - IMG::band(r, 0)) * ROWB + col + 4 * q, r,
+                    reinterpret_cast<const uint2*>(h)[q], bar);
+}
+
 template <class IMG>
 __device__ void send_image(const Params& p, uint4 v, const __half* rows, const uint64_t* bar) {
   constexpr int ROWB = NET_IMG_W * 3;  // values per row
@@ -486,6 +507,41 @@ __device__ int gate(const Params& p, int seq, int* box) {
   }
   __syncthreads();
   return *box;
+}
+
+// The gate of a tagged image: every thread of block 0 polls its own 16-byte chunk of the image
+// buffer in host memory until the chunk's call number (its last word, written by the host
+// after the 12 image bytes before it) is this call's: the image arrives in the same read that
+// says the call came, one trip over PCIe instead of two (the flag, then the image).  One 16-byte
+// read sees one state of the chunk, and the host's stores become visible in program order, so
+// a chunk holding the number holds that call's bytes.  Thread 0 also watches the stop word.
+// Returns 1 when every chunk came (v: this thread's chunk); else word[1] names the call (expiry).
+// box: two shared words, the stop seen and the call's number (seq is thread 0's alone).
+__device__ int gate_tagged(const Params& p, int seq, int* box, uint4& v) {
+  if (threadIdx.x == 0) {
+    box[1] = (seq + 1) & SEQ_MASK;
+    store_wt(p.word + 2, box[1]);
+    *box = 0;
+  }
+  __syncthreads();
+  const int want = box[1];
+  const long long t_end = globaltimer() + p.gate_ns;
+  const uint4* src = reinterpret_cast<const uint4*>(p.img) + threadIdx.x;
+  int ok = 0;
+  for (;;) {
+    asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(src) : "memory");
+    if ((int)v.w == want) { ok = 1; break; }
+    if (threadIdx.x == 0) {
+      int stop;
+      asm volatile("ld.volatile.global.s32 %0, [%1];" : "=r"(stop) : "l"(p.flag + 1) : "memory");
+      if (stop) *reinterpret_cast<volatile int*>(box) = 1;
+    }
+    if (*reinterpret_cast<volatile int*>(box) || globaltimer() >= t_end) break;
+  }
+  const int all = __syncthreads_and(ok);
+  if (threadIdx.x == 0 && !all && !*box) store_wt(p.word + 1, want);
+  return all;
 }
 
 }  // namespace ck

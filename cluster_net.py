@@ -31,6 +31,8 @@ THREADS, WARPS = 256, 8
 NCH = 3  # independent accumulator chains per warp in a layer's K loop
 SMEM_MAX = 227 * 1024  # an H100/H200 block's shared memory with the opt-in attribute
 IMG = 32
+TAGGED_SHAPE = (IMG * IMG * 3 // 12, 4)  # a tagged image: (256, 4) int32, one chunk per thread of block 0
+assert TAGGED_SHAPE[0] == THREADS
 
 
 def _ceil(a, b):
@@ -150,8 +152,8 @@ def plan(layers, n_views, ranks=16, ncls=10):
     work["SLOTS"] = _ceil(work["HV"] + convs[-1]["NMB"] * convs[-1]["NBLK"] * convs[-1]["HO"] * convs[-1]["WO"] * 4,
                           16)
     work["BARS"] = _ceil(work["SLOTS"] + ranks * 16 * 4, 16)  # mbarriers: image rows, each layer's staging, logits
-    work["CTRL"] = work["BARS"] + 8 * (len(convs) + 1)  # two words: block 0's gate, the last call (serve)
-    smem = work["CTRL"] + 8
+    work["CTRL"] = work["BARS"] + 8 * (len(convs) + 1)  # block 0's gate (2 words), the last call (serve)
+    smem = work["CTRL"] + 16
     if smem > SMEM_MAX:
         raise ValueError(f"the cluster kernel needs {smem} bytes of shared memory per block (> {SMEM_MAX})")
     for m in convs:  # each rank's block of each layer: {map (-1: all), first staged row, active, bytes in}
@@ -207,7 +209,10 @@ def source(p):
     # each of a block's mbarriers and the bytes it expects a call (set at the start, re-armed per call)
     expects = [("bars", "IMG::band(rank, 2)"), *[(f"bars + {i}", f"L{i + 1}::band(rank, 3)") for i in range(1, n)],
                (f"bars + {n}", f"rank == 0 ? {p['head_bytes']} : 0")]
-    gate = ["  if (rank == 0) {", "    go = ck::gate(p, seq, ctrl);", "    px = ck::read_image<IMG>(p);", "  }"]
+    gate = ["  if (rank == 0) {  // the gate (launched ahead or serving), then the image's loads (tagged: in one)",
+            "    if (p.tagged) go = ck::gate_tagged(p, seq, ctrl, px);",
+            "    else { go = ck::gate(p, seq, ctrl); px = ck::read_image<IMG>(p); }",
+            "  }"]
     body = [
         f'extern "C" __global__ void __cluster_dims__({p["ranks"]}, 1, 1) __launch_bounds__(ck::THREADS, 1)',
         "cluster_net_kernel(ck::Params p) {",
@@ -232,7 +237,7 @@ def source(p):
         f"  float* csm = reinterpret_cast<float*>(sm + {w['C']});",
         "  ck::Block<L1> b1(rank);",
         f"  uint64_t* bars = reinterpret_cast<uint64_t*>(sm + {w['BARS']});  // image rows, layer k's staging, logits",
-        f"  int* ctrl = reinterpret_cast<int*>(sm + {w['CTRL']});  // [0] block 0's gate, [1] the last call (serve)",
+        f"  int* ctrl = reinterpret_cast<int*>(sm + {w['CTRL']});  // [0, 1] block 0's gate, [2] the last call (serve)",
         "  if (threadIdx.x == 0) {",
         *[f"    ck::mbar_init({bar}, {bytes_});" for bar, bytes_ in expects],
         '    asm volatile("fence.mbarrier_init.release.cluster;\\n" ::: "memory");',
@@ -243,7 +248,6 @@ def source(p):
         "  ck::cluster_arrive();  // every block's mbarriers are set before anyone stores into them",
         "  uint4 px = make_uint4(0, 0, 0, 0);",
         "  int go = 1;  // block 0: the call came (a serving kernel answers only then)",
-        "  // block 0: the gate (launched ahead or serving), then the image's loads",
         *gate,
         "  // the weights' prefetch (once: a serving kernel keeps them); block 0 issues its image",
         "  // reads first (the image is on the critical path, the weights are needed only after it)",
@@ -253,7 +257,10 @@ def source(p):
         "  const int r0 = IMG::band(rank, 0);",
         "  for (uint32_t ph = 0;; ph ^= 1) {  // one call a round, on barrier phase ph",
         "  ck::stamp(p, rank, 5);",
-        "  if (rank == 0) ck::send_image<IMG>(p, px, img, bars);",
+        "  if (rank == 0) {",
+        "    if (p.tagged) ck::send_tagged<IMG>(px, img, bars);",
+        "    else ck::send_image<IMG>(p, px, img, bars);",
+        "  }",
         "  ck::mbar_wait(bars, ph, watchdog);  // this block's image rows are in",
         "  ck::stamp(p, rank, 9);",
         f"  ck::cp_wait<{n - 1}>();",
@@ -321,9 +328,9 @@ def source(p):
                      "  if (threadIdx.x == 0) {",
                      *[f"    ck::mbar_arm({bar}, {bytes_});" for bar, bytes_ in expects],
                      "  }",
-                     "  if (rank == 0 && threadIdx.x < NET_RANKS) ck::st_cluster(ctrl + 1, threadIdx.x, !go);",
+                     "  if (rank == 0 && threadIdx.x < NET_RANKS) ck::st_cluster(ctrl + 2, threadIdx.x, !go);",
                      "  ck::cluster_sync();",
-                     "  if (ctrl[1]) return;",
+                     "  if (ctrl[2]) return;",
                      *gate,
                      "  }"]
     body.append("}")
@@ -421,7 +428,8 @@ class _Params(ctypes.Structure):
     _fields_ = [("img", ctypes.c_uint64), ("blob", ctypes.c_uint64),
                 ("out", ctypes.c_uint64), ("seq", ctypes.c_uint64), ("word", ctypes.c_uint64),
                 ("trace", ctypes.c_uint64), ("flag", ctypes.c_uint64), ("gate_ns", ctypes.c_int64),
-                ("img_half", ctypes.c_int32), ("serve", ctypes.c_int32)]
+                ("img_half", ctypes.c_int32), ("serve", ctypes.c_int32),
+                ("tagged", ctypes.c_int32), ("pad", ctypes.c_int32)]
 
 
 _CU = None
@@ -495,18 +503,22 @@ class ClusterNet:
         self.blob.copy_(torch.from_numpy(pack(self.plan, layers, head, self.views)))
 
     def _params(self, x, answer):
-        if x.shape != (1, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16) or not x.is_contiguous():
-            raise ValueError(f"ClusterNet input must be contiguous 1x32x32x3 uint8/fp16 NHWC, "
-                             f"got {tuple(x.shape)} {x.dtype}")
-        seq, word = answer if answer is not None else (self._seq0, None)
         gate, self._gate = self._gate, None
+        tagged = tuple(x.shape) == TAGGED_SHAPE and x.dtype == torch.int32 and x.is_contiguous()
+        if tagged and not gate:
+            raise ValueError("ClusterNet: a tagged image is read by the gate: gate() or serve() first")
+        if not tagged and (x.shape != (1, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16)
+                           or not x.is_contiguous()):
+            raise ValueError(f"ClusterNet input must be contiguous 1x32x32x3 uint8/fp16 NHWC or a tagged image "
+                             f"{TAGGED_SHAPE} int32, got {tuple(x.shape)} {x.dtype}")
+        seq, word = answer if answer is not None else (self._seq0, None)
         if gate and word is None:
             raise ValueError("ClusterNet: a gated forward needs the answer words")
         return _Params(x.data_ptr(), self.blob.data_ptr(), self.out.data_ptr(), seq.data_ptr(),
                        word.data_ptr() if word is not None else 0,
                        self.trace.data_ptr() if self.trace is not None else 0,
                        gate[0].data_ptr() if gate else 0, gate[1] if gate else 0, int(x.dtype == torch.float16),
-                       int(bool(gate and gate[2])))
+                       int(bool(gate and gate[2])), int(tagged), 0)
 
     def gate(self, flag, seq, word, limit_ms):
         """KernelNet.gate's counterpart: the kernel is its own gate, so this launches nothing; it
@@ -520,6 +532,14 @@ class ClusterNet:
         call has come for limit_ms (word[1] then names the call it waited for) or when flag[1]
         is set.  While it runs it holds its SMs and a device-wide synchronise waits for it."""
         self._gate = (flag, int(limit_ms * 1e6), True)
+
+    @staticmethod
+    def tag_image(buf, img, n):
+        """Write uint8 image img (32, 32, 3) as call n into a tagged buffer (TAGGED_SHAPE int32,
+        numpy): 12 image bytes then the call number per 16-byte chunk, all bytes before any
+        number, so a chunk that holds n holds call n's bytes (x86 stores are seen in order)."""
+        buf.view(np.uint8).reshape(TAGGED_SHAPE[0], 16)[:, :12] = img.reshape(TAGGED_SHAPE[0], 12)
+        buf[:, 3] = n
 
     def forward(self, x, answer=None):
         p = self._params(x, answer)

@@ -144,9 +144,11 @@ VARIANT = {
     "kernel_engine": Field(str, "triton", choices=("triton", "cluster")),
     "kernel_cluster_blocks": Field(int, 16, choices=(8, 16)),
     # the end-to-end call of a CUDA-graph path: how the image gets in (mapped: the first kernel
-    # reads pinned host memory, kernels only; copy: a copy node in the graph) and how the host
-    # waits for the answer word (poll it | synchronise); eager paths copy and synchronise
-    "e2e_input": Field(str, "copy", choices=("mapped", "copy")),
+    # reads pinned host memory, kernels only; copy: a copy node in the graph; tagged: e2e_launch
+    # serve only, the image written with its call number in every 16 bytes, so the kernel's gate
+    # reads it in the same trip over PCIe that says the call came) and how the host waits for
+    # the answer word (poll it | synchronise); eager paths copy and synchronise
+    "e2e_input": Field(str, "copy", choices=("mapped", "copy", "tagged")),
     "e2e_wait": Field(str, "poll", choices=("poll", "sync")),
     # and who launches the graph: call (each call launches its own) | ahead (each call also
     # launches the NEXT call's graph, whose first kernel waits for that call's image: the launch

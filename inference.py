@@ -290,6 +290,9 @@ class Predictor:
         if v.kernels and not (v.fold_bn and isinstance(model, FastNet) and v.cuda_graph):
             raise KitError(f"variant {v.label!r}: kernels need a fastnet checkpoint, fold_bn: true and "
                            "cuda_graph: true")
+        if v.e2e_input == "tagged" and v.e2e_launch != "serve":
+            raise KitError(f"variant {v.label!r}: e2e_input 'tagged' needs e2e_launch: serve (the serving kernel's "
+                           "gate reads it); use e2e_input: mapped")
         if v.e2e_input == "mapped" and not v.kernels:
             raise KitError(f"variant {v.label!r}: e2e_input 'mapped' needs kernels: true (torch ops cannot read "
                            "host memory); use e2e_input: copy")
@@ -302,7 +305,7 @@ class Predictor:
         if v.kernel_cluster_blocks != 16 and v.kernel_engine != "cluster":
             raise KitError(f"variant {v.label!r}: kernel_cluster_blocks {v.kernel_cluster_blocks} needs "
                            "kernel_engine: cluster; remove it or set both")
-        if v.e2e_launch != "call" and not (v.kernels and v.e2e_input == "mapped" and v.e2e_wait == "poll"):
+        if v.e2e_launch != "call" and not (v.kernels and v.e2e_input in ("mapped", "tagged") and v.e2e_wait == "poll"):
             raise KitError(f"variant {v.label!r}: e2e_launch '{v.e2e_launch}' needs kernels: true, e2e_input: mapped "
                            "and e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")
         if v.e2e_launch == "serve" and v.kernel_engine != "cluster":
@@ -361,6 +364,10 @@ class Predictor:
         """The serving kernel's host words and stream (its own: nothing queues behind it)."""
         self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()  # word 0: the call number; 1: stop
         self._flag_np = self.h_flag.numpy()
+        if self.e2e_input == "tagged":  # the image with its call number in every chunk (no call yet: -1)
+            from cluster_net import TAGGED_SHAPE
+            self.h_tag = torch.full(TAGGED_SHAPE, -1, dtype=torch.int32).pin_memory()
+            self._tag_np = self.h_tag.numpy()
         self._stream = torch.cuda.Stream(self.device)
         self._word_np[1:3] = -1
         _AHEAD.add(self)
@@ -373,7 +380,7 @@ class Predictor:
         self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the weights' copies, if any
         with torch.cuda.stream(self._stream):
             self.kn.serve(self.h_flag, self.ahead_ms)
-            self.kn(self.h_in, answer=(self._seq, self.h_word))
+            self.kn(self.h_tag if self.e2e_input == "tagged" else self.h_in, answer=(self._seq, self.h_word))
         self._pending = True
 
     def _stop_server(self):
@@ -385,7 +392,7 @@ class Predictor:
 
     def _e2e_graph_body(self):
         """What the end-to-end graph holds (captured once): image in, net, answer word out."""
-        if self.kn is not None and self.e2e_input == "mapped":  # the first kernel reads host memory
+        if self.kn is not None and self.e2e_input in ("mapped", "tagged"):  # the first kernel reads host memory
             self.kn(self.h_in, answer=(self._seq, self.h_word))
             return
         self.d_in.copy_(self.h_in, non_blocking=True)
@@ -427,11 +434,11 @@ class Predictor:
             with torch.inference_mode():
                 x = self.prepare(torch.from_numpy(img)[None].permute(0, 3, 1, 2))
                 return int(torch.argmax(self.fn(x), dim=1))
+        if self.e2e_launch == "serve":
+            return self._call_serve(img)
         self._h_in_np[...] = img
         if self.e2e_launch == "ahead":
             return self._call_ahead()
-        if self.e2e_launch == "serve":
-            return self._call_serve()
         if self.cuda_graph:
             self._e2e_graph.replay()
             return self._wait(self.calls + 1)
@@ -460,12 +467,16 @@ class Predictor:
         raise KitError(f"{self.variant}: the graph launched for call {n} expired although its image was there; "
                        "the next call starts afresh")
 
-    def _call_serve(self):
-        """The serving kernel waits for this call: write its number (the image is in), poll the
-        answer.  If the kernel had ended (no call for e2e_ahead_ms) it says so in word 1: launch
-        it again, it then takes this call."""
+    def _call_serve(self, img):
+        """The serving kernel waits for this call: write the image and the call's number (tagged:
+        with the image), poll the answer.  If the kernel had ended (no call for e2e_ahead_ms) it
+        says so in word 1: launch it again, it then takes this call."""
         n = self.calls + 1
         want = n & SEQ_MASK
+        if self.e2e_input == "tagged":
+            self.kn.tag_image(self._tag_np, img, want)
+        else:
+            self._h_in_np[...] = img
         for _ in range(2):
             if not self._pending:
                 self._start_server()
@@ -550,6 +561,8 @@ class Predictor:
         self._pending = False
         if self.e2e_launch == "serve":
             self._flag_np[1] = 0
+            if self.e2e_input == "tagged":  # a failed call's number must not pass for the next call's
+                self._tag_np[:, 3] = -1
         self.calls = int(self._seq.item())
 
     def predict(self, imgs, batch_size=500):

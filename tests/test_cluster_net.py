@@ -136,9 +136,29 @@ def test_the_serving_kernel_loops_and_a_single_call_does_not():
     body = src[src.index("cluster_net_kernel("):]
     loop = body.index("for (uint32_t ph = 0;; ph ^= 1)")
     assert body.index("ck::mbar_wait(bars, ph, watchdog)") > loop
-    assert body.index("if (!p.serve) return;") < body.index("ck::cluster_sync();") < body.index("if (ctrl[1]) return;")
+    assert body.index("if (!p.serve) return;") < body.index("ck::cluster_sync();") < body.index("if (ctrl[2]) return;")
     assert "if (!p.serve || go)" in body and body.count("go = ck::gate(p, seq, ctrl);") == 2
     assert body.count("ck::mbar_arm(") == len(C.plan(layers, 1, 16)["convs"]) + 1
+
+
+def test_a_tagged_image_is_refused_without_serving_and_lays_out_as_the_kernel_reads_it():
+    import utils
+    from config import load_config
+    from inference import Predictor
+    cfg = load_config(None, ["variants.F85_tagged.e2e_launch=ahead"])
+    with pytest.raises(utils.KitError, match="e2e_input 'tagged' needs e2e_launch: serve"):
+        Predictor._check_variant(cfg.variants.F85_tagged, _model())
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = np.full(C.TAGGED_SHAPE, -1, dtype=np.int32)
+    C.ClusterNet.tag_image(buf, img, 7)
+    chunks = buf.view(np.uint8).reshape(C.THREADS, 16)  # thread t of block 0 reads chunk t
+    assert (chunks[:, :12].reshape(-1) == img.reshape(-1)).all() and (buf[:, 3] == 7).all()
+    # the kernel's send_tagged: thread t's 12 bytes are image row 12t // 96, columns (12t % 96) ...
+    t = 77
+    row, col = 12 * t // 96, 12 * t % 96
+    assert (chunks[t, :12] == img.reshape(32, 96)[row, col:col + 12]).all()
+    src = C.source(C.plan(_spec()[0], 1, 16))
+    assert src.count("if (p.tagged) go = ck::gate_tagged(p, seq, ctrl, px);") == 2
 
 
 def _model():

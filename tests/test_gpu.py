@@ -69,7 +69,7 @@ def _reference_ids(cfg, clf, imgs):
     return torch.cat(out).numpy()
 
 
-@pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead"])
+@pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead", "F85_tagged"])
 def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
@@ -77,7 +77,7 @@ def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, varia
     from inference import evaluate
     imgs, labels = test_split
     clf = _predictor(gpu_cfg, variant)
-    assert clf.kernels and clf.e2e_input == "mapped" and clf.e2e_wait == "poll"
+    assert clf.kernels and clf.e2e_input in ("mapped", "tagged") and clf.e2e_wait == "poll"
     ours = np.array([clf(img) for img in imgs])
     ref = _reference_ids(gpu_cfg, clf, imgs)
     agree = 100.0 * float((ours == ref).mean())
@@ -96,7 +96,7 @@ def _two_images_of_two_classes(clf, imgs):
 
 
 @pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_triton", "F85_ahead", "F85_cluster",
-                                     "F85_cluster_ahead", "F85_cluster8"])
+                                     "F85_cluster_ahead", "F85_cluster8", "F85_tagged"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
     (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
@@ -124,14 +124,14 @@ def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
                           lambda c: (c.kn.hcnt,) + ((c.h_flag,) if c.e2e_launch == "ahead" else ()))
 
 
-@pytest.mark.parametrize("pair", [("F85_cluster_ahead", "F85_cluster8"), ("F85", "F85")])
+@pytest.mark.parametrize("pair", [("F85_cluster_ahead", "F85_cluster8"), ("F85", "F85_tagged")])
 def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split, pair):
     a, b = _predictor(gpu_cfg, pair[0]), _predictor(gpu_cfg, pair[1])  # two serving kernels at once, too
     _interleaved_as_alone(a, b, test_split[0][:300],
                           lambda c: (c.kn.blob,) + ((c.h_flag,) if c.e2e_launch != "call" else ()))
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_cluster", "F85_cluster_ahead"])
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_cluster", "F85_cluster_ahead", "F85_tagged"])
 def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, variant):
     import utils
     clf = _predictor(gpu_cfg, variant, timeout_s=0.05)
@@ -153,7 +153,8 @@ def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, va
     assert [clf(img) for _ in range(5)] == [want] * 5
 
 
-@pytest.mark.parametrize("variant", ["F85", "F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_cluster_flip"])
+@pytest.mark.parametrize("variant", ["F85", "F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_cluster_flip",
+                                     "F85_tagged"])
 def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant):
     """The one-launch cluster kernel (16 or 8 blocks, launched per call, ahead or serving; with
     the flip view too) vs F85's Triton kernels on the same file and views: >= 99.9 % the same
@@ -208,14 +209,15 @@ def test_cluster_kernel_launched_ahead_expires_and_the_next_call_answers_its_own
     assert [clf(i) for i in imgs[:5]] == want[:5]
 
 
-def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split):
+@pytest.mark.parametrize("variant", ["F85", "F85_tagged"])
+def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split, variant):
     """e2e_launch: serve: after a pause longer than e2e_ahead_ms the kernel has ended (word 1 names
     the call it waited for) and the call launches it again; drain() stops it at once (a device
     synchronise then returns), run_static() works beside it, and the next calls answer right."""
     import gc
     import time
     gc.collect()  # no other test's serving kernel left waiting out its expiry
-    clf, imgs, want = _calls_with_pauses(gpu_cfg, test_split, "F85", 12)
+    clf, imgs, want = _calls_with_pauses(gpu_cfg, test_split, variant, 12)
     clf.drain()
     assert not clf._pending
     t0 = time.perf_counter()
