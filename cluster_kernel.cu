@@ -31,6 +31,7 @@ namespace ck {
 constexpr int THREADS = 256;  // 8 warps
 constexpr int WARPS = THREADS / 32;
 constexpr int SEQ_MASK = (1 << 27) - 1;  // as kernels.SEQ_MASK
+constexpr int TRACE = 32;  // stamps per block (cluster_net.TRACE): layer i's at 4i-2 .. 4i+1, the answer at 31
 
 struct Params {
   const void* img;      // the image, NHWC 32x32x3: uint8 (host memory) or fp16 (device)
@@ -38,7 +39,7 @@ struct Params {
   float* out;           // [16] logits (10 used)
   int* seq;             // the device call counter
   int* word;            // the answer word (pinned host memory) or nullptr
-  long long* trace;     // [RANKS][32] %globaltimer (ns) then clock64 stamps of each block's phases, or nullptr
+  long long* trace;     // [RANKS][2 * TRACE] %globaltimer (ns) then clock64 stamps of each block's phases, or nullptr
   const int* flag;      // launched ahead of its call: wait for this word (pinned host memory), or nullptr
   long long gate_ns;    // ... at most this long (then the call is marked expired in word[1])
   int img_half;         // 1: img is fp16
@@ -51,8 +52,8 @@ __device__ __forceinline__ void stamp(const Params& p, uint32_t rank, int i) {
   if (p.trace != nullptr && threadIdx.x == 0) {
     long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    p.trace[rank * 32 + i] = t;
-    p.trace[rank * 32 + 16 + i] = clock64();
+    p.trace[rank * 2 * TRACE + i] = t;
+    p.trace[rank * 2 * TRACE + TRACE + i] = clock64();
   }
 }
 
@@ -133,9 +134,13 @@ __device__ __forceinline__ void cluster_arrive() {
 __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void cluster_sync() {
-  // release / acquire: every block's reads of its buffers and stores before it are done and seen
+__device__ __forceinline__ void cluster_arrive_release() {
+  // this block's reads of its buffers (and stores) before it are done and seen by the blocks
+  // that pass the matching wait: they may then write over those buffers
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive_release();
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 

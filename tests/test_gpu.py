@@ -69,7 +69,7 @@ def _reference_ids(cfg, clf, imgs):
     return torch.cat(out).numpy()
 
 
-@pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead", "F85_tagged"])
+@pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead", "F85_tagged", "F_cluster"])
 def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
@@ -96,7 +96,7 @@ def _two_images_of_two_classes(clf, imgs):
 
 
 @pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_triton", "F85_ahead", "F85_cluster",
-                                     "F85_cluster_ahead", "F85_cluster8", "F85_tagged"])
+                                     "F85_cluster_ahead", "F85_cluster8", "F85_tagged", "F_cluster"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
     (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
@@ -131,7 +131,8 @@ def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split, pair):
                           lambda c: (c.kn.blob,) + ((c.h_flag,) if c.e2e_launch != "call" else ()))
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_cluster", "F85_cluster_ahead", "F85_tagged"])
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F85", "F85_cluster", "F85_cluster_ahead", "F85_tagged",
+                                     "F_cluster"])
 def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, variant):
     import utils
     clf = _predictor(gpu_cfg, variant, timeout_s=0.05)
@@ -154,15 +155,15 @@ def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, va
 
 
 @pytest.mark.parametrize("variant", ["F85", "F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_cluster_flip",
-                                     "F85_tagged"])
+                                     "F85_tagged", "F_cluster"])
 def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant):
     """The one-launch cluster kernel (16 or 8 blocks, launched per call, ahead or serving; with
-    the flip view too) vs F85's Triton kernels on the same file and views: >= 99.9 % the same
-    class ids on 2,000 test images (the two sum their K slices in other orders) and logits within
-    fp16 rounding on a device input."""
+    the flip view too; F's net, whose weights stream through the kernel) vs the Triton kernels
+    on the same file and views: >= 99.9 % the same class ids on 2,000 test images (the two sum
+    their K slices in other orders) and logits within fp16 rounding on a device input."""
     import copy
     imgs = test_split[0][:2000]
-    cfg, ref = gpu_cfg, "F85_triton"
+    cfg, ref = gpu_cfg, _triton_path(variant)
     if variant == "F85_cluster_flip":  # both under the flip view (two maps in every layer)
         cfg = copy.deepcopy(gpu_cfg)
         cfg.variants.F85_cluster["tta"] = cfg.variants.F85_triton["tta"] = "flip"
@@ -182,12 +183,17 @@ def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant)
     assert torch.allclose(la, lb, atol=2e-2, rtol=1e-2), (la, lb)
 
 
+def _triton_path(variant):
+    """The Triton-kernel variant on the same checkpoint: F's own path, or F85's."""
+    return "F" if variant.startswith("F_") else "F85_triton"
+
+
 def _calls_with_pauses(gpu_cfg, test_split, variant, n):
     """n calls of a variant launching ahead, every 4th after a pause longer than e2e_ahead_ms: each
-    answers its own image (F85's path's answer) and each pause cost one expired launch."""
+    answers its own image (the Triton path's answer) and each pause cost one expired launch."""
     import time
     imgs = test_split[0][:n]
-    ref = _predictor(gpu_cfg, "F85_triton")
+    ref = _predictor(gpu_cfg, _triton_path(variant))
     want = [ref(i) for i in imgs]
     clf = _predictor(gpu_cfg, variant)
     assert clf.e2e_launch in ("ahead", "serve")
@@ -209,7 +215,7 @@ def test_cluster_kernel_launched_ahead_expires_and_the_next_call_answers_its_own
     assert [clf(i) for i in imgs[:5]] == want[:5]
 
 
-@pytest.mark.parametrize("variant", ["F85", "F85_tagged"])
+@pytest.mark.parametrize("variant", ["F85", "F85_tagged", "F_cluster"])
 def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split, variant):
     """e2e_launch: serve: after a pause longer than e2e_ahead_ms the kernel has ended (word 1 names
     the call it waited for) and the call launches it again; drain() stops it at once (a device

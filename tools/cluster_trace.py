@@ -15,21 +15,26 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cluster_net as C  # noqa: E402
 import utils  # noqa: E402
 from config import add_config_args, load_config  # noqa: E402
 from inference import Predictor  # noqa: E402
 
-# the stamps of cluster_net.source(), in the order a call passes them
-PHASES = [(0, "start"), (5, "start barrier"), (9, "image rows in"), (1, "layer 1 weights in"), (2, "stem"),
-          (3, "layer 1 GEMM"), (4, "layer 1 pushed"), (6, "layer 2 input in"), (7, "layer 2 GEMM"),
-          (8, "layer 2 pushed"), (10, "layer 3 input in"), (11, "layer 3 GEMM"), (12, "head: logits sent"),
-          (13, "block 0: logits in"), (15, "block 0: answer written")]
+def phases(n):
+    """The stamps of cluster_net.source() for a net of n conv layers, in the order a call passes them."""
+    out = [(0, "start"), (5, "start barrier"), (9, "image rows in"), (1, "layer 1 weights in"), (2, "stem"),
+           (3, "layer 1 GEMM"), (4, "layer 1 pushed")]
+    for i in range(1, n):
+        out += [(4 * i + 2, f"layer {i + 1} input in"), (4 * i + 3, f"layer {i + 1} GEMM")]
+        out += [(4 * i + 4, f"layer {i + 1} pushed")] if i < n - 1 else []
+    return out + [(4 * n, "head: logits sent"), (4 * n + 1, "block 0: logits in"),
+                  (C.TRACE - 1, "block 0: answer written")]
 
 
 def trace(clf, calls, on_host, rng):
-    """[calls, ranks, 32] int64 stamps: %globaltimer (ns) in columns 0-15, clock64 in 16-31."""
+    """[calls, ranks, 2 * TRACE] int64 stamps: %globaltimer (ns) in the first TRACE columns, clock64 in the others."""
     kn = clf.kn
-    kn.trace = torch.zeros(kn.plan["ranks"], 32, dtype=torch.int64, device=clf.device)
+    kn.trace = torch.zeros(kn.plan["ranks"], 2 * C.TRACE, dtype=torch.int64, device=clf.device)
     out = []
     try:
         for _ in range(calls):
@@ -69,13 +74,14 @@ def main():
                              "kernel's)")
     clf = Predictor(cfg, a.variant, torch.device("cuda"))
     t = trace(clf, a.calls, a.input == "host", np.random.default_rng(0))[20:]
-    ns, cyc = t[:, :, :16], t[:, :, 16:]
+    ns, cyc = t[:, :, :C.TRACE], t[:, :, C.TRACE:]
+    end = C.TRACE - 1
     rel = (ns - ns[:, :, :1].min(axis=1, keepdims=True)) / 1000.0
-    ghz = np.median((cyc[:, 0, 15] - cyc[:, 0, 0]) / (ns[:, 0, 15] - ns[:, 0, 0]))
+    ghz = np.median((cyc[:, 0, end] - cyc[:, 0, 0]) / (ns[:, 0, end] - ns[:, 0, 0]))
     print(f"{a.variant} on {torch.cuda.get_device_name()}, image in {a.input} memory, {len(t)} calls, "
           f"SM clock {ghz:.2f} GHz; medians over calls")
     print(f"{'phase':26s} {'block 0 µs':>10s} {'first':>7s} {'last':>7s} {'block 0 cycles':>15s}")
-    for ph, name in PHASES:
+    for ph, name in phases(len(clf.kn.plan["convs"])):
         hit = ns[:, :, ph] > 0  # blocks that idle in a layer, and blocks other than 0 at its end, stamp nothing
         first = np.where(hit, rel[:, :, ph], np.inf).min(axis=1)
         last = np.where(hit, rel[:, :, ph], -np.inf).max(axis=1)
