@@ -93,7 +93,8 @@ def _convs(layers, n_views, ranks, fit):
         m = _meta(L, h, w, c)
         if m["CIN"] % 8 or m["COUT"] % 16:
             raise ValueError(f"layer {i + 1}: widths {m['CIN']} -> {m['COUT']} need multiples of 8 and 16")
-        m["R"], m["CN"], whole = _layer_cut(m, n_views, ranks, i == len(layers) - 2, fit)
+        # layer 1's weights stay resident and its band sets the stem's work: its cut is never fit's
+        m["R"], m["CN"], whole = _layer_cut(m, n_views, ranks, i == len(layers) - 2, fit and i > 0)
         m["NMB"] = n_views if whole else 1
         m["NBM"] = 1 if whole else n_views * m["R"]
         m["NBLK"] = m["COUT"] // m["CN"]
