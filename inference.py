@@ -481,16 +481,13 @@ class Predictor:
             if not self._pending:
                 self._start_server()
             self._flag_np[0] = want
-            got = poll_answer(self._word_np, want, self.timeout_s, gone_at=1)
-            if got:
-                self.calls = n
-                return int(self._word_np[0]) & 15
-            if got is False:
-                break
+            cls = self._wait(n, gone_at=1)  # one bounded wait: the answer, one clear error, or None
+            if cls is not None:
+                return cls
             self._pending = False  # it ended waiting for this call
             self._stream.synchronize()
             self.expired_calls += 1
-        return self._wait(n)  # the bounded wait ran out: a synchronise, then the answer or one clear error
+        return self._wait(n)  # it ended twice without this call: the bounded wait, then the answer or the error
 
     def _launch_ahead(self):
         with torch.cuda.stream(self._stream):
@@ -535,12 +532,13 @@ class Predictor:
         if getattr(self, "_pending", False):
             self.drain()
 
-    def _wait(self, n):
+    def _wait(self, n, gone_at=None):
         """The class id of call n from the answer word: polled (at most timeout_s, then a
-        synchronise) or after a synchronise."""
+        synchronise) or after a synchronise.  gone_at: the word in which a serving kernel names
+        the call it ended without (poll_answer); None, at once, if that is call n."""
         want, word = n & SEQ_MASK, self._word_np
-        if self.e2e_wait == "poll":
-            poll_answer(word, want, self.timeout_s)
+        if self.e2e_wait == "poll" and poll_answer(word, want, self.timeout_s, gone_at=gone_at) is None:
+            return None  # no synchronise: the caller launches the kernel again for this call
         if self.e2e_wait == "sync" or (int(word[0]) >> 4) != want:  # sync: always; poll: the bounded wait ran out
             torch.cuda.synchronize()
         w = int(word[0])

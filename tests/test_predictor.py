@@ -1,5 +1,6 @@
 """inference.Predictor, the object users call, on the CPU: the end-to-end call and its input
-checks, batches, the answer-word wait (poll, timeout, resync) with the GPU parts faked."""
+checks, batches, the answer-word wait (poll, timeout, resync) and a serving kernel's call (a
+timeout, a relaunch after its expiry), with the GPU parts faked."""
 import numpy as np
 import pytest
 import torch
@@ -95,6 +96,58 @@ def test_call_numbers_wrap_like_the_kernels_answer_word(monkeypatch):
     n = SEQ_MASK + 3  # past the 27 bits the word keeps
     g = _FakeGPU(monkeypatch, word=((n & SEQ_MASK) << 4) | 9, seq=n)
     assert g.p._wait(n) == 9
+
+
+class _FakeStream:
+    def __init__(self):
+        self.syncs = 0
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+def _fake_server(monkeypatch, timeout_s, on_start=lambda word: None):
+    """A _FakeGPU running a serving kernel: its stream, flag words and image buffer faked;
+    _start_server relaunches it, then on_start(answer words) plays what the kernel does."""
+    g = _FakeGPU(monkeypatch, word=0, seq=0)
+    p = g.p
+    p.timeout_s, p.e2e_launch, p.e2e_input, p._pending, p.expired_calls = timeout_s, "serve", "mapped", True, 0
+    p._flag_np, p._h_in_np, p._stream = np.zeros(4, dtype=np.int32), np.zeros((32, 32, 3), np.uint8), _FakeStream()
+    g.starts = []
+
+    def start():
+        g.starts.append(1)
+        p._word_np[1], p._pending = -1, True
+        on_start(p._word_np)
+
+    p._start_server = start
+    return g
+
+
+def test_a_serving_call_never_answered_raises_after_one_timeout(monkeypatch):
+    import time
+    g = _fake_server(monkeypatch, timeout_s=0.25)  # the kernel runs but never answers call 1
+    t0 = time.perf_counter()
+    with pytest.raises(utils.KitError, match="no answer to call 1 within 0.25 s"):
+        g.p._call_serve(np.zeros((32, 32, 3), np.uint8))
+    assert 0.2 < time.perf_counter() - t0 < 0.45  # one bounded poll, not two
+    assert g.syncs and g.p._flag_np[1] == 0  # a device synchronise, the stop word cleared after it
+    assert not g.p._pending and g.p.calls == 0 and g.p.expired_calls == 0 and not g.starts
+
+
+def test_a_serving_kernel_that_ended_is_launched_again_for_the_call(monkeypatch):
+    g = _fake_server(monkeypatch, timeout_s=5.0, on_start=lambda word: word.__setitem__(0, (1 << 4) | 6))
+    g.p._word_np[1] = 1  # it ended waiting for call 1 (no call for e2e_ahead_ms)
+    assert g.p._call_serve(np.zeros((32, 32, 3), np.uint8)) == 6 and g.p.calls == 1
+    assert g.starts == [1] and g.p.expired_calls == 1 and g.p._stream.syncs == 1 and not g.syncs
+
+
+def test_a_serving_kernel_that_ends_twice_without_the_call_raises(monkeypatch):
+    g = _fake_server(monkeypatch, timeout_s=0.05, on_start=lambda word: word.__setitem__(1, 1))
+    g.p._word_np[1] = 1
+    with pytest.raises(utils.KitError, match="no answer to call 1"):
+        g.p._call_serve(np.zeros((32, 32, 3), np.uint8))
+    assert g.starts == [1] and g.p.expired_calls == 2 and g.syncs and not g.p._pending and g.p.calls == 0
 
 
 def test_poll_answer_sees_a_word_written_while_it_spins_and_gives_up_after_its_timeout():
