@@ -552,15 +552,13 @@ class Predictor:
     def _resync(self):
         """After a missing answer: take the GPU's own call count, so the next call waits for the
         right word (the device counter moves only when a graph ran to its end).  A graph launched
-        ahead has ended too then (its gate expired); a serving kernel is told to stop first."""
+        ahead has ended too then (its gate expired); a serving kernel is stopped first."""
         if self._pending and self.e2e_launch == "serve":
-            self._flag_np[1] = 1  # a serving kernel would wait out e2e_ahead_ms
+            self._stop_server()  # else the synchronise would wait out e2e_ahead_ms
         torch.cuda.synchronize()
         self._pending = False
-        if self.e2e_launch == "serve":
-            self._flag_np[1] = 0
-            if self.e2e_input == "tagged":  # a failed call's number must not pass for the next call's
-                self._tag_np[:, 3] = -1
+        if self.e2e_launch == "serve" and self.e2e_input == "tagged":
+            self._tag_np[:, 3] = -1  # a failed call's number must not pass for the next call's
         self.calls = int(self._seq.item())
 
     def predict(self, imgs, batch_size=500):

@@ -99,11 +99,13 @@ def test_call_numbers_wrap_like_the_kernels_answer_word(monkeypatch):
 
 
 class _FakeStream:
-    def __init__(self):
-        self.syncs = 0
+    """The serving kernel's stream: what the stop word (flag word 1) held at each synchronise."""
+
+    def __init__(self, flag):
+        self.flag, self.syncs = flag, []
 
     def synchronize(self):
-        self.syncs += 1
+        self.syncs.append(int(self.flag[1]))
 
 
 def _fake_server(monkeypatch, timeout_s, on_start=lambda word: None):
@@ -112,8 +114,9 @@ def _fake_server(monkeypatch, timeout_s, on_start=lambda word: None):
     g = _FakeGPU(monkeypatch, word=0, seq=0)
     p = g.p
     p.timeout_s, p.e2e_launch, p.e2e_input, p._pending, p.expired_calls = timeout_s, "serve", "mapped", True, 0
-    p._flag_np, p._h_in_np, p._stream = np.zeros(4, dtype=np.int32), np.zeros((32, 32, 3), np.uint8), _FakeStream()
-    g.starts = []
+    p._flag_np, p._h_in_np = np.zeros(4, dtype=np.int32), np.zeros((32, 32, 3), np.uint8)
+    p._stream, g.starts = _FakeStream(p._flag_np), []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: g.syncs.append(int(p._flag_np[1])))  # the stop word too
 
     def start():
         g.starts.append(1)
@@ -131,7 +134,8 @@ def test_a_serving_call_never_answered_raises_after_one_timeout(monkeypatch):
     with pytest.raises(utils.KitError, match="no answer to call 1 within 0.25 s"):
         g.p._call_serve(np.zeros((32, 32, 3), np.uint8))
     assert 0.2 < time.perf_counter() - t0 < 0.45  # one bounded poll, not two
-    assert g.syncs and g.p._flag_np[1] == 0  # a device synchronise, the stop word cleared after it
+    assert g.syncs and 1 in g.syncs + g.p._stream.syncs  # the kernel told to stop while a synchronise waited
+    assert g.p._flag_np[1] == 0  # and the stop word cleared after it
     assert not g.p._pending and g.p.calls == 0 and g.p.expired_calls == 0 and not g.starts
 
 
@@ -139,7 +143,7 @@ def test_a_serving_kernel_that_ended_is_launched_again_for_the_call(monkeypatch)
     g = _fake_server(monkeypatch, timeout_s=5.0, on_start=lambda word: word.__setitem__(0, (1 << 4) | 6))
     g.p._word_np[1] = 1  # it ended waiting for call 1 (no call for e2e_ahead_ms)
     assert g.p._call_serve(np.zeros((32, 32, 3), np.uint8)) == 6 and g.p.calls == 1
-    assert g.starts == [1] and g.p.expired_calls == 1 and g.p._stream.syncs == 1 and not g.syncs
+    assert g.starts == [1] and g.p.expired_calls == 1 and g.p._stream.syncs == [0] and not g.syncs
 
 
 def test_a_serving_kernel_that_ends_twice_without_the_call_raises(monkeypatch):
