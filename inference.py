@@ -28,6 +28,7 @@ raises (one line) and the next call starts from the GPU's own call count.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import time
 import weakref
@@ -342,35 +343,38 @@ class Predictor:
                 self._build_serve()
             self._resync()  # the warm-up runs of the capture counted calls on the GPU
 
-    def _build_ahead(self):
-        """The graph launched ahead of its call: the gate (waits for the host's flag word), then
-        the net reading the image from host memory and writing the answer word; its own stream,
-        so that nothing else queues behind a waiting gate."""
-        self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()  # word 0: the call number, written last
+    @contextlib.contextmanager
+    def _gated(self):
+        """Around the build of a kernel that waits at a gate: the host's flag words (word 0: the call
+        number, written last; 1: a serving kernel's stop word) and its own stream (nothing else
+        queues behind the gate); once built, answer words 1-2 reset and a drain at exit."""
+        self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()
         self._flag_np = self.h_flag.numpy()
         self._stream = torch.cuda.Stream(self.device)
-        torch.cuda.synchronize()
-        self.kn.gate(self.h_flag, self._seq, self.h_word, 0.0)  # compiles it (expires at once)
-        torch.cuda.synchronize()
-        self._ahead_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._ahead_graph):  # the net's kernels are compiled (the e2e graph ran them)
-            self.kn.gate(self.h_flag, self._seq, self.h_word, self.ahead_ms)
-            self.kn(self.h_in, answer=(self._seq, self.h_word))
-        torch.cuda.synchronize()
+        yield
         self._word_np[1:3] = -1  # word 1: the last call whose gate expired; 2: whose gate started (none)
         _AHEAD.add(self)
 
+    def _build_ahead(self):
+        """The graph launched ahead of its call: the gate (waits for the host's flag word), then
+        the net reading the image from host memory and writing the answer word."""
+        with self._gated():
+            torch.cuda.synchronize()
+            self.kn.gate(self.h_flag, self._seq, self.h_word, 0.0)  # compiles it (expires at once)
+            torch.cuda.synchronize()
+            self._ahead_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._ahead_graph):  # the net's kernels are compiled (the e2e graph ran them)
+                self.kn.gate(self.h_flag, self._seq, self.h_word, self.ahead_ms)
+                self.kn(self.h_in, answer=(self._seq, self.h_word))
+            torch.cuda.synchronize()
+
     def _build_serve(self):
-        """The serving kernel's host words and stream (its own: nothing queues behind it)."""
-        self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()  # word 0: the call number; 1: stop
-        self._flag_np = self.h_flag.numpy()
-        if self.e2e_input == "tagged":  # the image with its call number in every chunk (no call yet: -1)
-            from cluster_net import TAGGED_SHAPE
-            self.h_tag = torch.full(TAGGED_SHAPE, -1, dtype=torch.int32).pin_memory()
-            self._tag_np = self.h_tag.numpy()
-        self._stream = torch.cuda.Stream(self.device)
-        self._word_np[1:3] = -1
-        _AHEAD.add(self)
+        """The serving kernel's host words (tagged: the image buffer too) and stream."""
+        with self._gated():
+            if self.e2e_input == "tagged":  # the image with its call number in every chunk (no call yet: -1)
+                from cluster_net import TAGGED_SHAPE
+                self.h_tag = torch.full(TAGGED_SHAPE, -1, dtype=torch.int32).pin_memory()
+                self._tag_np = self.h_tag.numpy()
 
     def _start_server(self):
         """Launch the serving kernel (not timed by bench.py: settle() starts it); it waits for
