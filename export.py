@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from config import add_config_args, load_config
 from data import load_data
-from inference import TTA_VIEWS, TTANet
+from tta import TTA_VIEWS, TTANet
 from models import FastNet, load_model
 import utils
 

@@ -263,7 +263,7 @@ class KernelNet(torch.nn.Module):
     device tensor).  Allocates nothing per call: CUDA-graph capturable.
 
     views: test-time augmentation in the kernels, [((flip, dy, dx), weight), ...] as
-    inference.TTA_VIEWS: every layer runs batch * len(views) maps, the first layer reads each
+    tta.TTA_VIEWS: every layer runs batch * len(views) maps, the first layer reads each
     view straight from the image (mirrored / reflect-shifted loads), the head returns the
     weighted sum of the views' logits.  Same kernel count as without views, no torch op.
     Tiles: `tiles` (one dict per layer) if given, else the cache file's entry for this whole

@@ -93,7 +93,7 @@ if triton is not None:
     def _view_coords(ih, iw, fl, dy, dx, H: tl.constexpr, W: tl.constexpr):
         # TTA view (flip, dy, dx) of the image, read in place: view = shift(flip(x)) with a
         # one-pixel reflect shift, so view[i, j] = x[r(i + dy), W-1-r(j + dx)] (flip) where
-        # r reflects -1 -> 1 and H -> H-2, as inference.make_view.  The caller masks on the
+        # r reflects -1 -> 1 and H -> H-2, as tta.make_view.  The caller masks on the
         # view coordinates (the layer's zero padding is outside the view, not the image).
         ih = ih + dy
         ih = tl.where(ih < 0, -ih, ih)
@@ -168,7 +168,7 @@ if triton is not None:
         # at L2 (a relaxed atomic max with -inf changes nothing), then leave -inf for the next
         # forward.
         # Rows i*NV .. i*NV+NV-1 are the TTA views of image i: its logits are the weighted
-        # sum of theirs, sum_v w_v * (Wfc @ max_v + b), as TTANet (NV = 1, w = 1: plain).
+        # sum of theirs, sum_v w_v * (Wfc @ max_v + b), as tta.TTANet (NV = 1, w = 1: plain).
         cc = tl.arange(0, CP)
         cls = tl.arange(0, 16)
         wfc = tl.load(hw_ptr + cls[:, None] * CP + cc[None, :])  # fp32, zero-padded [16, CP]

@@ -35,6 +35,7 @@ import utils
 from data import augment, load_data
 from models import FastNet, WhitenStem, build_model, check_fastnet_kwargs, init_whitening
 from timing import Stopwatch
+from tta import TTANet
 from utils import KitError, log
 
 ROLES = {"F": "final_model", "F85": "f85_model"}  # front.py's roles -> the paths.* key of the shipped file
@@ -44,7 +45,6 @@ ROLES = {"F": "final_model", "F85": "f85_model"}  # front.py's roles -> the path
 @torch.no_grad()
 def accuracy(model, x, y, batch_size=1000, amp=False, channels_last=False, tta="none"):
     """Top-1 accuracy (%) of a model on normalised inputs, under the TTA views of `tta`."""
-    from inference import TTANet
     model.eval()
     net = model if tta == "none" else TTANet(model, tta, device=x.device)
     correct = 0

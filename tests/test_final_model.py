@@ -17,8 +17,9 @@ import numpy as np
 from config import load_config
 from conftest import ROOT, run_script
 from data import normalize
-from inference import Predictor, TTANet
+from inference import Predictor
 from models import FastNet, load_model
+from tta import TTANet
 
 FINAL = os.path.join(ROOT, "checkpoints", "final_model.pth")
 NPZ = os.path.join(ROOT, "data", "cifar10.npz")

@@ -373,7 +373,7 @@ def test_kit_timer_agrees_with_torch_benchmark_timer(gpu_cfg, variant):
 # -- our kernels against the float64 reference ------------------------------------------------------
 def _ttanet_reference(K, layers, head, mode):
     """TTANet (torch views, weighted mean) over the float64 reference of the folded net."""
-    from inference import TTANet
+    from tta import TTANet
 
     class Ref(torch.nn.Module):
         def forward(self, x):
@@ -388,7 +388,7 @@ def test_kernels_in_a_graph_vs_reference(mode, pdl):
     kernels: replayed in a CUDA graph on fresh inputs read from pinned host memory, the logits
     poisoned before each replay (every one must be rewritten) and the answer word checked."""
     import kernel_net as K
-    from inference import TTA_VIEWS
+    from tta import TTA_VIEWS
     if pdl and not K.pdl_available()[0]:
         pytest.skip(K.pdl_available()[1])
     layers, head = K.random_net(stem_width=24, stem_kernel=2, widths=(64, 256, 256), depths=(2, 2, 2),

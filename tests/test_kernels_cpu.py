@@ -122,7 +122,7 @@ def _tta_errors(K, cfg, batch, dtype, modes, seed):
     """KernelNet with TTA views in its kernels (made by the first kernel, weighted mean in the head) vs
     TTANet over the float64 reference (torch views, per-view logits, weighted mean), two calls
     each; also the plain net's distance to the TTA reference (the check could fail)."""
-    from inference import TTA_VIEWS, TTANet
+    from tta import TTA_VIEWS, TTANet
     layers, head = K.random_net(seed=seed, **cfg)
 
     class Ref(torch.nn.Module):  # NCHW pixels -> reference logits, as TTANet expects
@@ -208,7 +208,8 @@ def _inference_flip():
     swap_weights calls) then runs another net's weights through the same path."""
     import kernel_net as K
     from config import load_config
-    from inference import TTANet, folded_net, kernel_notes
+    from inference import folded_net, kernel_notes
+    from tta import TTANet
     heur = K.heuristic_tiles  # whole-map row tiles, split-K 2: few programs for the interpreter
 
     def big(m, batch, n_sm=132, target=None):
@@ -355,7 +356,7 @@ def _ptx_atomic_orders():
 def _case(name):
     """The interpreter cases (run in a subprocess by _run_case)."""
     import kernel_net as K
-    from inference import TTA_VIEWS
+    from tta import TTA_VIEWS
     if name == "answers_mode2":  # one row tile holds the last map: every tile adds its share, the last answers
         cfg = dict(stem_width=16, stem_kernel=3, widths=(32, 32), depths=(1, 1), act="relu")
         return _answers(K, cfg, seed=21)

@@ -12,7 +12,7 @@ from data import load_data
 from models import FastNet, build_model
 from config import ConfigError, load_config
 from conftest import TINY_FASTNET
-from inference import TTA_VIEWS, TTANet, make_view
+from tta import TTA_VIEWS, TTANet, make_view
 
 V2 = dict(TINY_FASTNET, act="gelu", order="pool_bn", bn_frozen=True, stem="whiten", stem_kernel=2,
           head_bias=False, logit_scale=0.25, dirac=True)

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernel_net as K  # noqa: E402
 import utils  # noqa: E402
 from config import add_config_args, front_model_kwargs, load_config, resolve_path  # noqa: E402
-from inference import TTA_VIEWS  # noqa: E402
+from tta import TTA_VIEWS  # noqa: E402
 from models import FastNet  # noqa: E402
 
 
