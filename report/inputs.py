@@ -38,7 +38,7 @@ class Study:
     persistent: dict           # persistent.json (env, variants), or None
     stages: list               # [(stage, wall s, exit code)] from logs/*.log
     gpu_tests: dict            # test_gpu.log: summary, agreement lines, failed tests; or None
-    cluster: pd.DataFrame = None  # F85's rows of the newest invocation that ran the cluster engine (index = variant)
+    cluster: pd.DataFrame = None  # F's and F85's rows of the newest invocation that ran the cluster engine (index = variant)
     seed_source: dict = None   # {F / F85: (invocation, commit, label)} whose seed statistics the row shows (borrow_seeds)
 
 
@@ -122,15 +122,15 @@ def check_one_gpu(inv, rows):
 
 
 def cluster_rows(cfg, df):
-    """F85's rows (F85 and F85_*: its paths) of the newest bench invocation that ran a variant with
-    kernel_engine: cluster, or None."""
+    """F85's rows (F85 and F85_*: its paths) and F's two (its Triton kernels, F_cluster) of the
+    newest bench invocation that ran a variant with kernel_engine: cluster, or None."""
     bench = df[(df["script"] == "bench") & (df["invocation"] != "")]
     hits = bench[bench["variant"].isin(cluster_variants(cfg))]
     if hits.empty:
         return None
     inv = hits["invocation"].iloc[-1]
     rows = bench[bench["invocation"] == inv].drop_duplicates("variant", keep="last")
-    rows = rows[rows["variant"].str.fullmatch(r"F85(_.*)?")]
+    rows = rows[rows["variant"].str.fullmatch(r"F85(_.*)?|F|F_cluster")]
     check_one_gpu(inv, rows)
     return rows.set_index("variant", drop=False)
 

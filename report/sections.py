@@ -231,15 +231,26 @@ def results_cluster(doc, s):
              "(e2e_launch: serve) it is launched once and answers call after call: after each answer the blocks "
              "re-arm their barriers, meet at one cluster barrier and block 0 waits for the next call's number, so "
              "a call costs no launch; after e2e_ahead_ms without a call it ends and the next call launches it "
-             "again. F's airbench94 widths need more shared memory per block than the card has with this cut, so F "
-             "stays on the one-kernel-per-layer path. F85's paths in invocation {inv} ({gpu}, commit {c}, {runs} "
-             "runs), accuracy through each path's own end-to-end call on the test split:".format(
+             "again. F85_tagged writes the image with its call number in every 16 bytes, so that block 0 reads "
+             "both in one trip over PCIe. F's net (3.9 MB of weights, 245 KB a block) does not fit beside its "
+             "staged maps: for it the planner cuts each wide layer into 16 channels a block over whole maps, "
+             "streams the last layers' weights into each block per call, and lets buffers whose lifetimes are "
+             "apart share bytes, with a cluster barrier after a GEMM where that frees enough (F_cluster). "
+             "The paths in invocation {inv} ({gpu}, commit {c}, {runs} runs), accuracy through each path's own "
+             "end-to-end call on the test split:".format(
                  inv=inv, gpu=c["gpu"].iloc[0], c=c["git_commit"].iloc[0], runs=int(c["runs"].iloc[0])))
     note = ("The final table's invocation." if inv == s.invocation else
             "Not the final table's invocation: compare these rows with each other only (the same variant moves by "
             "10-20 % between machines).")
     doc.table(*facts.cluster_table(s), note=note + " GPU p50: CUDA events around one launch of the path on a "
                                                    "device input (for a serving path: its per-call launch).")
+    if "F" in c.index and "F_cluster" in c.index:
+        f, fc = c.at["F", "e2e_p50_ms"], c.at["F_cluster", "e2e_p50_ms"]
+        doc.para(f"F_cluster answers as F's Triton kernels but takes {ms(fc)} ms against {ms(f)} ms "
+                 f"({fc / f - 1:+.0%}). Over 16 SMs a wide layer gives each block 16 channels: a GEMM of a few "
+                 "row tiles whose warps each run the whole K loop, one step after another (latency, not "
+                 "arithmetic), and every block sends its slice to all 16 blocks; the one-kernel-per-layer path "
+                 "spreads each layer over many more SMs (tools/cluster_trace.py shows the time per phase).")
 
 
 def results_front_and_anchors(doc, s):
@@ -303,8 +314,17 @@ def improvements(s):
     if c is not None and "F85" in c.index and "F85_triton" in c.index:
         f85, tri = c.at["F85", "e2e_p50_ms"], c.at["F85_triton", "e2e_p50_ms"]
         out.append(f"F85's path ({c.at['F85', 'label']}): {ms(f85)} ms e2e p50 against {ms(tri)} ms for its Triton "
-                   f"kernels in the same invocation ({f85 / tri - 1:+.0%}). The same for F needs its wide layers' "
-                   "weights streamed through the blocks' shared memory (they do not fit beside the staged maps).")
+                   f"kernels in the same invocation ({f85 / tri - 1:+.0%}).")
+    if c is not None and "F" in c.index and "F_cluster" in c.index:
+        f, fc = c.at["F", "e2e_p50_ms"], c.at["F_cluster", "e2e_p50_ms"]
+        if fc > f:
+            out.append(f"For F the one-cluster kernel (F_cluster, {ms(fc)} ms) is slower than its Triton kernels "
+                       f"({ms(f)} ms): at batch 1 F's arithmetic needs more than one cluster's 16 SMs, so a faster F "
+                       "needs its wide layers' GEMMs spread wider (several clusters handing maps over, or wgmma "
+                       "tiles that keep the tensor cores fed), not fewer launches.")
+        else:
+            out.append(f"For F the one-cluster kernel (F_cluster, {ms(fc)} ms) beats its Triton kernels ({ms(f)} ms) "
+                       "but is not F's table path: the table path is F's config entry.")
     return out
 
 
