@@ -10,7 +10,9 @@
 // others' shared memory directly (DSMEM).
 //
 // Per call: every block prefetches its own slice of every layer's weights (one blob per
-// block, packed by the host in this file's shared-memory layout) with cp.async.  Block 0 (after
+// block, packed by the host) with cp.async; a serving kernel keeps them, except the layers the
+// host streams (a net whose weights do not fit: their slices are loaded again each call, into
+// bytes of buffers whose lifetimes are over, cluster_net._lifetimes).  Block 0 (after
 // the gate, when launched ahead) reads the image from pinned host memory and sends each block
 // the rows its stem needs.  Layer 1's blocks each compute the stem for their own band of rows
 // (and its halo) in shared memory, so the stem's output never leaves the SM.  A layer's block =

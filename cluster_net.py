@@ -12,6 +12,13 @@ channel maxima are then local) and cut channels only.  Among the cuts that fit t
 plan() takes the one with the least GEMM work per block (rows padded to 16 x channels), then
 the narrower band (less staging).  Everything a block does is known when the kernel is
 generated: the tables of which rank holds what are compile-time.
+
+Shared memory.  A net whose weights and buffers fit as they are keeps every layer's weights
+resident and gives every buffer its own bytes.  Else (F's airbench94 widths) wide layers take
+16 channels a block over whole maps, the last layers' weights are streamed into each block per
+call, and the buffers (image rows, stagings, GEMM outputs, streamed weights) share bytes where
+their lifetimes are apart, with cluster barriers where that frees enough: _lifetimes,
+_allocate, _fit_choice.
 """
 import ctypes
 import functools
