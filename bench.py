@@ -303,7 +303,7 @@ def main():
     for row in rows:
         utils.append_result(results, row)
     if a.raw:
-        np.savez(a.raw, **{f"{n}_e2e_run{r}": t[n]["e2e"][r] for n in ims for r in range(p["runs"])},
+        np.savez_compressed(a.raw, **{f"{n}_e2e_run{r}": t[n]["e2e"][r] for n in ims for r in range(p["runs"])},
                  **{f"{n}_device_run{r}": t[n]["lat"][r] for n in ims for r in range(p["runs"])})
     print_table(rows, ctx, results)
     if failed:
