@@ -304,7 +304,7 @@ def main():
         utils.append_result(results, row)
     if a.raw:
         np.savez_compressed(a.raw, **{f"{n}_e2e_run{r}": t[n]["e2e"][r] for n in ims for r in range(p["runs"])},
-                 **{f"{n}_device_run{r}": t[n]["lat"][r] for n in ims for r in range(p["runs"])})
+                            **{f"{n}_device_run{r}": t[n]["lat"][r] for n in ims for r in range(p["runs"])})
     print_table(rows, ctx, results)
     if failed:
         print(f"error: {len(failed)} variant(s) failed to build: {', '.join(failed)}", file=sys.stderr)

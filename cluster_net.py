@@ -66,6 +66,11 @@ def _block(m, rank):
     return dict(n0=n0, p0=band * m["HO"] // m["R"], p1=(band + 1) * m["HO"] // m["R"], c0=bn * m["NBLK"])
 
 
+def _w_bytes(m):
+    """Bytes of one block's weight slice of layer m ([NBLK][WSTR] fp16), resident or streamed."""
+    return m["NBLK"] * m["WSTR"] * 2
+
+
 def _layer_cut(m, nb, ranks, last, fit):
     """(R, CN, whole): pooled-row bands per map, channel blocks, and whether a block holds whole
     maps (all of them: the last layer always, for its channel maxima).  The least work per block
@@ -190,7 +195,7 @@ def _layout(stem, convs, ranks, barriers=(), streamed=(), late=()):
             parts["SB"] = (off, sc * 4)
             off = _ceil(off + parts["SB"][1], 16)
         if i + 1 not in streamed:
-            parts["W"] = (off, m["NBLK"] * m["WSTR"] * 2)
+            parts["W"] = (off, _w_bytes(m))
             off = _ceil(off + parts["W"][1], 16)
         parts["B"] = (off, m["NBLK"] * 4)
         off = _ceil(off + parts["B"][1], 16)
@@ -202,7 +207,7 @@ def _layout(stem, convs, ranks, barriers=(), streamed=(), late=()):
         segs.append(parts)
     resident = off
     for i in streamed:  # then the streamed weights, loaded per call into the arena
-        segs[i - 1]["W"] = (off, convs[i - 1]["NBLK"] * convs[i - 1]["WSTR"] * 2)
+        segs[i - 1]["W"] = (off, _w_bytes(convs[i - 1]))
         off = _ceil(off + segs[i - 1]["W"][1], 16)
     blob = off
     work = {"ZERO": resident}
@@ -255,7 +260,7 @@ def _fit_choice(shapes, ranks):
             for lmask in range(1 << len(streamed)):
                 late = tuple(i for k, i in enumerate(streamed) if lmask >> k & 1)
                 us = BARRIER_US * len(barriers) + sum(
-                    EXPOSED[i in late] * convs[i - 1]["NBLK"] * convs[i - 1]["WSTR"] * 2 / 1024 / STREAM_KB_PER_US
+                    EXPOSED[i in late] * _w_bytes(convs[i - 1]) / 1024 / STREAM_KB_PER_US
                     for i in streamed)
                 options.append((us, barriers, streamed, late))
     for _, barriers, streamed, late in sorted(options):
@@ -381,9 +386,11 @@ def source(p):
     def pending(i):  # load groups newer than what layer i needs: the later layers' loads issued before its GEMM
         return sum(1 for j in streamed if j > i and load_at[j] < 30 * i)
 
+    def zero_padding(i):  # layer i's staging: the cells no producer writes
+        return f"  {{ ck::Block<L{i}> bz(rank); if (bz.active) ck::zero_padding<L{i}>(bz, stage{i}); }}"
+
     def zero(at):  # the stagings whose lifetime starts at position `at` and whose bytes are shared
-        return [f"  {{ ck::Block<L{i}> bz(rank); if (bz.active) ck::zero_padding<L{i}>(bz, stage{i}); }}"
-                for i in p["zero_each_call"] if p["life"][f"S{i}"][0] == at]
+        return [zero_padding(i) for i in p["zero_each_call"] if p["life"][f"S{i}"][0] == at]
 
     body += [
         f"  if (threadIdx.x == 0) *reinterpret_cast<uint4*>(sm + {w['ZERO']}) = make_uint4(0, 0, 0, 0);",
@@ -397,8 +404,7 @@ def source(p):
         '    asm volatile("fence.mbarrier_init.release.cluster;\\n" ::: "memory");',
         "  }",
         "  __syncthreads();",
-        *[f"  {{ ck::Block<L{i}> bz(rank); if (bz.active) ck::zero_padding<L{i}>(bz, stage{i}); }}"
-          for i in range(2, n + 1) if i not in p["zero_each_call"]],
+        *[zero_padding(i) for i in range(2, n + 1) if i not in p["zero_each_call"]],
         "  ck::cluster_arrive();  // every block's mbarriers are set before anyone stores into them",
         "  uint4 px = make_uint4(0, 0, 0, 0);",
         "  int go = 1;  // block 0: the call came (a serving kernel answers only then)",
