@@ -378,7 +378,7 @@ __device__ void head_out(const Block<L>& b, const float* csm, const float* bias,
 // (zeros where the conv pads), view flip of the image when `flip`; on the CUDA cores, eight
 // channels a thread (a tensor-core version, the pixels' taps gathered into A rows, measured
 // slower: the GELUs dominate).  img: the block's image rows [r0, ...) as fp16.
-template <class L, int SC, int SK>
+template <class L, int SK>
 __device__ void stem_into_stage(const Block<L>& b, const __half* img, int r0, const float* sw, const float* sb,
                                 __half* stage, bool flip) {
   constexpr int CH = L::CIN / 8;
@@ -402,7 +402,7 @@ __device__ void stem_into_stage(const Block<L>& b, const __half* img, int r0, co
 #pragma unroll
           for (int ci = 0; ci < 3; ++ci) {
             const float v = __half2float(p[ci]);
-            const float* w = sw + ((dy * SK + dx) * 3 + ci) * SC + ch * 8;
+            const float* w = sw + ((dy * SK + dx) * 3 + ci) * L::CIN + ch * 8;  // the stem's width is layer 1's input
 #pragma unroll
             for (int j = 0; j < 8; ++j) acc[j] = fmaf(v, w[j], acc[j]);
           }

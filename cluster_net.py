@@ -427,7 +427,7 @@ def source(p):
         f"  ck::cp_wait<{n - 1 + pending(1)}>();",
         "  __syncthreads();",
         "  ck::stamp(p, rank, 1);",
-        f"  if (b1.active) ck::stem_into_stage<L1, {st['COUT']}, {st['KH']}>(b1, img, r0,"
+        f"  if (b1.active) ck::stem_into_stage<L1, {st['KH']}>(b1, img, r0,"
         f" reinterpret_cast<const float*>(sm + {segs[0]['SW'][0]}),"
         f" reinterpret_cast<const float*>(sm + {segs[0]['SB'][0]}), stage1, b1.n0 == 1 && NET_FLIP);",
         "  __syncthreads();",
