@@ -1,5 +1,5 @@
-"""The cluster kernel's host side on the CPU: its cut of every layer over the cluster's blocks,
-the per-block weight blobs, the generated kernel (built with nvcc where there is one), and the
+"""The cluster kernel's host side on the CPU (cluster_plan, cluster_net): its cut of every
+layer over the cluster's blocks, its shared-memory layout, the per-block weight blobs, the generated kernel (built with nvcc where there is one), and the
 clear errors.  The kernel itself runs on a GPU only (tests/test_gpu.py)."""
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import torch
 from conftest import ROOT
 
 import cluster_net as C
+import cluster_plan as P
 
 
 def _spec(name="f85_model.pth"):
@@ -30,12 +31,12 @@ NETS = [("f85_model.pth", 8), ("f85_model.pth", 16), ("final_model.pth", 16)]
 @pytest.mark.parametrize("views", [1, 2])
 def test_every_output_of_every_layer_belongs_to_exactly_one_block(name, ranks, views):
     layers, _ = _spec(name)
-    p = C.plan(layers, views, ranks)
-    assert p["smem"] <= C.SMEM_MAX and len(p["convs"]) == len(layers) - 1
+    p = P.plan(layers, views, ranks)
+    assert p["smem"] <= P.SMEM_MAX and len(p["convs"]) == len(layers) - 1
     for i, m in enumerate(p["convs"]):
         seen = np.zeros((views, m["HO"], m["COUT"]), dtype=int)
         for r in range(ranks):
-            b = C._block(m, r)
+            b = P._block(m, r)
             assert (b is None) == (not m["BAND"][r][2])
             if b is None:
                 continue
@@ -55,14 +56,14 @@ def test_every_output_of_every_layer_belongs_to_exactly_one_block(name, ranks, v
 @pytest.mark.parametrize("name", ["f85_model.pth", "final_model.pth"])
 def test_each_blob_holds_its_blocks_weights_in_the_kernels_layout(name):
     layers, head = _spec(name)
-    p = C.plan(layers, 2, 16)
+    p = P.plan(layers, 2, 16)
     blob = C.pack(p, layers, head, FLIP)
     assert blob.shape == (16, p["blob"])
     for i, (m, L) in enumerate(zip(p["convs"], layers[1:])):
         want = L["weight"].half().permute(0, 2, 3, 1).reshape(m["COUT"], -1).numpy()
         o, size = p["segs"][i]["W"]
         for r in range(16):
-            b = C._block(m, r)
+            b = P._block(m, r)
             w = blob[r, o:o + size].view(np.float16).reshape(m["NBLK"], m["WSTR"])
             if b is None:
                 assert not w.any()
@@ -85,7 +86,7 @@ def test_the_generated_kernel_builds(tmp_path, monkeypatch, name, views):
         pytest.skip("no nvcc")
     monkeypatch.setenv("KIT_CACHE", str(tmp_path))
     layers, _ = _spec(name)
-    src = C.source(C.plan(layers, views, 16))
+    src = C.source(P.plan(layers, views, 16))
     assert "__cluster_dims__(16, 1, 1)" in src and "struct L3" in src
     cubin = C.build(src)
     assert cubin[:4] == b"\x7fELF" and C.build(src) == cubin
@@ -99,9 +100,9 @@ def test_bad_builds_and_shapes_say_what_to_do(tmp_path, monkeypatch):
         C.build("// nothing")
     layers, _ = _spec("final_model.pth")  # airbench94's widths over 8 blocks: more than a block has
     with pytest.raises(ValueError, match="shared memory per block .* even with a cluster barrier after every layer"):
-        C.plan(layers, 2, 8)
+        P.plan(layers, 2, 8)
     with pytest.raises(ValueError, match="at least one conv layer"):
-        C.plan(layers[:1], 1, 16)
+        P.plan(layers[:1], 1, 16)
     with pytest.raises(RuntimeError, match="CUDA GPU"):
         C.ClusterNet(*_spec(), device="cpu")
 
@@ -139,13 +140,13 @@ def test_the_serving_kernel_loops_and_a_single_call_does_not():
     """One source serves both: the round loop on barrier phases ph, the answer only for a call
     that came, the early return of a single call (p.serve = 0) before the round's end."""
     layers, _ = _spec()
-    src = C.source(C.plan(layers, 1, 16))
+    src = C.source(P.plan(layers, 1, 16))
     body = src[src.index("cluster_net_kernel("):]
     loop = body.index("for (uint32_t ph = 0;; ph ^= 1)")
     assert body.index("ck::mbar_wait(bars, ph, watchdog)") > loop
     assert body.index("if (!p.serve) return;") < body.index("ck::cluster_sync();") < body.index("if (ctrl[2]) return;")
     assert "if (!p.serve || go)" in body and body.count("go = ck::gate(p, seq, ctrl);") == 2
-    assert body.count("ck::mbar_arm(") == len(C.plan(layers, 1, 16)["convs"]) + 1
+    assert body.count("ck::mbar_arm(") == len(P.plan(layers, 1, 16)["convs"]) + 1
 
 
 def test_a_tagged_image_is_refused_without_serving_and_lays_out_as_the_kernel_reads_it():
@@ -164,7 +165,7 @@ def test_a_tagged_image_is_refused_without_serving_and_lays_out_as_the_kernel_re
     t = 77
     row, col = 12 * t // 96, 12 * t % 96
     assert (chunks[t, :12] == img.reshape(32, 96)[row, col:col + 12]).all()
-    src = C.source(C.plan(_spec()[0], 1, 16))
+    src = C.source(P.plan(_spec()[0], 1, 16))
     assert src.count("if (p.tagged) go = ck::gate_tagged(p, seq, ctrl, px);") == 2
 
 
@@ -200,7 +201,7 @@ def test_every_block_expects_exactly_the_bytes_its_producers_send(name, ranks, v
     short and the kernel would never end.  Replays the kernel's senders (send_image, push_out,
     head_out) over the plan's tables and checks every rank's count."""
     layers, _ = _spec(name)
-    p = C.plan(layers, views, ranks)
+    p = P.plan(layers, views, ranks)
     convs, l1 = p["convs"], p["convs"][0]
     got = np.zeros(ranks, dtype=int)
     for row in range(32):  # block 0 sends every 8 fp16 of the image rows each stem needs
@@ -211,7 +212,7 @@ def test_every_block_expects_exactly_the_bytes_its_producers_send(name, ranks, v
     for m, nxt in zip(convs, convs[1:]):  # push_out: 4 channels (8 bytes) per store
         got = np.zeros(ranks, dtype=int)
         for pr in range(ranks):
-            b = C._block(m, pr)
+            b = P._block(m, pr)
             if b is None:
                 continue
             for n in (range(views) if m["NMB"] > 1 else [b["n0"]]):
@@ -232,7 +233,7 @@ def test_buffers_in_use_at_once_never_share_a_byte(name, ranks, views):
     cp.async and ldmatrix need; a net that fits as it is (F85) shares nothing and needs no
     barrier; F's net fits only with them."""
     layers, _ = _spec(name)
-    p = C.plan(layers, views, ranks)
+    p = P.plan(layers, views, ranks)
     w, life = p["work"], p["life"]
     objs = {k: w[k] for k in life}
     sizes = {"IMG": (p["convs"][0]["SROWS"] + p["stem"]["KH"] - 1) * 32 * 3 * 2}
@@ -247,7 +248,7 @@ def test_buffers_in_use_at_once_never_share_a_byte(name, ranks, views):
         for b in objs:
             if a < b and life[a][0] <= life[b][1] and life[b][0] <= life[a][1]:
                 assert objs[a] + sizes[a] <= objs[b] or objs[b] + sizes[b] <= objs[a], (a, b)
-    assert p["smem"] <= C.SMEM_MAX
+    assert p["smem"] <= P.SMEM_MAX
     if name == "f85_model.pth":
         assert not p["barriers"] and not p["streamed"] and not p["zero_each_call"]
     else:
@@ -288,7 +289,7 @@ def test_every_gemm_finds_its_weights_loaded_in_two_served_calls(name, views):
     every 16 bytes a layer's GEMM reads as weights were last written from that layer's weights
     in the blob, by a group complete by then."""
     layers, _ = _spec(name)
-    p = C.plan(layers, views, 16)
+    p = P.plan(layers, views, 16)
     seen = []
     for layer, off, writer, done in _replay_groups(C.source(p)):
         w_blob, size = p["segs"][layer - 1]["W"]

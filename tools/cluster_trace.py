@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cluster_net as C  # noqa: E402
+from cluster_plan import TRACE  # noqa: E402
 import utils  # noqa: E402
 from config import add_config_args, load_config  # noqa: E402
 from inference import Predictor  # noqa: E402
@@ -28,13 +28,13 @@ def phases(n):
         out += [(4 * i + 2, f"layer {i + 1} input in"), (4 * i + 3, f"layer {i + 1} GEMM")]
         out += [(4 * i + 4, f"layer {i + 1} pushed")] if i < n - 1 else []
     return out + [(4 * n, "head: logits sent"), (4 * n + 1, "block 0: logits in"),
-                  (C.TRACE - 1, "block 0: answer written")]
+                  (TRACE - 1, "block 0: answer written")]
 
 
 def trace(clf, calls, on_host, rng):
     """[calls, ranks, 2 * TRACE] int64 stamps: %globaltimer (ns) in the first TRACE columns, clock64 in the others."""
     kn = clf.kn
-    kn.trace = torch.zeros(kn.plan["ranks"], 2 * C.TRACE, dtype=torch.int64, device=clf.device)
+    kn.trace = torch.zeros(kn.plan["ranks"], 2 * TRACE, dtype=torch.int64, device=clf.device)
     out = []
     try:
         for _ in range(calls):
@@ -74,8 +74,8 @@ def main():
                              "kernel's)")
     clf = Predictor(cfg, a.variant, torch.device("cuda"))
     t = trace(clf, a.calls, a.input == "host", np.random.default_rng(0))[20:]
-    ns, cyc = t[:, :, :C.TRACE], t[:, :, C.TRACE:]
-    end = C.TRACE - 1
+    ns, cyc = t[:, :, :TRACE], t[:, :, TRACE:]
+    end = TRACE - 1
     rel = (ns - ns[:, :, :1].min(axis=1, keepdims=True)) / 1000.0
     ghz = np.median((cyc[:, 0, end] - cyc[:, 0, 0]) / (ns[:, 0, end] - ns[:, 0, 0]))
     print(f"{a.variant} on {torch.cuda.get_device_name()}, image in {a.input} memory, {len(t)} calls, "
