@@ -42,7 +42,8 @@ from config import add_config_args, final_tag, front_tag, load_config, resolve_p
 import timing
 import utils
 from data import host_splits
-from inference import Predictor, accuracy_fields, evaluate
+from accuracy import accuracy_fields, evaluate
+from inference import Predictor
 
 SMI_FIELDS = "clocks.sm,clocks.mem,temperature.gpu,power.draw"
 

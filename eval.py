@@ -19,7 +19,8 @@ import sys
 from config import MODEL_NAMES, add_config_args, load_config, resolve_path
 import utils
 from data import CLASSES, host_split
-from inference import Predictor, accuracy_fields, evaluate, plain_variant
+from accuracy import accuracy_fields, evaluate
+from inference import Predictor, plain_variant
 
 
 def main():

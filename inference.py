@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import time
 import weakref
 
@@ -41,7 +40,7 @@ from config import load_config, resolve_path, validate_variant
 from data import norm_consts, normalize
 from models import FastNet, fold_bn_generic, load_model, param_bytes
 from tta import TTA_VIEWS, TTANet
-from utils import KitError, load_checkpoint, progress, resolve_checkpoint, resolve_device
+from utils import KitError, load_checkpoint, resolve_checkpoint, resolve_device
 
 SEQ_MASK = (1 << 27) - 1  # the call number an answer word keeps (kernels.SEQ_MASK)
 
@@ -584,42 +583,3 @@ def plain_variant(cfg):
         cfg.variants["plain"] = type(cfg)(validate_variant({"label": "plain FP32", "checkpoint": "@final",
                                                             "table": False}, "variants.plain"))
     return "plain"
-
-
-# ============================================================================= accuracy through the path
-def evaluate(clf, imgs, labels, batch_size=500, batch1_check=500, desc=None):
-    """Accuracy (%) of a Predictor on host images through its end-to-end call.
-
-    Batch-1 paths (CUDA graph, torch.compile) answer image by image, exactly as timed.  Eager
-    paths answer in batches (Predictor.predict: the same weights, dtype and layout); their first
-    batch1_check images are answered again one by one and mismatches counted.
-    Returns dict(acc, per_class, n, batch1_mismatch, batch1_checked)."""
-    n = len(labels)
-    if n == 0:
-        raise KitError("the evaluation split holds no images (check data.val_size and the data file)")
-    gc_on = gc.isenabled()
-    gc.disable()  # tens of thousands of small calls: no collection pauses inside them
-    try:
-        if clf.batch1_only:
-            preds = np.fromiter((clf(img) for img in progress(imgs, desc or f"eval {clf.variant}", "img")),
-                                dtype=np.int64, count=n)
-            checked = mismatch = 0
-        else:
-            preds = clf.predict(imgs, batch_size)
-            checked = min(batch1_check, n)
-            mismatch = sum(int(clf(imgs[i]) != preds[i]) for i in range(checked))
-    finally:
-        if gc_on:
-            gc.enable()
-    labels = np.asarray(labels)
-    correct = preds == labels
-    per_class = [100.0 * float(correct[labels == c].mean()) if (labels == c).any() else float("nan")
-                 for c in range(10)]
-    return {"acc": 100.0 * float(correct.mean()), "per_class": per_class, "n": n,
-            "batch1_mismatch": mismatch, "batch1_checked": checked, "preds": preds}
-
-
-def accuracy_fields(r):
-    """The results.csv columns of an evaluate() result."""
-    return {"acc": r["acc"], "per_class_acc": ";".join(f"{p:.1f}" for p in r["per_class"]),
-            "batch1_check": f"{r['batch1_mismatch']}/{r['batch1_checked']}" if r["batch1_checked"] else ""}

@@ -74,7 +74,7 @@ def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, varia
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
     and the kit's evaluation through the same object gives the same accuracy."""
-    from inference import evaluate
+    from accuracy import evaluate
     imgs, labels = test_split
     clf = _predictor(gpu_cfg, variant)
     assert clf.kernels and clf.e2e_input in ("mapped", "tagged") and clf.e2e_wait == "poll"
