@@ -173,7 +173,7 @@ def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant)
     assert cl.kn.kernel_count() == 1 and cl.kn.plan["ranks"] == (8 if variant.endswith("8") else 16)
     a, b = tri.predict(imgs), cl.predict(imgs)
     same = 100.0 * float((a == b).mean())
-    print(f"{variant} (tta {cl.tta}) vs F85's Triton kernels on {len(imgs)} test images: {same:.2f} % the same class ids; "
+    print(f"{variant} (tta {cl.tta}) vs {ref.split('_')[0]}'s Triton kernels on {len(imgs)} test images: {same:.2f} % the same class ids; "
           f"{'; '.join(cl.notes)}")
     assert same >= 99.9
     x = torch.from_numpy(imgs[:1]).cuda().contiguous()
