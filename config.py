@@ -158,6 +158,10 @@ VARIANT = {
     # (or the serving kernel) waits for its image; then it expires and the next call launches afresh
     "e2e_launch": Field(str, "call", choices=("call", "ahead", "serve")),
     "e2e_ahead_ms": Field(float, 2.0, gt=0, hi=1000),
+    # where a graph launched ahead (kernel_engine: triton) waits for its image: kernel (a gate
+    # kernel of one program before the net's first kernel) | stem (every program of the first
+    # layer's kernel waits itself: one kernel boundary fewer between the flag and the image)
+    "e2e_gate": Field(str, "kernel", choices=("kernel", "stem")),
 }
 
 # fastnet's choices and bounds, shared by models.fastnet and the front shapes.  Upper bounds too:

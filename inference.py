@@ -15,8 +15,9 @@ End to end on a GPU, per call: the image is copied (numpy) into a pinned host bu
     straight from host memory (e2e_input: mapped) or from a device copy made by a copy node
     in the graph (copy), and whose last kernel writes (call number << 4) | class id into a
     pinned host word; the host polls that word (e2e_wait: poll) or synchronises (sync); with
-    e2e_launch: ahead each call also launches the next call's graph, whose first kernel (a
-    gate) waits for that call's image, so the launch is off the critical path; with serve
+    e2e_launch: ahead each call also launches the next call's graph, which waits at a gate for
+    that call's image (a kernel of its own, or with e2e_gate: stem the first layer's programs),
+    so the launch is off the critical path; with serve
     (the cluster kernel) one launch answers call after call, each behind its gate: no launch
     per call at all;
   - other CUDA-graph paths: the graph holds the copy in, the net, the argmax, the answer word
@@ -215,6 +216,7 @@ class Predictor:
         self.e2e_wait = v.e2e_wait if self.cuda_graph else "sync"
         self.e2e_launch = v.e2e_launch if self.kernels else "call"
         self.ahead_ms = float(v.e2e_ahead_ms)
+        self.e2e_gate = v.e2e_gate
         self.expired_calls = 0  # calls launched ahead whose gate expired before their image came
         self._cfg = cfg
         self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
@@ -264,6 +266,9 @@ class Predictor:
         if v.e2e_launch != "call" and not (v.kernels and v.e2e_input in ("mapped", "tagged") and v.e2e_wait == "poll"):
             raise KitError(f"variant {v.label!r}: e2e_launch '{v.e2e_launch}' needs kernels: true, e2e_input: mapped "
                            "and e2e_wait: poll (its first kernel waits on host memory); use e2e_launch: call")
+        if v.e2e_gate != "kernel" and not (v.e2e_launch == "ahead" and v.kernel_engine == "triton"):
+            raise KitError(f"variant {v.label!r}: e2e_gate '{v.e2e_gate}' needs e2e_launch: ahead and kernel_engine: "
+                           "triton (a cluster kernel is its own gate); remove it or set both")
         if v.e2e_launch == "serve" and v.kernel_engine != "cluster":
             raise KitError(f"variant {v.label!r}: e2e_launch 'serve' needs kernel_engine: cluster (one kernel that "
                            "stays and answers every call); use e2e_launch: ahead")
@@ -311,16 +316,24 @@ class Predictor:
         _AHEAD.add(self)
 
     def _build_ahead(self):
-        """The graph launched ahead of its call: the gate (waits for the host's flag word), then
-        the net reading the image from host memory and writing the answer word."""
+        """The graph launched ahead of its call: the gate (waits for the host's flag word; its own
+        kernel, or with e2e_gate: stem inside the first layer's kernel), then the net reading the
+        image from host memory and writing the answer word."""
+        answer = (self._seq, self.h_word)
+
+        def gated_net(limit_ms):
+            if self.e2e_gate == "stem":
+                self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms))
+                return
+            self.kn.gate(self.h_flag, self._seq, self.h_word, limit_ms)
+            self.kn(self.h_in, answer=answer)
         with self._gated():
             torch.cuda.synchronize()
-            self.kn.gate(self.h_flag, self._seq, self.h_word, 0.0)  # compiles it (expires at once)
+            gated_net(0.0)  # compiles the gated kernels (they expire at once; _resync takes the count)
             torch.cuda.synchronize()
             self._ahead_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._ahead_graph):  # the net's kernels are compiled (the e2e graph ran them)
-                self.kn.gate(self.h_flag, self._seq, self.h_word, self.ahead_ms)
-                self.kn(self.h_in, answer=(self._seq, self.h_word))
+            with torch.cuda.graph(self._ahead_graph):
+                gated_net(self.ahead_ms)
             torch.cuda.synchronize()
 
     def _build_serve(self):

@@ -35,9 +35,9 @@ layer reads view v of its image with mirrored / reflect-shifted input indices (t
 no padding, so a view of the image gives exactly the view's feature maps), and the head
 returns the weighted sum of the views' logits.
 
-A call's graph can be launched before its image is there (inference.py, e2e_launch: ahead): its
-first kernel, gate_kernel, waits on a flag word in host memory that the host writes after the
-image.
+A call's graph can be launched before its image is there (inference.py, e2e_launch: ahead): it
+waits on a flag word in host memory that the host writes after the image, in a kernel of its own
+(gate_kernel) or in the first layer's programs (conv_layer_kernel, GATE).
 
 Optionally the kernels use programmatic dependent launch (PDL): each waits for its
 predecessor with griddepcontrol.wait after loading its constant operands, so the next
@@ -233,16 +233,25 @@ if triton is not None:
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                           hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr,
-                          m_tiles, SPLIT, n_fin,
+                          flag_ptr, m_tiles, SPLIT, n_fin, limit,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                           KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
                           WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
                           BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                           GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                           NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                          ANSWER: tl.constexpr):
+                          ANSWER: tl.constexpr, GATE: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
-        (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program."""
+        (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
+        layer of a graph launched ahead with e2e_gate: stem; 1: limit in ns of the GPU clock, 2:
+        in flag reads): every program first waits for the call's flag itself (_wait_flag), so
+        no gate kernel and no kernel boundary stand between the flag and the image reads.  The
+        image loads come after the spin in program order and depend on its exit, and a kernel
+        starts with no line of the image in L1: they read the image the host wrote before the
+        flag (x86 stores reach memory in program order)."""
+        if GATE:
+            first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0)
+            _wait_flag(flag_ptr, seq_ptr, word_ptr, limit, first, GATE == 1)
         _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
                    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
@@ -485,27 +494,28 @@ if triton is not None:
 
     # ========================================================================= the gate of a call launched ahead
     # With e2e_launch: ahead (inference.Predictor) each call also launches the next call's graph
-    # while its own runs; that graph's first kernel is this gate.  One program spins on the
-    # host's flag word in pinned host memory until it holds the call's number, so the net's
-    # kernels start as soon as the image is there and the launch is off the critical path.  On
-    # starting, it writes the call's number into answer word 2: the predictor is ready for the
-    # call (what the benchmark waits for between calls).  The host writes the flag after the
-    # image (x86 stores reach memory in program order), and the net's first kernel reads the
-    # image after the gate has ended.  A gate that waits longer than its limit expires: it writes
-    # the call's number into answer word 1 (before the head writes word 0: PCIe keeps a device's
-    # writes in order), so the host knows that this graph answered on an old image, and takes
-    # the graph queued behind it.
+    # while its own runs; that graph waits at its gate for its call.  The gate spins on the host's
+    # flag word in pinned host memory until it holds the call's number, so the net's kernels start
+    # as soon as the image is there and the launch is off the critical path.  e2e_gate: kernel
+    # puts the gate in a kernel of its own (gate_kernel, one program, before the net's first
+    # kernel); e2e_gate: stem in the first layer's kernel itself (conv_layer_kernel, GATE: each
+    # of its programs waits), one kernel boundary fewer.  On starting, the gate writes the call's
+    # number into answer word 2: the predictor is ready for the call (what the benchmark waits for
+    # between calls).  The host writes the flag after the image (x86 stores reach memory in
+    # program order), and the image is read after the flag was seen.  A gate that waits longer
+    # than its limit expires: it writes the call's number into answer word 1 (before the head
+    # writes word 0: that is a later kernel, and PCIe keeps a device's writes in order), so the
+    # host knows that this graph answered on an old image, and takes the graph queued behind it.
 
     @triton.jit
-    def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr, PDL: tl.constexpr):
-        """Wait until flag == the call's number, (device call counter + 1) & SEQ_MASK.  limit:
-        nanoseconds of the GPU's clock (CLOCK), else flag reads (the interpreter has no clock).
-        PDL: let the net's first kernel launch now; its programs wait at their PDL wait for the
-        gate's end, so the kernel boundary after the gate is not on the critical path."""
-        if PDL:
-            gdc_launch_dependents()
+    def _wait_flag(flag_ptr, seq_ptr, word_ptr, limit, stamp, CLOCK: tl.constexpr):
+        # Wait until flag == the call's number, (device call counter + 1) & SEQ_MASK, at most limit
+        # (ns of the GPU's clock with CLOCK, else flag reads: the interpreter has no clock).  stamp:
+        # this program writes the ready stamp (word 2).  On expiry the program writes the call's
+        # number into word 1: the answer that follows is of an old image.
         want = (tl.load(seq_ptr) + 1) & SEQ_MASK_C
-        tl.store(word_ptr + 2, want, cache_modifier=".wt")
+        if stamp:
+            tl.store(word_ptr + 2, want, cache_modifier=".wt")
         f = tl.load(flag_ptr, volatile=True)
         if CLOCK:
             t_end = _clock() + limit
@@ -518,3 +528,12 @@ if triton is not None:
                 n += 1
         if f != want:
             tl.store(word_ptr + 1, want, cache_modifier=".wt")
+
+    @triton.jit
+    def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr, PDL: tl.constexpr):
+        """The gate of e2e_gate: kernel, one program: _wait_flag, then the kernel ends.  PDL: let
+        the net's first kernel launch now; its programs wait at their PDL wait for the gate's
+        end, so the kernel boundary after the gate is not on the critical path."""
+        if PDL:
+            gdc_launch_dependents()
+        _wait_flag(flag_ptr, seq_ptr, word_ptr, limit, True, CLOCK)

@@ -9,8 +9,10 @@ from utils import KitError
 
 # F's inference path one change a step, ending at F; F's I/O alternatives and other single changes, each vs its base.
 ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F")
-# F's I/O rows run F's kernels without PDL: where F ships with it, they are set beside F_nopdl (io_pairs).
-IO_PAIRS = (("F_copy_sync", "F"), ("F_copy", "F"), ("F_sync", "F"), ("F_ahead", "F"), ("F85_ahead", "F85_triton"))
+# F's copy and sync rows run F's kernels without PDL: they are set beside F_nopdl (io_pairs: F where
+# the invocation lacks that row); the rows launching ahead run them with PDL, as F.
+IO_PAIRS = (("F_copy_sync", "F_nopdl"), ("F_copy", "F_nopdl"), ("F_sync", "F_nopdl"), ("F_ahead", "F"),
+            ("F_ahead_stem", "F"), ("F85_ahead", "F85_triton"))
 PAIRS = (("F_nopdl", "F"), ("F_pdl", "F"), ("F85_nopdl", "F85_triton"), ("F85_triton", "F85"), ("F85_cudnn", "F85"))
 
 # Public reference points: the only typed numbers of the report, each with its source.
@@ -242,9 +244,9 @@ def step_table(s):
 
 
 def io_pairs(s):
-    """IO_PAIRS, F's rows set beside F_nopdl where the invocation has that row."""
-    base = "F_nopdl" if "F_nopdl" in s.rows.index else "F"
-    return tuple((v, base if b == "F" else b) for v, b in IO_PAIRS)
+    """IO_PAIRS, F_nopdl's pairs set beside F where the invocation lacks F_nopdl."""
+    nopdl = "F_nopdl" if "F_nopdl" in s.rows.index else "F"
+    return tuple((v, nopdl if b == "F_nopdl" else b) for v, b in IO_PAIRS)
 
 
 def pair_table(s, pairs):

@@ -199,6 +199,18 @@ def _gate(K):
                    torch.full((4,), -1, dtype=torch.int32))
         net.gate(f, s, w, 0.005)  # 5 reads
         out[name] = w.tolist()
+    # the same wait inside the first layer's programs (forward(..., gate=)): the net then runs
+    # and answers, on the image it was given, whether its gate passed or expired
+    x = torch.randint(0, 256, (1, 32, 32, 3), generator=torch.Generator().manual_seed(43), dtype=torch.uint8)
+    plain = net(x).clone()
+    for name, flag in (("stem_ready", 5), ("stem_other", 3)):
+        s, f, w = (torch.tensor([4, 0, 0, 0], dtype=torch.int32), torch.tensor([flag, 0, 0, 0], dtype=torch.int32),
+                   torch.full((4,), -1, dtype=torch.int32))
+        logits = net(x, answer=(s, w), gate=(f, 0.005)).clone()
+        out[name] = dict(word=w.tolist(), seq=int(s[0]), cls=int(plain[0].argmax()),
+                         same=bool(torch.equal(logits, plain)), programs=int(net.specs[0]["grid"][0] *
+                                                                              net.specs[0]["grid"][1] *
+                                                                              net.specs[0]["grid"][2]))
     return out
 
 
@@ -339,11 +351,14 @@ def _ptx_atomic_orders():
     import kernels
     ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", y_ptr="*fp16", part_ptr="*fp32", cnt_ptr="*i32",
                hmax_ptr="*fp32", hw_ptr="*fp32", hb_ptr="*fp32", out_ptr="*fp32", hcnt_ptr="*i32", view_ptr="*i32",
-               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", m_tiles="i32", SPLIT="i32", n_fin="i32")
+               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", m_tiles="i32", SPLIT="i32",
+               n_fin="i32", limit="i32")
     base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
-                GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False)
+                GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False,
+                GATE=0)
     out = {}
-    for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True))):
+    for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True)),
+                        ("gated", dict(GATE=1))):
         src = triton.compiler.ASTSource(fn=kernels.conv_layer_kernel, signature=ptr, constexprs=dict(base, **extra))
         ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
         out[name] = {}
@@ -469,10 +484,16 @@ def test_persistent_kernel_answers_as_the_kernel_net(case):
 
 
 def test_gate_waits_for_its_call_and_marks_an_expired_one():
+    """gate_kernel, and the same wait in the first layer's programs (e2e_gate: stem)."""
     r = _run_case("gate")
     assert r["ready"] == [-1, -1, 5, -1], r  # passed: only the ready stamp written
     assert r["other"] == [-1, 5, 5, -1], r  # expired: its call's number in word 1, the answer word untouched
     assert r["wrapped"] == [-1, -1, 0, -1], r
+    # e2e_gate: stem, every program of the first layer waits (more than one here)
+    ready, other = r["stem_ready"], r["stem_other"]
+    assert ready["programs"] > 1, r
+    assert ready["word"] == [(5 << 4) | ready["cls"], -1, 5, -1] and ready["seq"] == 5 and ready["same"], r
+    assert other["word"] == [(5 << 4) | other["cls"], 5, 5, -1] and other["same"], r
 
 
 def test_only_arrival_counts_are_acquire_release_atomics():
@@ -496,6 +517,8 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # the call counter is read before the K loop and stored by the answering program: no
     # integer atomic (a round trip whose result the answer word waits for) beside the counts
     assert got["split_k"]["int_relaxed"] == 0 and got["head"]["int_relaxed"] == 0, got
+    # the gate in the first layer's programs (e2e_gate: stem) adds no atomic
+    assert got["gated"] == got["split_k"], got
 
 
 def test_wrong_weights_are_caught():
