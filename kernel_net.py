@@ -342,6 +342,7 @@ class KernelNet(torch.nn.Module):
         self.out = torch.zeros(self.batch, 16, device=dev)  # rows padded to 16, logits[:, :10]
         self.logits = self.out.view(self.batch, 16)[:, :ncls]
         self._no_answer = torch.zeros(2, dtype=torch.int32, device=dev)  # pointers for ANSWER=False
+        self.gate_go = torch.full((1,), -1, dtype=torch.int32, device=dev)  # the stem gate's word (GATE)
 
     @torch.no_grad()
     def load_weights(self, layers, head):
@@ -474,7 +475,7 @@ class KernelNet(torch.nn.Module):
 
     def _launch(self, i, x, answer=None, gate=None):
         """Layer i as its own kernel, one work item per program; gate (layer 0 only): its
-        programs first wait for the host's flag (kernels.conv_layer_kernel, GATE)."""
+        programs first wait for the call (kernels.conv_layer_kernel, GATE)."""
         sp, t, m = self.specs[i], self.specs[i]["tiles"], self.specs[i]["meta"]
         kw = dict(num_warps=t["num_warps"], num_stages=t["num_stages"])
         if self.pdl:
@@ -485,7 +486,8 @@ class KernelNet(torch.nn.Module):
             flag, limit, gate_mode = gate[0], *self._gate_limit(gate[1])
         kernels.conv_layer_kernel[sp["grid"]](
             x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
-            self.view_t, self.view_w, seq, word, flag, sp["m_tiles"], t["SPLIT"], sp["grid"][0] * sp["grid"][1], limit,
+            self.view_t, self.view_w, seq, word, flag, self.gate_go, sp["m_tiles"], t["SPLIT"],
+            sp["grid"][0] * sp["grid"][1], limit,
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
             GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,

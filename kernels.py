@@ -233,7 +233,7 @@ if triton is not None:
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                           hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr,
-                          flag_ptr, m_tiles, SPLIT, n_fin, limit,
+                          flag_ptr, go_ptr, m_tiles, SPLIT, n_fin, limit,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                           KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
                           WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
@@ -244,14 +244,22 @@ if triton is not None:
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
         layer of a graph launched ahead with e2e_gate: stem; 1: limit in ns of the GPU clock, 2:
-        in flag reads): every program first waits for the call's flag itself (_wait_flag), so
-        no gate kernel and no kernel boundary stand between the flag and the image reads.  The
-        image loads come after the spin in program order and depend on its exit, and a kernel
-        starts with no line of the image in L1: they read the image the host wrote before the
-        flag (x86 stores reach memory in program order)."""
+        in reads): the gate is in this kernel, so no gate kernel and no kernel boundary stand
+        between the flag and the image reads.  Program 0 writes the ready stamp, waits for the
+        host's flag, then writes the call's number into go_ptr (device memory); the other
+        programs wait for that word.  (Every program polling the host's flag itself made each
+        call ~0.5 ms on an H200: keep the polls of host memory to one program.)  The image
+        loads come after the spin in program order and depend on its exit, and a kernel starts
+        with no line of the image in L1: they read the image the host wrote before the flag (x86
+        stores reach memory in program order)."""
         if GATE:
-            first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0)
-            _wait_flag(flag_ptr, seq_ptr, word_ptr, limit, first, GATE == 1)
+            want = _call_number(seq_ptr)
+            if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
+                tl.store(word_ptr + 2, want, cache_modifier=".wt")
+                _wait_for(flag_ptr, want, word_ptr, limit, GATE == 1)
+                tl.store(go_ptr, want)
+            else:
+                _wait_for(go_ptr, want, word_ptr, limit, GATE == 1)
         _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
                    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
@@ -498,42 +506,47 @@ if triton is not None:
     # flag word in pinned host memory until it holds the call's number, so the net's kernels start
     # as soon as the image is there and the launch is off the critical path.  e2e_gate: kernel
     # puts the gate in a kernel of its own (gate_kernel, one program, before the net's first
-    # kernel); e2e_gate: stem in the first layer's kernel itself (conv_layer_kernel, GATE: each
-    # of its programs waits), one kernel boundary fewer.  On starting, the gate writes the call's
-    # number into answer word 2: the predictor is ready for the call (what the benchmark waits for
-    # between calls).  The host writes the flag after the image (x86 stores reach memory in
-    # program order), and the image is read after the flag was seen.  A gate that waits longer
-    # than its limit expires: it writes the call's number into answer word 1 (before the head
-    # writes word 0: that is a later kernel, and PCIe keeps a device's writes in order), so the
-    # host knows that this graph answered on an old image, and takes the graph queued behind it.
+    # kernel); e2e_gate: stem in the first layer's kernel itself (conv_layer_kernel, GATE: its
+    # program 0 waits for the flag, the others for program 0), one kernel boundary fewer.  On
+    # starting, the gate writes the call's number into answer word 2: the predictor is ready for
+    # the call (what the benchmark waits for between calls).  The host writes the flag after the
+    # image (x86 stores reach memory in program order), and the image is read after the flag was
+    # seen.  A gate that waits longer than its limit expires: it writes the call's number into
+    # answer word 1 (before the head writes word 0: that is a later kernel, and PCIe keeps a
+    # device's writes in order), so the host knows that this graph answered on an old image, and
+    # takes the graph queued behind it.
 
     @triton.jit
-    def _wait_flag(flag_ptr, seq_ptr, word_ptr, limit, stamp, CLOCK: tl.constexpr):
-        # Wait until flag == the call's number, (device call counter + 1) & SEQ_MASK, at most limit
-        # (ns of the GPU's clock with CLOCK, else flag reads: the interpreter has no clock).  stamp:
-        # this program writes the ready stamp (word 2).  On expiry the program writes the call's
-        # number into word 1: the answer that follows is of an old image.
-        want = (tl.load(seq_ptr) + 1) & SEQ_MASK_C
-        if stamp:
-            tl.store(word_ptr + 2, want, cache_modifier=".wt")
-        f = tl.load(flag_ptr, volatile=True)
+    def _call_number(seq_ptr):
+        # the number of the call a gate waits for: (device call counter + 1) & SEQ_MASK
+        return (tl.load(seq_ptr) + 1) & SEQ_MASK_C
+
+    @triton.jit
+    def _wait_for(ptr, want, word_ptr, limit, CLOCK: tl.constexpr):
+        # Spin on a word (volatile loads) until it holds want, at most limit (ns of the GPU's clock
+        # with CLOCK, else reads: the interpreter has no clock).  On expiry write want into answer
+        # word 1: the answer that follows is of an old image.
+        f = tl.load(ptr, volatile=True)
         if CLOCK:
             t_end = _clock() + limit
             while (f != want) & (_clock() < t_end):
-                f = tl.load(flag_ptr, volatile=True)
+                f = tl.load(ptr, volatile=True)
         else:
             n = 0
             while (f != want) & (n < limit):
-                f = tl.load(flag_ptr, volatile=True)
+                f = tl.load(ptr, volatile=True)
                 n += 1
         if f != want:
             tl.store(word_ptr + 1, want, cache_modifier=".wt")
 
     @triton.jit
     def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr, PDL: tl.constexpr):
-        """The gate of e2e_gate: kernel, one program: _wait_flag, then the kernel ends.  PDL: let
+        """The gate of e2e_gate: kernel, one program: the ready stamp, the wait for the host's flag
+        (_wait_for), then the kernel ends.  PDL: let
         the net's first kernel launch now; its programs wait at their PDL wait for the gate's
         end, so the kernel boundary after the gate is not on the critical path."""
         if PDL:
             gdc_launch_dependents()
-        _wait_flag(flag_ptr, seq_ptr, word_ptr, limit, True, CLOCK)
+        want = _call_number(seq_ptr)
+        tl.store(word_ptr + 2, want, cache_modifier=".wt")
+        _wait_for(flag_ptr, want, word_ptr, limit, CLOCK)

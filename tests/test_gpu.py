@@ -122,7 +122,7 @@ def _interleaved_as_alone(a, b, imgs, buffers):
 def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
     f, f85 = _predictor(gpu_cfg, "F_ahead"), _predictor(gpu_cfg, "F85_triton")  # one launching ahead, one not
     _interleaved_as_alone(f, f85, test_split[0][:300],
-                          lambda c: (c.kn.hcnt,) + ((c.h_flag,) if c.e2e_launch == "ahead" else ()))
+                          lambda c: (c.kn.hcnt,) + ((c.h_flag, c.kn.gate_go) if c.e2e_launch == "ahead" else ()))
 
 
 @pytest.mark.parametrize("pair", [("F85_cluster_ahead", "F85_cluster8"), ("F85", "F85_tagged")])

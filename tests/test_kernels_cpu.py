@@ -207,7 +207,7 @@ def _gate(K):
         s, f, w = (torch.tensor([4, 0, 0, 0], dtype=torch.int32), torch.tensor([flag, 0, 0, 0], dtype=torch.int32),
                    torch.full((4,), -1, dtype=torch.int32))
         logits = net(x, answer=(s, w), gate=(f, 0.005)).clone()
-        out[name] = dict(word=w.tolist(), seq=int(s[0]), cls=int(plain[0].argmax()),
+        out[name] = dict(word=w.tolist(), seq=int(s[0]), cls=int(plain[0].argmax()), go=int(net.gate_go[0]),
                          same=bool(torch.equal(logits, plain)), programs=int(net.specs[0]["grid"][0] *
                                                                               net.specs[0]["grid"][1] *
                                                                               net.specs[0]["grid"][2]))
@@ -351,7 +351,7 @@ def _ptx_atomic_orders():
     import kernels
     ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", y_ptr="*fp16", part_ptr="*fp32", cnt_ptr="*i32",
                hmax_ptr="*fp32", hw_ptr="*fp32", hb_ptr="*fp32", out_ptr="*fp32", hcnt_ptr="*i32", view_ptr="*i32",
-               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", m_tiles="i32", SPLIT="i32",
+               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", go_ptr="*i32", m_tiles="i32", SPLIT="i32",
                n_fin="i32", limit="i32")
     base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
                 GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False,
@@ -489,9 +489,10 @@ def test_gate_waits_for_its_call_and_marks_an_expired_one():
     assert r["ready"] == [-1, -1, 5, -1], r  # passed: only the ready stamp written
     assert r["other"] == [-1, 5, 5, -1], r  # expired: its call's number in word 1, the answer word untouched
     assert r["wrapped"] == [-1, -1, 0, -1], r
-    # e2e_gate: stem, every program of the first layer waits (more than one here)
+    # e2e_gate: stem: program 0 of the first layer waits for the flag and passes the call's number
+    # to the others (more than one here) in the device word gate_go, whether it passed or expired
     ready, other = r["stem_ready"], r["stem_other"]
-    assert ready["programs"] > 1, r
+    assert ready["programs"] > 1 and ready["go"] == 5 and other["go"] == 5, r
     assert ready["word"] == [(5 << 4) | ready["cls"], -1, 5, -1] and ready["seq"] == 5 and ready["same"], r
     assert other["word"] == [(5 << 4) | other["cls"], 5, 5, -1] and other["same"], r
 
