@@ -8,12 +8,15 @@ from inputs import ablation_variants, front_rows, table_variants
 from utils import KitError
 
 # F's inference path one change a step, ending at F; F's I/O alternatives and other single changes, each vs its base.
-ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F")
-# F's copy and sync rows run F's kernels without PDL: they are set beside F_nopdl (io_pairs: F where
-# the invocation lacks that row); the rows launching ahead run them with PDL, as F.
-IO_PAIRS = (("F_copy_sync", "F_nopdl"), ("F_copy", "F_nopdl"), ("F_sync", "F_nopdl"), ("F_ahead", "F"),
-            ("F_ahead_stem", "F"), ("F85_ahead", "F85_triton"))
-PAIRS = (("F_nopdl", "F"), ("F_pdl", "F"), ("F85_nopdl", "F85_triton"), ("F85_triton", "F85"), ("F85_cudnn", "F85"))
+ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F_call", "F")
+# F's copy and sync rows run F's kernels without PDL: they are set beside F_nopdl (io_pairs: F_call
+# where the invocation lacks that row); F_call (one launch per call) and F_ahead (a gate kernel)
+# are set beside F (launched ahead, the gate in the first layer's kernel).
+IO_PAIRS = (("F_copy_sync", "F_nopdl"), ("F_copy", "F_nopdl"), ("F_sync", "F_nopdl"), ("F_call", "F"),
+            ("F_ahead", "F"), ("F85_ahead", "F85_triton"))
+# F_nopdl and F_pdl change F_call's PDL (both launch one graph per call).
+PAIRS = (("F_nopdl", "F_call"), ("F_pdl", "F_call"), ("F85_nopdl", "F85_triton"), ("F85_triton", "F85"),
+         ("F85_cudnn", "F85"))
 
 # Public reference points: the only typed numbers of the report, each with its source.
 ANCHORS = {
@@ -244,8 +247,8 @@ def step_table(s):
 
 
 def io_pairs(s):
-    """IO_PAIRS, F_nopdl's pairs set beside F where the invocation lacks F_nopdl."""
-    nopdl = "F_nopdl" if "F_nopdl" in s.rows.index else "F"
+    """IO_PAIRS, F_nopdl's pairs set beside F_call where the invocation lacks F_nopdl."""
+    nopdl = "F_nopdl" if "F_nopdl" in s.rows.index else "F_call"
     return tuple((v, nopdl if b == "F_nopdl" else b) for v, b in IO_PAIRS)
 
 

@@ -83,10 +83,10 @@ def test_config_errors(trained):
     check(trained, "eval.py", ["--variant", "F_ahead", "--set", "variants.F_ahead.e2e_input=copy"],
           "e2e_launch 'ahead' needs", "e2e_input: mapped", "use e2e_launch: call")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_ahead_ms=0"], "variants.F.e2e_ahead_ms")
-    check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_gate=stem"],
+    check(trained, "eval.py", ["--variant", "F_call", "--set", "variants.F_call.e2e_gate=stem"],
           "e2e_gate 'stem' needs e2e_launch: ahead", "kernel_engine: triton")
-    check(trained, "eval.py", ["--variant", "F_ahead_stem", "--set", "variants.F_ahead_stem.e2e_gate=door"],
-          "variants.F_ahead_stem.e2e_gate", "kernel, stem")
+    check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_gate=door"],
+          "variants.F.e2e_gate", "kernel, stem")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_pdl=false"],
           "kernel_pdl_trigger 'late' needs", "kernel_pdl: true")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_pdl_trigger=soon"],

@@ -70,7 +70,7 @@ def _reference_ids(cfg, clf, imgs):
 
 
 @pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead", "F85_tagged", "F_cluster",
-                                     "F_ahead_stem"])
+                                     "F_call"])
 def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
@@ -96,7 +96,7 @@ def _two_images_of_two_classes(clf, imgs):
     return (imgs[0], ids[0]), (imgs[j], ids[j])
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_ahead_stem", "F85", "F85_triton", "F85_ahead",
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F85", "F85_triton", "F85_ahead",
                                      "F85_cluster", "F85_cluster_ahead", "F85_cluster8", "F85_tagged", "F_cluster"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
@@ -132,7 +132,7 @@ def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split, pair):
                           lambda c: (c.kn.blob,) + ((c.h_flag,) if c.e2e_launch != "call" else ()))
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_ahead_stem", "F85", "F85_cluster", "F85_cluster_ahead",
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F85", "F85_cluster", "F85_cluster_ahead",
                                      "F85_tagged", "F_cluster"])
 def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, variant):
     import utils
@@ -170,7 +170,7 @@ def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant)
         cfg.variants.F85_cluster["tta"] = cfg.variants.F85_triton["tta"] = "flip"
         variant = "F85_cluster"
     tri, cl = _predictor(cfg, ref), _predictor(cfg, variant)
-    assert tri.tta == cl.tta and (cl.tta == "flip") == (cfg is not gpu_cfg or ref == "F")  # F's own views: flip
+    assert tri.tta == cl.tta and (cl.tta == "flip") == (cfg is not gpu_cfg or ref == "F_call")  # F's own views: flip
     assert cl.kn.kernel_count() == 1 and cl.kn.plan["ranks"] == (8 if variant.endswith("8") else 16)
     a, b = tri.predict(imgs), cl.predict(imgs)
     same = 100.0 * float((a == b).mean())
@@ -185,8 +185,8 @@ def test_cluster_kernel_answers_as_the_triton_path(gpu_cfg, test_split, variant)
 
 
 def _triton_path(variant):
-    """The Triton-kernel variant on the same checkpoint: F's own path, or F85's."""
-    return "F" if variant.startswith("F_") else "F85_triton"
+    """The Triton-kernel variant launched per call on the same checkpoint: F's, or F85's."""
+    return "F_call" if variant == "F" or variant.startswith("F_") else "F85_triton"
 
 
 def _calls_with_pauses(gpu_cfg, test_split, variant, n):
@@ -236,7 +236,7 @@ def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split, 
     assert int(clf._word_np[2]) == clf.calls + 1 and clf(imgs[5]) == want[5]
 
 
-@pytest.mark.parametrize("variant", ["F85_ahead", "F_ahead_stem"])
+@pytest.mark.parametrize("variant", ["F85_ahead", "F"])
 def test_a_graph_launched_ahead_expires_and_the_next_call_answers_its_own_image(gpu_cfg, test_split, variant):
     """e2e_launch: ahead: after a pause longer than e2e_ahead_ms the waiting graph has expired (it
     answered on the previous image); the next call still answers its own.  drain() leaves
@@ -306,7 +306,7 @@ def test_persistent_kernel_timeout_raises_and_the_next_call_works(gpu_cfg, test_
 def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):
     imgs = test_split[0][:1000]
     answers = {}
-    for v in ("F", "F_ahead", "F_ahead_stem", "F_copy", "F_sync", "F_copy_sync"):
+    for v in ("F", "F_ahead", "F_call", "F_copy", "F_sync", "F_copy_sync"):
         clf = _predictor(gpu_cfg, v)
         answers[v] = [clf(i) for i in imgs]
         del clf
