@@ -160,8 +160,10 @@ VARIANT = {
     "e2e_ahead_ms": Field(float, 2.0, gt=0, hi=1000),
     # where a graph launched ahead (kernel_engine: triton) waits for its image: kernel (a gate
     # kernel of one program before the net's first kernel) | stem (every program of the first
-    # layer's kernel waits itself: one kernel boundary fewer between the flag and the image)
-    "e2e_gate": Field(str, "kernel", choices=("kernel", "stem")),
+    # layer's kernel waits itself: one kernel boundary fewer between the flag and the image) |
+    # stage (as stem, and the program that sees the flag first copies the image into device
+    # memory in one wide read; the others read it there, not across PCIe)
+    "e2e_gate": Field(str, "kernel", choices=("kernel", "stem", "stage")),
 }
 
 # fastnet's choices and bounds, shared by models.fastnet and the front shapes.  Upper bounds too:

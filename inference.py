@@ -16,8 +16,9 @@ End to end on a GPU, per call: the image is copied (numpy) into a pinned host bu
     in the graph (copy), and whose last kernel writes (call number << 4) | class id into a
     pinned host word; the host polls that word (e2e_wait: poll) or synchronises (sync); with
     e2e_launch: ahead each call also launches the next call's graph, which waits at a gate for
-    that call's image (a kernel of its own, or with e2e_gate: stem the first layer's programs),
-    so the launch is off the critical path; with serve
+    that call's image (a kernel of its own, or with e2e_gate: stem the first layer's programs;
+    stage: and one of them copies the image to the device for the others), so the launch is
+    off the critical path; with serve
     (the cluster kernel) one launch answers call after call, each behind its gate: no launch
     per call at all;
   - other CUDA-graph paths: the graph holds the copy in, the net, the argmax, the answer word
@@ -318,12 +319,13 @@ class Predictor:
     def _build_ahead(self):
         """The graph launched ahead of its call: the gate (waits for the host's flag word; its own
         kernel, or with e2e_gate: stem inside the first layer's kernel), then the net reading the
-        image from host memory and writing the answer word."""
+        image from host memory (stage: from the device copy its first program makes) and writing
+        the answer word."""
         answer = (self._seq, self.h_word)
 
         def gated_net(limit_ms):
-            if self.e2e_gate == "stem":
-                self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms))
+            if self.e2e_gate in ("stem", "stage"):
+                self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms), stage=self.e2e_gate == "stage")
                 return
             self.kn.gate(self.h_flag, self._seq, self.h_word, limit_ms)
             self.kn(self.h_in, answer=answer)

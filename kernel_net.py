@@ -343,6 +343,7 @@ class KernelNet(torch.nn.Module):
         self.logits = self.out.view(self.batch, 16)[:, :ncls]
         self._no_answer = torch.zeros(2, dtype=torch.int32, device=dev)  # pointers for ANSWER=False
         self.gate_go = torch.full((1,), -1, dtype=torch.int32, device=dev)  # the stem gate's word (GATE)
+        self.staged = torch.zeros(self.batch, 32, 32, 3, dtype=torch.uint8, device=dev)  # the image (STAGE)
 
     @torch.no_grad()
     def load_weights(self, layers, head):
@@ -473,27 +474,30 @@ class KernelNet(torch.nn.Module):
             return 0
         return 2 if self.specs[i]["m_tiles"] == 1 and len(self.specs) > 1 else 1
 
-    def _launch(self, i, x, answer=None, gate=None):
+    def _launch(self, i, x, answer=None, gate=None, stage=False):
         """Layer i as its own kernel, one work item per program; gate (layer 0 only): its
-        programs first wait for the call (kernels.conv_layer_kernel, GATE)."""
+        programs first wait for the call (kernels.conv_layer_kernel, GATE); stage: and read the
+        image from the device copy that program 0 makes of it (STAGE)."""
         sp, t, m = self.specs[i], self.specs[i]["tiles"], self.specs[i]["meta"]
         kw = dict(num_warps=t["num_warps"], num_stages=t["num_stages"])
         if self.pdl:
             kw["launch_pdl"] = True
         seq, word = answer if answer is not None else (self._no_answer, self._no_answer)
         flag, limit, gate_mode = self._no_answer, 0, 0
+        staged = 0
         if gate is not None and i == 0:
             flag, limit, gate_mode = gate[0], *self._gate_limit(gate[1])
+            staged = _pow2(x.numel() // 4) if stage else 0
         kernels.conv_layer_kernel[sp["grid"]](
             x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
-            self.view_t, self.view_w, seq, word, flag, self.gate_go, sp["m_tiles"], t["SPLIT"],
+            self.view_t, self.view_w, seq, word, flag, self.gate_go, self.staged, sp["m_tiles"], t["SPLIT"],
             sp["grid"][0] * sp["grid"][1], limit,
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
             GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,
             VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1,
             PDL=PDL_TRIGGERS[t.get("trigger", self.pdl_trigger)] if self.pdl else 0,
-            ANSWER=answer is not None and i == len(self.specs) - 1, GATE=gate_mode, **kw)
+            ANSWER=answer is not None and i == len(self.specs) - 1, GATE=gate_mode, STAGE=staged, **kw)
 
     def _gate_limit(self, limit_ms):
         """A gate's limit as its kernels count it, and their GATE mode: GPU clock nanoseconds (1), or
@@ -501,7 +505,7 @@ class KernelNet(torch.nn.Module):
         clock = self.device.type == "cuda"
         return int(limit_ms * (1e6 if clock else 1e3)), (1 if clock else 2)
 
-    def forward(self, x, answer=None, gate=None):
+    def forward(self, x, answer=None, gate=None, stage=False):
         if x.shape != (self.batch, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16):
             raise ValueError(f"KernelNet input must be {self.batch}x32x32x3 uint8/fp16 NHWC, "
                              f"got {tuple(x.shape)} {x.dtype}")
@@ -511,9 +515,11 @@ class KernelNet(torch.nn.Module):
             raise ValueError("KernelNet answer words need batch 1")
         if gate is not None and answer is None:
             raise ValueError("KernelNet gate needs answer words (the call counter and the stamps)")
+        if stage and (gate is None or x.dtype != torch.uint8):
+            raise ValueError("KernelNet stage needs a gate and a uint8 image (program 0 of the gate copies it)")
         h = x
         for i, sp in enumerate(self.specs):
-            self._launch(i, h, answer, gate)
+            self._launch(i, h, answer, gate, stage)
             h = sp["y"]
         return self.logits
 
@@ -522,7 +528,8 @@ class KernelNet(torch.nn.Module):
         the host's flag word holds the call's number, at most limit_ms; then the net's kernels
         (forward) run; with PDL the first of them launches at once and waits for the gate's end.
         Under the interpreter limit_ms counts thousands of flag reads instead.  forward(x, answer,
-        gate=(flag, limit_ms)) waits in the first layer's programs instead (no kernel of its own)."""
+        gate=(flag, limit_ms)) waits in the first layer's programs instead (no kernel of its own),
+        and with stage=True those programs read the image from a device copy made by program 0."""
         limit, mode = self._gate_limit(limit_ms)
         kernels.gate_kernel[(1,)](flag, seq, word, limit, CLOCK=mode == 1, PDL=self.pdl)
 

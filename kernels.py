@@ -233,14 +233,14 @@ if triton is not None:
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                           hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr,
-                          flag_ptr, go_ptr, m_tiles, SPLIT, n_fin, limit,
+                          flag_ptr, go_ptr, stage_ptr, m_tiles, SPLIT, n_fin, limit,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                           KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
                           WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
                           BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                           GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                           NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                          ANSWER: tl.constexpr, GATE: tl.constexpr):
+                          ANSWER: tl.constexpr, GATE: tl.constexpr, STAGE: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
         layer of a graph launched ahead with e2e_gate: stem; 1: limit in ns of the GPU clock, 2:
@@ -251,17 +251,31 @@ if triton is not None:
         call ~0.5 ms on an H200: keep the polls of host memory to one program.)  The image
         loads come after the spin in program order and depend on its exit, and a kernel starts
         with no line of the image in L1: they read the image the host wrote before the flag (x86
-        stores reach memory in program order)."""
+        stores reach memory in program order).
+        STAGE (with GATE and a uint8 image; a power of two >= the image's 32-bit words): program 0 also copies the image
+        from host memory into stage_ptr (device memory) in one wide read, before it releases
+        the others, and every program reads the image there: one PCIe round trip for the whole
+        image instead of every program's byte reads of its patches crossing PCIe."""
         if GATE:
             want = _call_number(seq_ptr)
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
                 tl.store(word_ptr + 2, want, cache_modifier=".wt")
                 _wait_for(flag_ptr, want, word_ptr, limit, GATE == 1)
-                tl.store(go_ptr, want)
+                if STAGE:
+                    _stage_image(x_ptr, stage_ptr, (NB // NV) * H * W * CIN // 4, STAGE)
+                    tl.atomic_xchg(go_ptr, want, sem="release", scope="gpu")  # after every thread's copy
+                else:
+                    tl.store(go_ptr, want)
             else:
                 _wait_for(go_ptr, want, word_ptr, limit, GATE == 1)
+                if STAGE:  # program 0's copy is visible to this program's plain loads from here on
+                    _fence_acquire(GATE == 1)
+        if STAGE:
+            x_src = stage_ptr
+        else:
+            x_src = x_ptr
         _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
-                   x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
+                   x_src, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
                    HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER)
 
@@ -538,6 +552,17 @@ if triton is not None:
                 n += 1
         if f != want:
             tl.store(word_ptr + 1, want, cache_modifier=".wt")
+
+    @triton.jit
+    def _stage_image(src_ptr, dst_ptr, WORDS: tl.constexpr, WP: tl.constexpr):
+        # Program 0 of a staged stem gate: the image (WORDS 32-bit words; WP, a power of two >=
+        # WORDS) from pinned host memory into device memory, each thread reading 16-byte vectors
+        # (not kept in any cache: the host rewrites that memory every call), then a thread
+        # barrier: all of it stored before the release that lets the other programs read it.
+        offs = tl.arange(0, WP)
+        px = tl.load(src_ptr.to(tl.pointer_type(tl.int32)) + offs, mask=offs < WORDS, cache_modifier=".cv")
+        tl.store(dst_ptr.to(tl.pointer_type(tl.int32)) + offs, px, mask=offs < WORDS)
+        tl.debug_barrier()
 
     @triton.jit
     def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr, PDL: tl.constexpr):

@@ -21,6 +21,11 @@ import sys
 import pytest
 import torch
 
+try:  # the interpreter cases' jit stand-in (_no_copy) needs triton.language among its globals
+    import triton.language as tl
+except ImportError:
+    tl = None
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-2
 
@@ -185,6 +190,17 @@ def _answers(K, cfg, seed, last_bp=None, views=None):
     return dict(got=got, want=want, seq=int(seq[0]), head_mode=net.head_mode(-1), untouched=word[1:].tolist())
 
 
+def _no_copy():
+    """A stand-in for kernels._stage_image that copies nothing (a jit function at module level:
+    Triton reads its source and its globals)."""
+    import triton
+
+    @triton.jit
+    def no_copy(src_ptr, dst_ptr, WORDS: tl.constexpr, WP: tl.constexpr):
+        pass
+    return no_copy
+
+
 def _gate(K):
     """kernels.gate_kernel (KernelNet.gate) under the interpreter, where its limit counts flag
     reads: the flag already holds the call's number (device counter + 1): it passes and writes
@@ -203,14 +219,32 @@ def _gate(K):
     # and answers, on the image it was given, whether its gate passed or expired
     x = torch.randint(0, 256, (1, 32, 32, 3), generator=torch.Generator().manual_seed(43), dtype=torch.uint8)
     plain = net(x).clone()
-    for name, flag in (("stem_ready", 5), ("stem_other", 3)):
+    for name, flag, stage in (("stem_ready", 5, False), ("stem_other", 3, False), ("stage_ready", 5, True),
+                              ("stage_other", 3, True)):
         s, f, w = (torch.tensor([4, 0, 0, 0], dtype=torch.int32), torch.tensor([flag, 0, 0, 0], dtype=torch.int32),
                    torch.full((4,), -1, dtype=torch.int32))
-        logits = net(x, answer=(s, w), gate=(f, 0.005)).clone()
+        net.gate_go.fill_(-1)
+        net.staged.zero_()
+        logits = net(x, answer=(s, w), gate=(f, 0.005), stage=stage).clone()
         out[name] = dict(word=w.tolist(), seq=int(s[0]), cls=int(plain[0].argmax()), go=int(net.gate_go[0]),
+                         staged=bool(torch.equal(net.staged, x)),
                          same=bool(torch.equal(logits, plain)), programs=int(net.specs[0]["grid"][0] *
                                                                               net.specs[0]["grid"][1] *
                                                                               net.specs[0]["grid"][2]))
+    # with stage the programs read the device copy, not the host image: with program 0's copy
+    # left out and another image y in the device buffer, the net answers for y
+    no_copy = _no_copy()
+    y = torch.randint(0, 256, (1, 32, 32, 3), generator=torch.Generator().manual_seed(44), dtype=torch.uint8)
+    copy, kernels._stage_image = kernels._stage_image, no_copy
+    try:
+        net.staged.copy_(y)
+        s, f, w = (torch.tensor([4, 0, 0, 0], dtype=torch.int32), torch.tensor([5, 0, 0, 0], dtype=torch.int32),
+                   torch.full((4,), -1, dtype=torch.int32))
+        read = net(x, answer=(s, w), gate=(f, 0.005), stage=True).clone()
+    finally:
+        kernels._stage_image = copy
+    out["stage_reads"] = dict(device_copy=bool(torch.equal(read, net(y).clone())),
+                              host=bool(torch.equal(read, plain)))
     return out
 
 
@@ -351,14 +385,14 @@ def _ptx_atomic_orders():
     import kernels
     ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", y_ptr="*fp16", part_ptr="*fp32", cnt_ptr="*i32",
                hmax_ptr="*fp32", hw_ptr="*fp32", hb_ptr="*fp32", out_ptr="*fp32", hcnt_ptr="*i32", view_ptr="*i32",
-               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", go_ptr="*i32", m_tiles="i32", SPLIT="i32",
+               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", go_ptr="*i32", stage_ptr="*u8", m_tiles="i32", SPLIT="i32",
                n_fin="i32", limit="i32")
     base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
                 GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False,
-                GATE=0)
+                GATE=0, STAGE=0)
     out = {}
     for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True)),
-                        ("gated", dict(GATE=1))):
+                        ("gated", dict(GATE=1)), ("staged", dict(GATE=1, STAGE=1024))):
         src = triton.compiler.ASTSource(fn=kernels.conv_layer_kernel, signature=ptr, constexprs=dict(base, **extra))
         ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
         out[name] = {}
@@ -484,7 +518,8 @@ def test_persistent_kernel_answers_as_the_kernel_net(case):
 
 
 def test_gate_waits_for_its_call_and_marks_an_expired_one():
-    """gate_kernel, and the same wait in the first layer's programs (e2e_gate: stem)."""
+    """gate_kernel, and the same wait in the first layer's programs (e2e_gate: stem, and stage:
+    with the image copied to the device by program 0)."""
     r = _run_case("gate")
     assert r["ready"] == [-1, -1, 5, -1], r  # passed: only the ready stamp written
     assert r["other"] == [-1, 5, 5, -1], r  # expired: its call's number in word 1, the answer word untouched
@@ -495,6 +530,13 @@ def test_gate_waits_for_its_call_and_marks_an_expired_one():
     assert ready["programs"] > 1 and ready["go"] == 5 and other["go"] == 5, r
     assert ready["word"] == [(5 << 4) | ready["cls"], -1, 5, -1] and ready["seq"] == 5 and ready["same"], r
     assert other["word"] == [(5 << 4) | other["cls"], 5, 5, -1] and other["same"], r
+    assert not ready["staged"], r  # without stage the device copy is not made
+    # e2e_gate: stage: program 0 also copies the image into device memory before it passes the
+    # call's number on; every program reads it there, and the answers are the same
+    for st in (r["stage_ready"], r["stage_other"]):
+        assert st["staged"] and st["same"] and st["go"] == 5 and st["programs"] > 1, r
+    assert r["stage_ready"]["word"] == ready["word"] and r["stage_other"]["word"] == other["word"], r
+    assert r["stage_reads"] == dict(device_copy=True, host=False), r
 
 
 def test_only_arrival_counts_are_acquire_release_atomics():
@@ -518,8 +560,10 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # the call counter is read before the K loop and stored by the answering program: no
     # integer atomic (a round trip whose result the answer word waits for) beside the counts
     assert got["split_k"]["int_relaxed"] == 0 and got["head"]["int_relaxed"] == 0, got
-    # the gate in the first layer's programs (e2e_gate: stem) adds no atomic
+    # the gate in the first layer's programs (e2e_gate: stem) adds no atomic; staging the image
+    # (e2e_gate: stage) adds program 0's one release, after its copy
     assert got["gated"] == got["split_k"], got
+    assert got["staged"] == dict(got["split_k"], release=1), got
 
 
 def test_wrong_weights_are_caught():
