@@ -11,10 +11,10 @@ from utils import KitError
 ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F_call", "F")
 # F's copy and sync rows run F's kernels without PDL: they are set beside F_nopdl (io_pairs: F_call
 # where the invocation lacks that row); F_call (one launch per call), F_ahead (a gate kernel) and
-# F_stage (the image staged on the device by the gate) are set beside F (launched ahead, the gate
-# in the first layer's kernel).
+# F_stem (every program of the gate reading the image from host memory) are set beside F
+# (launched ahead, the gate in the first layer's kernel, the image staged on the device by it).
 IO_PAIRS = (("F_copy_sync", "F_nopdl"), ("F_copy", "F_nopdl"), ("F_sync", "F_nopdl"), ("F_call", "F"),
-            ("F_ahead", "F"), ("F_stage", "F"), ("F85_ahead", "F85_triton"))
+            ("F_ahead", "F"), ("F_stem", "F"), ("F85_ahead", "F85_triton"))
 # F_nopdl and F_pdl change F_call's PDL (both launch one graph per call).
 PAIRS = (("F_nopdl", "F_call"), ("F_pdl", "F_call"), ("F85_nopdl", "F85_triton"), ("F85_triton", "F85"),
          ("F85_cudnn", "F85"))

@@ -70,7 +70,7 @@ def _reference_ids(cfg, clf, imgs):
 
 
 @pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead", "F85_tagged", "F_cluster",
-                                     "F_call", "F_stage"])
+                                     "F_call", "F_stem"])
 def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
@@ -96,7 +96,7 @@ def _two_images_of_two_classes(clf, imgs):
     return (imgs[0], ids[0]), (imgs[j], ids[j])
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F_stage", "F85", "F85_triton", "F85_ahead",
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F_stem", "F85", "F85_triton", "F85_ahead",
                                      "F85_cluster", "F85_cluster_ahead", "F85_cluster8", "F85_tagged", "F_cluster"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
@@ -120,7 +120,7 @@ def _interleaved_as_alone(a, b, imgs, buffers):
 
 
 def test_two_predictors_share_no_buffer(gpu_cfg, test_split):
-    f, f85 = _predictor(gpu_cfg, "F_stage"), _predictor(gpu_cfg, "F85_triton")  # one launching ahead, one not
+    f, f85 = _predictor(gpu_cfg, "F_stem"), _predictor(gpu_cfg, "F85_triton")  # one launching ahead, one not
     _interleaved_as_alone(f, f85, test_split[0][:300],
                           lambda c: (c.kn.hcnt, c.kn.staged) + ((c.h_flag, c.kn.gate_go) if c.e2e_launch == "ahead"
                                                                 else ()))
@@ -133,7 +133,7 @@ def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split, pair):
                           lambda c: (c.kn.blob,) + ((c.h_flag,) if c.e2e_launch != "call" else ()))
 
 
-@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F_stage", "F85", "F85_cluster", "F85_cluster_ahead",
+@pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F_stem", "F85", "F85_cluster", "F85_cluster_ahead",
                                      "F85_tagged", "F_cluster"])
 def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, variant):
     import utils
@@ -237,7 +237,7 @@ def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split, 
     assert int(clf._word_np[2]) == clf.calls + 1 and clf(imgs[5]) == want[5]
 
 
-@pytest.mark.parametrize("variant", ["F85_ahead", "F", "F_stage"])
+@pytest.mark.parametrize("variant", ["F85_ahead", "F", "F_stem"])
 def test_a_graph_launched_ahead_expires_and_the_next_call_answers_its_own_image(gpu_cfg, test_split, variant):
     """e2e_launch: ahead: after a pause longer than e2e_ahead_ms the waiting graph has expired (it
     answered on the previous image); the next call still answers its own.  drain() leaves
@@ -307,7 +307,7 @@ def test_persistent_kernel_timeout_raises_and_the_next_call_works(gpu_cfg, test_
 def test_every_e2e_io_mode_gives_the_same_answers(gpu_cfg, test_split):
     imgs = test_split[0][:1000]
     answers = {}
-    for v in ("F", "F_ahead", "F_call", "F_stage", "F_copy", "F_sync", "F_copy_sync"):
+    for v in ("F", "F_ahead", "F_call", "F_stem", "F_copy", "F_sync", "F_copy_sync"):
         clf = _predictor(gpu_cfg, v)
         answers[v] = [clf(i) for i in imgs]
         del clf

@@ -89,7 +89,7 @@ def test_full_pipeline_on_cpu(tiny):
     inv = [x for x in rows(tiny) if x["script"] == "bench"][-1]["invocation"]
     bench = [x for x in rows(tiny) if x["script"] == "bench" and x["invocation"] == inv]
     table = {"B1", "B2", "O1", "O2", "O3", "D1", "F", "F85", "O2d", "F_fp32", "F_fp16", "F_fold", "F_graph",
-             "F_cudnn", "F_copy_sync", "F_copy", "F_sync", "F_ahead", "F_stage", "F_call", "F85_ahead", "F_pdl", "F_nopdl",
+             "F_cudnn", "F_copy_sync", "F_copy", "F_sync", "F_ahead", "F_stem", "F_call", "F85_ahead", "F_pdl", "F_nopdl",
              "F85_nopdl", "F85_cudnn", "F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_triton", "F85_tagged",
              "F_cluster"}
     assert {x["variant"] for x in bench} == table | points  # ONE invocation: table, ablation and front
