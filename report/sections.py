@@ -182,7 +182,8 @@ def results_gains(doc, s, figs):
               intro="End-to-end input/output of F's kernels (mapped: the first kernel reads host memory; copy: a "
                     "copy node; poll: the host polls an answer word; sync: the stream is synchronised; ahead: each "
                     "call also launches the next call's graph, which waits for that call's image at a gate: a kernel "
-                    "of its own, or in the first layer's kernel):")
+                    "of its own, or in the first layer's kernel, whose polling program may also copy the image "
+                    "to the device for the others):")
     doc.table(*facts.pair_table(s, facts.PAIRS), wrap_at={2: 30},
               intro="Programmatic dependent launch (PDL) on and off, its trigger early or late, F85's Triton kernels "
                     "against its one-kernel path, and F85's weights through cuDNN + torch.compile:")
