@@ -321,22 +321,24 @@ class Predictor:
         kernel, or with e2e_gate: stem inside the first layer's kernel), then the net reading the
         image from host memory (stage: from the device copy its first program makes) and writing
         the answer word."""
-        answer = (self._seq, self.h_word)
-
-        def gated_net(limit_ms):
-            if self.e2e_gate in ("stem", "stage"):
-                self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms), stage=self.e2e_gate == "stage")
-                return
-            self.kn.gate(self.h_flag, self._seq, self.h_word, limit_ms)
-            self.kn(self.h_in, answer=answer)
         with self._gated():
             torch.cuda.synchronize()
-            gated_net(0.0)  # compiles the gated kernels (they expire at once; _resync takes the count)
+            self.gated_net(0.0)  # compiles the gated kernels (they expire at once; _resync takes the count)
             torch.cuda.synchronize()
             self._ahead_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self._ahead_graph):
-                gated_net(self.ahead_ms)
+                self.gated_net(self.ahead_ms)
             torch.cuda.synchronize()
+
+    def gated_net(self, limit_ms):
+        """The kernels of one call launched ahead (what _build_ahead captures): the gate, waiting
+        at most limit_ms for the host's flag, then the net writing the answer word."""
+        answer = (self._seq, self.h_word)
+        if self.e2e_gate in ("stem", "stage"):
+            self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms), stage=self.e2e_gate == "stage")
+            return
+        self.kn.gate(self.h_flag, self._seq, self.h_word, limit_ms)
+        self.kn(self.h_in, answer=answer)
 
     def _build_serve(self):
         """The serving kernel's host words (tagged: the image buffer too) and stream."""

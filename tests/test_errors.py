@@ -165,7 +165,8 @@ def test_bench_without_the_reference_checkpoint_benches_what_is_there(trained):
 
 
 def test_gpu_tools_say_they_need_a_gpu(trained):
-    """tools/kernel_tune.py, kernel_profile.py, chain_tune.py and cluster_trace.py on a machine without CUDA, or
+    """tools/kernel_tune.py, kernel_profile.py, chain_tune.py, cluster_trace.py and host_phases.py on a machine
+    without CUDA, or
     asked for what is not there: one line."""
     check(trained, "tools/kernel_tune.py", ["--shapes", "ta"], "on a machine with a CUDA GPU")
     check(trained, "tools/kernel_tune.py", ["--shapes", "zz"], "unknown front shape 'zz'")
@@ -178,3 +179,6 @@ def test_gpu_tools_say_they_need_a_gpu(trained):
     check(trained, "tools/cluster_trace.py", ["--variant", "F85_triton"],
           "'F85_triton' is not a variant with kernel_engine: cluster")
     check(trained, "tools/cluster_trace.py", ["--calls", "5"], "more than the 20 warm-up calls")
+    check(trained, "tools/host_phases.py", [], "on a machine with a CUDA GPU")
+    check(trained, "tools/host_phases.py", ["--variants", "F85"], "'F85' is not a variant launching our kernels' graph")
+    check(trained, "tools/host_phases.py", ["--calls", "5"], "--calls >= 10")
