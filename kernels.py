@@ -37,7 +37,8 @@ returns the weighted sum of the views' logits.
 
 A call's graph can be launched before its image is there (inference.py, e2e_launch: ahead): it
 waits on a flag word in host memory that the host writes after the image, in a kernel of its own
-(gate_kernel) or in the first layer's programs (conv_layer_kernel, GATE).
+(gate_kernel) or in the first layer's programs (conv_layer_kernel, GATE; with STAGE the program
+that polls the flag also copies the image into device memory for the others).
 
 Optionally the kernels use programmatic dependent launch (PDL): each waits for its
 predecessor with griddepcontrol.wait after loading its constant operands, so the next
@@ -243,8 +244,8 @@ if triton is not None:
                           ANSWER: tl.constexpr, GATE: tl.constexpr, STAGE: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
-        layer of a graph launched ahead with e2e_gate: stem; 1: limit in ns of the GPU clock, 2:
-        in reads): the gate is in this kernel, so no gate kernel and no kernel boundary stand
+        layer of a graph launched ahead with e2e_gate: stem or stage; 1: limit in ns of the GPU
+        clock, 2: in reads): the gate is in this kernel, so no gate kernel and no kernel boundary stand
         between the flag and the image reads.  Program 0 writes the ready stamp, waits for the
         host's flag, then writes the call's number into go_ptr (device memory); the other
         programs wait for that word.  (Every program polling the host's flag itself made each
@@ -252,10 +253,11 @@ if triton is not None:
         loads come after the spin in program order and depend on its exit, and a kernel starts
         with no line of the image in L1: they read the image the host wrote before the flag (x86
         stores reach memory in program order).
-        STAGE (with GATE and a uint8 image; a power of two >= the image's 32-bit words): program 0 also copies the image
-        from host memory into stage_ptr (device memory) in one wide read, before it releases
-        the others, and every program reads the image there: one PCIe round trip for the whole
-        image instead of every program's byte reads of its patches crossing PCIe."""
+        STAGE (e2e_gate: stage; with GATE and a uint8 image; a power of two >= the image's 32-bit
+        words): program 0 also copies the image from host memory into stage_ptr (device memory)
+        in one wide read before it releases the others, and every program reads the image there:
+        one PCIe round trip for the whole image instead of every program's byte reads of its
+        patches crossing PCIe."""
         if GATE:
             want = _call_number(seq_ptr)
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
