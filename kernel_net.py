@@ -344,6 +344,7 @@ class KernelNet(torch.nn.Module):
         self._no_answer = torch.zeros(2, dtype=torch.int32, device=dev)  # pointers for ANSWER=False
         self.gate_go = torch.full((1,), -1, dtype=torch.int32, device=dev)  # the stem gate's word (GATE)
         self.staged = torch.zeros(self.batch, 32, 32, 3, dtype=torch.uint8, device=dev)  # the image (STAGE)
+        self.trace = None  # an int64 [1024, 16] device buffer: launches stamp it (TRACE, tools/e2e_trace.py)
 
     @torch.no_grad()
     def load_weights(self, layers, head):
@@ -490,14 +491,16 @@ class KernelNet(torch.nn.Module):
             staged = _pow2(x.numel() // 4) if stage else 0
         kernels.conv_layer_kernel[sp["grid"]](
             x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
-            self.view_t, self.view_w, seq, word, flag, self.gate_go, self.staged, sp["m_tiles"], t["SPLIT"],
+            self.view_t, self.view_w, seq, word, flag, self.gate_go, self.staged,
+            self._no_answer if self.trace is None else self.trace, sp["m_tiles"], t["SPLIT"],
             sp["grid"][0] * sp["grid"][1], limit,
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
             GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,
             VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1,
             PDL=PDL_TRIGGERS[t.get("trigger", self.pdl_trigger)] if self.pdl else 0,
-            ANSWER=answer is not None and i == len(self.specs) - 1, GATE=gate_mode, STAGE=staged, **kw)
+            ANSWER=answer is not None and i == len(self.specs) - 1, GATE=gate_mode, STAGE=staged,
+            TRACE=0 if self.trace is None else i + 1, **kw)
 
     def _gate_limit(self, limit_ms):
         """A gate's limit as its kernels count it, and their GATE mode: GPU clock nanoseconds (1), or

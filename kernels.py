@@ -234,14 +234,15 @@ if triton is not None:
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                           hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr,
-                          flag_ptr, go_ptr, stage_ptr, m_tiles, SPLIT, n_fin, limit,
+                          flag_ptr, go_ptr, stage_ptr, trace_ptr, m_tiles, SPLIT, n_fin, limit,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                           KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
                           WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
                           BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                           GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                           NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                          ANSWER: tl.constexpr, GATE: tl.constexpr, STAGE: tl.constexpr):
+                          ANSWER: tl.constexpr, GATE: tl.constexpr, STAGE: tl.constexpr,
+                          TRACE: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
         layer of a graph launched ahead with e2e_gate: stem or stage; 1: limit in ns of the GPU
@@ -257,14 +258,24 @@ if triton is not None:
         words): program 0 also copies the image from host memory into stage_ptr (device memory)
         in one wide read before it releases the others, and every program reads the image there:
         one PCIe round trip for the whole image instead of every program's byte reads of its
-        patches crossing PCIe."""
+        patches crossing PCIe.
+        TRACE (tools/e2e_trace.py; this layer's index + 1): GPU-clock stamps (ns) into row
+        (call number % 1024) of trace_ptr [1024, 16] int64: the flag seen (column 0) and the
+        image staged (1) by a gate's program 0, and this layer's end (2 + index, the latest of its
+        programs' ends)."""
+        if TRACE:
+            row = trace_ptr + (_call_number(seq_ptr) & 1023) * 16
         if GATE:
             want = _call_number(seq_ptr)
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
                 tl.store(word_ptr + 2, want, cache_modifier=".wt")
                 _wait_for(flag_ptr, want, word_ptr, limit, GATE == 1)
+                if TRACE:
+                    tl.store(row, _clock())
                 if STAGE:
                     _stage_image(x_ptr, stage_ptr, (NB // NV) * H * W * CIN // 4, STAGE)
+                    if TRACE:
+                        tl.store(row + 1, _clock())
                     tl.atomic_xchg(go_ptr, want, sem="release", scope="gpu")  # after every thread's copy
                 else:
                     tl.store(go_ptr, want)
@@ -280,6 +291,8 @@ if triton is not None:
                    x_src, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
                    HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER)
+        if TRACE:
+            tl.atomic_max(row + 1 + TRACE, _clock(), sem="relaxed")
 
     @triton.jit
     def _conv_item(pid_m, pid_n, sid, n_tiles, x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,

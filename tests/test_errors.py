@@ -165,7 +165,7 @@ def test_bench_without_the_reference_checkpoint_benches_what_is_there(trained):
 
 
 def test_gpu_tools_say_they_need_a_gpu(trained):
-    """tools/kernel_tune.py, kernel_profile.py, chain_tune.py, cluster_trace.py and host_phases.py on a machine
+    """tools/kernel_tune.py, kernel_profile.py, chain_tune.py, cluster_trace.py, host_phases.py and e2e_trace.py on a machine
     without CUDA, or
     asked for what is not there: one line."""
     check(trained, "tools/kernel_tune.py", ["--shapes", "ta"], "on a machine with a CUDA GPU")
@@ -182,3 +182,6 @@ def test_gpu_tools_say_they_need_a_gpu(trained):
     check(trained, "tools/host_phases.py", [], "on a machine with a CUDA GPU")
     check(trained, "tools/host_phases.py", ["--variants", "F85"], "'F85' is not a variant launching our kernels' graph")
     check(trained, "tools/host_phases.py", ["--calls", "5"], "--calls >= 10")
+    check(trained, "tools/e2e_trace.py", [], "on a machine with a CUDA GPU")
+    check(trained, "tools/e2e_trace.py", ["--variants", "F85"], "'F85' is not a variant of our Triton kernels")
+    check(trained, "tools/e2e_trace.py", ["--calls", "2000"], "--calls from 10 to 1024")
