@@ -12,7 +12,6 @@ e2e time of the same calls; e2e minus flag-to-answer is the host's part plus the
 PCIe (the flag's and the answer's).  The stamps cost each program one atomic at its end: read
 the times beside each other, not as the untraced variant's.
 """
-import json
 import os
 import sys
 
@@ -22,8 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402
 import utils  # noqa: E402
-from config import add_config_args, load_config  # noqa: E402
-from data import host_split  # noqa: E402
+import variant_tool  # noqa: E402
+from config import add_config_args  # noqa: E402
 from inference import Predictor, capture_graph  # noqa: E402
 
 ROWS = 1024  # rows of the trace buffer: one per call, by call number
@@ -52,24 +51,12 @@ def main():
     a = ap.parse_args()
     if a.rounds < 1 or not 10 <= a.calls <= ROWS:
         raise utils.KitError(f"give --rounds >= 1 and --calls from 10 to {ROWS}")
-    cfg = load_config(a.config, a.overrides)
-    variants = [v for v in a.variants.split(",") if v]
 
-    def ours(c):  # our Triton kernels in a CUDA graph, launched per call or ahead
+    def ours(c):  # our Triton kernels in a CUDA graph reading the mapped image, launched per call or ahead
         return (c.kernels and c.cuda_graph and c.kernel_engine == "triton" and c.e2e_launch in ("call", "ahead")
                 and c.e2e_input == "mapped")
-    bad = [v for v in variants if v not in cfg.variants or not ours(cfg.variants[v])]
-    if bad:
-        raise utils.KitError(f"--variants: '{bad[0]}' is not a variant of our Triton kernels reading the mapped image "
-                             f"(valid: {', '.join(v for v in cfg.variants if ours(cfg.variants[v]))})")
-    if not torch.cuda.is_available():
-        raise utils.KitError("e2e_trace.py reads the GPU's clock: run it on a machine with a CUDA GPU")
-    if a.out:
-        utils.check_writable(a.out, "give a writable --out file")
-    device = torch.device("cuda")
-    env = utils.env_info()
-    imgs, _ = host_split(cfg, "test")
-    print(f"{env['gpu']} (driver {env['driver']}), torch {env['torch']}, commit {env['git_commit']}")
+    cfg, variants, device, env, imgs = variant_tool.start(a, ours, "a variant of our Triton kernels reading the "
+                                                          "mapped image", "e2e_trace.py reads the GPU's clock")
     res = {"env": env, "variants": {}}
     for v in variants:
         clf = Predictor(cfg, v, device)
@@ -108,9 +95,7 @@ def main():
               + f"; layer 0's end -> answer {out['l0_end_to_answer']:.2f} us")
         clf.drain()
         del clf
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
+    variant_tool.write(a.out, res)
 
 
 if __name__ == "__main__":

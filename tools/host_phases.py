@@ -14,7 +14,6 @@ when the launch returned: where it is high, the launch, not the GPU, ends the ca
 in turn, so a launch never queues the graph that is running; rounds of one and of two graphs are
 interleaved, and the e2e p50 of each is printed.  Answers are checked against the first round's.
 """
-import json
 import os
 import sys
 import time
@@ -25,8 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402
 import utils  # noqa: E402
-from config import add_config_args, load_config  # noqa: E402
-from data import host_split  # noqa: E402
+import variant_tool  # noqa: E402
+from config import add_config_args  # noqa: E402
 from inference import Predictor  # noqa: E402
 from kernels import SEQ_MASK  # noqa: E402
 
@@ -105,24 +104,11 @@ def main():
     a = ap.parse_args()
     if a.rounds < 1 or a.calls < 10:
         raise utils.KitError("give --rounds >= 1 and --calls >= 10")
-    cfg = load_config(a.config, a.overrides)
-    variants = [v for v in a.variants.split(",") if v]
 
     def launched(c):  # our kernels in a CUDA graph, launched per call or ahead (a serving kernel has no launch)
         return c.kernels and c.cuda_graph and c.e2e_launch in ("call", "ahead")
-    bad = [v for v in variants if v not in cfg.variants or not launched(cfg.variants[v])]
-    if bad:
-        ours = [v for v in cfg.variants if launched(cfg.variants[v])]
-        raise utils.KitError(f"--variants: '{bad[0]}' is not a variant launching our kernels' graph "
-                             f"(valid: {', '.join(ours)})")
-    if not torch.cuda.is_available():
-        raise utils.KitError("host_phases.py times CUDA-graph launches: run it on a machine with a CUDA GPU")
-    if a.out:
-        utils.check_writable(a.out, "give a writable --out file")
-    device = torch.device("cuda")
-    env = utils.env_info()
-    imgs, _ = host_split(cfg, "test")
-    print(f"{env['gpu']} (driver {env['driver']}), torch {env['torch']}, commit {env['git_commit']}")
+    cfg, variants, device, env, imgs = variant_tool.start(a, launched, "a variant launching our kernels' graph",
+                                                          "host_phases.py times CUDA-graph launches")
     res = {"env": env, "variants": {}}
     for v in variants:
         clf = Predictor(cfg, v, device)
@@ -153,9 +139,7 @@ def main():
                   f"the launch returned: {100 * med['answered']:.1f} %")
         clf.drain()
         del clf
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
+    variant_tool.write(a.out, res)
 
 
 if __name__ == "__main__":
