@@ -12,7 +12,8 @@ when the launch returned: where it is high, the launch, not the GPU, ends the ca
 
 --alternate: variants launched ahead also run with two CUDA graphs of the same kernels launched
 in turn, so a launch never queues the graph that is running; rounds of one and of two graphs are
-interleaved, and the e2e p50 of each is printed.  Answers are checked against the first round's.
+interleaved, and the e2e p50 of each is printed.  In every round both modes answer the same images,
+and their answers must be the same.
 """
 import os
 import sys
@@ -32,10 +33,11 @@ from kernels import SEQ_MASK  # noqa: E402
 
 class Stamps:
     """The host clock (ns) around a predictor's launch in its next call, and whether the answer
-    was in when the launch returned.  Wraps the predictor's own launch (instance attributes)."""
+    was in when the launch returned.  Wraps the predictor's own launch (instance attributes);
+    graphs: None, or two graphs of a call launched ahead to launch in turn (set per round)."""
 
-    def __init__(self, clf, graphs=None):
-        self.clf, self.graphs, self.k = clf, graphs, 0
+    def __init__(self, clf):
+        self.clf, self.graphs, self.k = clf, None, 0
         self.l0 = self.l1 = 0
         self.answered = False
         if clf.e2e_launch == "ahead":
