@@ -18,9 +18,8 @@ End to end on a GPU, per call: the image is copied (numpy) into a pinned host bu
     e2e_launch: ahead each call also launches the next call's graph, which waits at a gate for
     that call's image (a kernel of its own, or with e2e_gate: stem the first layer's programs;
     stage: and one of them copies the image to the device for the others), so the launch is
-    off the critical path; with serve
-    (the cluster kernel) one launch answers call after call, each behind its gate: no launch
-    per call at all;
+    off the critical path; with serve (the cluster kernel) one launch answers call after call,
+    each behind its gate: no launch per call at all;
   - other CUDA-graph paths: the graph holds the copy in, the net, the argmax, the answer word
     and the copy out; polled or synchronised likewise;
   - eager and torch.compile paths: one copy each way (pinned buffers), then a synchronise.
@@ -317,10 +316,7 @@ class Predictor:
         _AHEAD.add(self)
 
     def _build_ahead(self):
-        """The graph launched ahead of its call: the gate (waits for the host's flag word; its own
-        kernel, or with e2e_gate: stem inside the first layer's kernel), then the net reading the
-        image from host memory (stage: from the device copy its first program makes) and writing
-        the answer word."""
+        """The graph launched ahead of its call: gated_net's kernels, captured once."""
         with self._gated():
             torch.cuda.synchronize()
             self.gated_net(0.0)  # compiles the gated kernels (they expire at once; _resync takes the count)
@@ -331,8 +327,10 @@ class Predictor:
             torch.cuda.synchronize()
 
     def gated_net(self, limit_ms):
-        """The kernels of one call launched ahead (what _build_ahead captures): the gate, waiting
-        at most limit_ms for the host's flag, then the net writing the answer word."""
+        """The kernels of one call launched ahead: the gate, waiting at most limit_ms for the host's
+        flag word (a kernel of its own, or with e2e_gate: stem / stage in the first layer's kernel),
+        then the net reading the image from host memory (stage: from the device copy the gate's
+        polling program makes) and writing the answer word."""
         answer = (self._seq, self.h_word)
         if self.e2e_gate in ("stem", "stage"):
             self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms), stage=self.e2e_gate == "stage")
