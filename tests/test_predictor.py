@@ -171,3 +171,140 @@ def test_poll_answer_sees_a_word_written_while_it_spins_and_gives_up_after_its_t
     assert 0.04 < time.perf_counter() - t0 < 2.0
     word[2] = 7  # the gate's ready stamp: the bare number, in word 2
     assert poll_answer(word, 7, timeout_s=0.05, at=2, shift=0) and not poll_answer(word, 7, timeout_s=0.05)
+
+
+class _FakeKernels:
+    """A CUDA Predictor of our kernels (launched ahead, per call or serving) with its GPU faked in
+    the host's words: a graph answers its call once the flag holds that call's number (a per-call
+    graph: at its launch), with the class sum(image) % 10 of the pinned image; `expire` names calls
+    whose gate expires (word 1, and the answer of an old image, class 0); `late`: the answer comes
+    from a thread 30 ms after the launch instead."""
+
+    def __init__(self, monkeypatch, launch="ahead", expire=(), late=False, answers=True):
+        p = self.p = Predictor.__new__(Predictor)
+        p.variant, p.kernels, p.e2e_input, p.e2e_wait, p.e2e_launch = "F", True, "mapped", "poll", launch
+        p.timeout_s, p.calls, p.expired_calls, p._pending, p._cuda = 2.0, 0, 0, launch == "serve", True
+        p.cuda_graph = True
+        p._h_in_np, p._word_np = np.zeros((32, 32, 3), np.uint8), np.array([0, -1, -1, 0], np.int32)
+        p._flag_np, p._seq = np.zeros(4, np.int32), torch.zeros(1, dtype=torch.int32)
+        p._stream = _FakeStream(p._flag_np)
+        self.expire, self.late, self.answers, self.launches, self.timers = set(expire), late, answers, 0, []
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: [t.join() for t in self.timers])
+        fake = self
+
+        class Graph:
+            def replay(self):
+                fake.launch(per_call=True)
+        p._launch_ahead, p._e2e_graph = self.launch, Graph()
+        p._start_server = lambda: setattr(p, "_pending", True)
+        p.drain = lambda: None  # at its end (__del__): no GPU to drain
+        p._fast = p._fast_call()
+
+    def launch(self, per_call=False):
+        """A launch ahead answers the call whose flag is written (the graph before it ran it)."""
+        p, self.launches = self.p, self.launches + 1
+        p._pending = True
+        n = p.calls + 1 if per_call else int(p._flag_np[0])
+        if n == 0 or n <= int(p._word_np[0]) >> 4 or not self.answers:
+            return
+        expired = n in self.expire
+        self.expire.discard(n)
+        cls = 0 if expired else int(p._h_in_np.astype(np.int64).sum()) % 10
+
+        def answer():
+            if expired:
+                p._word_np[1] = n
+            p._word_np[0] = (n << 4) | cls
+            p._seq[0] = n
+        if self.late:
+            import threading
+            self.timers.append(threading.Timer(0.03, answer))
+            self.timers[-1].start()
+        else:
+            answer()
+
+
+def _images(k, seed=0):
+    imgs = np.random.default_rng(seed).integers(0, 256, (k, 32, 32, 3), dtype=np.uint8)
+    return imgs, [int(i.astype(np.int64).sum()) % 10 for i in imgs]
+
+
+@pytest.mark.parametrize("launch", ["ahead", "call"])
+def test_the_fast_call_answers_as_the_general_call(monkeypatch, launch):
+    imgs, want = _images(12)
+    fast, general = _FakeKernels(monkeypatch, launch), _FakeKernels(monkeypatch, launch)
+    general.p._fast = None
+    assert fast.p._fast is not None
+    assert [fast.p(i) for i in imgs] == [general.p(i) for i in imgs] == want
+    assert fast.p.calls == general.p.calls == 12 and fast.launches == general.launches
+    assert (fast.p._h_in_np == imgs[-1]).all()
+    if launch == "ahead":
+        assert int(fast.p._flag_np[0]) == 12 and fast.launches == 13  # one launch more: the first call's own
+
+
+@pytest.mark.parametrize("bad, words", [
+    ([[0] * 3] * 32, "numpy uint8 array"),
+    (np.zeros((32, 32, 3), dtype=np.int8), "uint8"),
+    (np.zeros((3, 32, 32), dtype=np.uint8), "shape (32, 32, 3)"),
+    (np.zeros((32, 64, 3), dtype=np.uint8)[:, ::2], "C-contiguous"),
+    (np.zeros((32, 32, 3), dtype=np.uint8, order="F"), "C-contiguous"),
+])
+def test_the_fast_call_refuses_bad_input_with_the_same_line_and_touches_nothing(monkeypatch, bad, words):
+    g = _FakeKernels(monkeypatch)
+    imgs, want = _images(2)
+    assert g.p(imgs[0]) == want[0]
+    flag, word, img = g.p._flag_np.copy(), g.p._word_np.copy(), g.p._h_in_np.copy()
+    with pytest.raises(utils.KitError) as e:
+        g.p(bad)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert g.p.calls == 1 and (g.p._flag_np == flag).all() and (g.p._word_np == word).all()
+    assert (g.p._h_in_np == img).all()
+    assert g.p(imgs[1]) == want[1]
+
+
+def test_a_valid_array_of_a_subclass_or_a_read_only_view_is_answered(monkeypatch):
+    class Frame(np.ndarray):
+        pass
+    g = _FakeKernels(monkeypatch)
+    imgs, want = _images(3)
+    ro = imgs[2].copy()
+    ro.flags.writeable = False
+    assert [g.p(imgs[0].view(Frame)), g.p(imgs[1]), g.p(ro)] == want and g.p.calls == 3
+
+
+def test_the_fast_call_takes_an_expired_gate_to_the_graph_behind_it(monkeypatch):
+    g = _FakeKernels(monkeypatch, expire={2})
+    imgs, want = _images(3)
+    assert g.p(imgs[0]) == want[0]
+    assert g.p(imgs[1]) == want[1]  # call 2's gate expired (it answered class 0): call 3 answers this image
+    assert g.p.expired_calls == 1 and g.p.calls == 3 and int(g.p._flag_np[0]) == 3
+    assert g.p(imgs[2]) == want[2] and g.p.calls == 4
+
+
+@pytest.mark.parametrize("launch", ["ahead", "call", "serve"])
+def test_a_late_answer_is_waited_for_and_a_missing_one_raises(monkeypatch, launch):
+    g = _FakeKernels(monkeypatch, launch, late=True)
+    imgs, want = _images(2)
+    if launch == "serve":  # the serving kernel answers once it sees the flag: here, at its start
+        g.p._pending = False
+        g.p._start_server = lambda: (setattr(g.p, "_pending", True), g.p._flag_np.__setitem__(0, g.p.calls + 1),
+                                     g.launch())
+    assert g.p(imgs[0]) == want[0] and g.p.calls == 1  # 30 ms: past the fast loop's polls, the bounded wait
+    g.answers, g.p.timeout_s = False, 0.05
+    with pytest.raises(utils.KitError, match="no answer to call 2") as e:
+        g.p(imgs[1])
+    assert "\n" not in str(e.value) and g.p.calls == 1
+
+
+def test_the_fast_call_relaunches_a_serving_kernel_that_ended(monkeypatch):
+    g = _FakeKernels(monkeypatch, "serve")
+    imgs, want = _images(1)
+    starts = []
+
+    def start():
+        starts.append(1)
+        g.p._pending = True
+        g.launch()  # the new kernel sees the flag already written
+    g.p._start_server = start
+    g.p._word_np[1] = 1  # the kernel ended waiting for call 1
+    assert g.p(imgs[0]) == want[0] and starts == [1] and g.p.expired_calls == 1 and g.p.calls == 1
