@@ -484,11 +484,10 @@ class KernelNet(torch.nn.Module):
         if self.pdl:
             kw["launch_pdl"] = True
         seq, word = answer if answer is not None else (self._no_answer, self._no_answer)
-        flag, limit, gate_mode = self._no_answer, 0, 0
-        staged = 0
+        flag, limit, gate_mode, staged = self._no_answer, 0, 0, 0
         if gate is not None and i == 0:
-            flag, limit, gate_mode = gate[0], *self._gate_limit(gate[1])
-            staged = _pow2(x.numel() // 4) if stage else 0
+            limit, gate_mode = self._gate_limit(gate[1])
+            flag, staged = gate[0], (_pow2(x.numel() // 4) if stage else 0)
         kernels.conv_layer_kernel[sp["grid"]](
             x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
             self.view_t, self.view_w, seq, word, flag, self.gate_go, self.staged,

@@ -263,10 +263,11 @@ if triton is not None:
         (call number % 1024) of trace_ptr [1024, 16] int64: the flag seen (column 0) and the
         image staged (1) by a gate's program 0, and this layer's end (2 + index, the latest of its
         programs' ends)."""
+        if GATE or TRACE:
+            want = _call_number(seq_ptr)  # the call this launch serves (one read of the device counter)
         if TRACE:
-            row = trace_ptr + (_call_number(seq_ptr) & 1023) * 16
+            row = trace_ptr + (want & 1023) * 16
         if GATE:
-            want = _call_number(seq_ptr)
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
                 tl.store(word_ptr + 2, want, cache_modifier=".wt")
                 _wait_for(flag_ptr, want, word_ptr, limit, GATE == 1)
