@@ -447,34 +447,36 @@ class Predictor:
         ndarray, u8, shape, strides = np.ndarray, np.dtype(np.uint8), (32, 32, 3), (96, 3, 1)
         h_in, word = self._h_in_np, memoryview(self._word_np)
         flag = memoryview(self._flag_np) if self.e2e_launch != "call" else None
-        general, launch = self._call, self.e2e_launch
+        ahead, serve = self.e2e_launch == "ahead", self.e2e_launch == "serve"
+        me = weakref.ref(self)  # not self: the closure must not keep its predictor alive (__del__ drains)
 
         def call(img):
+            p = me()
             if type(img) is not ndarray or img.dtype is not u8 or img.shape != shape or img.strides != strides:
-                return general(img)
+                return p._call(img)
             h_in[...] = img
-            n = self.calls + 1
+            n = p.calls + 1
             want = n & SEQ_MASK
-            if launch == "ahead":
-                if not self._pending:
-                    return self._call_ahead()
+            if ahead:
+                if not p._pending:
+                    return p._call_ahead()
                 flag[0] = want
-                self._launch_ahead()  # the next call's graph, behind this one (off the critical path)
-            elif launch == "serve":
-                if not self._pending:
-                    return self._serve(n)
+                p._launch_ahead()  # the next call's graph, behind this one (off the critical path)
+            elif serve:
+                if not p._pending:
+                    return p._serve(n)
                 flag[0] = want
             else:
-                self._e2e_graph.replay()
+                p._e2e_graph.replay()
             spins = 0
             while (word[0] >> 4) != want:
                 spins += 1
-                if spins & 63 == 0 and (spins >= 16384 or (launch == "serve" and word[1] == want)):
-                    return self._finish(n)
+                if spins & 63 == 0 and (spins >= 16384 or (serve and word[1] == want)):
+                    return p._finish(n)
             w = word[0]
-            if launch == "ahead" and word[1] == want:
-                return self._finish(n)
-            self.calls = n
+            if ahead and word[1] == want:
+                return p._finish(n)
+            p.calls = n
             return w & 15
         return call
 

@@ -1,6 +1,8 @@
 """inference.Predictor, the object users call, on the CPU: the end-to-end call and its input
 checks, batches, the answer-word wait (poll, timeout, resync) and a serving kernel's call (a
 timeout, a relaunch after its expiry), with the GPU parts faked."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -308,3 +310,23 @@ def test_the_fast_call_relaunches_a_serving_kernel_that_ended(monkeypatch):
     g.p._start_server = start
     g.p._word_np[1] = 1  # the kernel ended waiting for call 1
     assert g.p(imgs[0]) == want[0] and starts == [1] and g.p.expired_calls == 1 and g.p.calls == 1
+
+
+def test_the_fast_call_does_not_keep_its_predictor_alive():
+    # tools/call_overhead.py's predictor: host buffers only, no cycle of its own
+    import gc
+    import sys
+    import weakref
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    from call_overhead import host_only, time_calls
+    p = host_only("ahead")
+    imgs = _images(4)[0]
+    assert p._fast is not None and (time_calls(p, imgs, use_fast=True) > 0).all() and p.calls == 4
+    assert (p._h_in_np == imgs[-1]).all() and int(p._flag_np[0]) == 4
+    gc.disable()  # freed by its reference count alone, as before the fast call: its __del__ drains at once
+    try:
+        ref = weakref.ref(p)
+        del p
+        assert ref() is None
+    finally:
+        gc.enable()
