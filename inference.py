@@ -308,13 +308,15 @@ class Predictor:
     def _gated(self):
         """Around the build of a kernel that waits at a gate: the host's flag words (word 0: the call
         number, written last; 1: a serving kernel's stop word) and its own stream (nothing else
-        queues behind the gate); once built, answer words 1-2 reset and a drain at exit."""
+        queues behind the gate); once built, answer words 1-2 reset, a drain at exit, and the fast
+        call made again on these words."""
         self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()
         self._flag_np = self.h_flag.numpy()
         self._stream = torch.cuda.Stream(self.device)
         yield
         self._word_np[1:3] = -1  # word 1: the last call whose gate expired; 2: whose gate started (none)
         _AHEAD.add(self)
+        self._fast = self._fast_call()  # it writes these flag words: a rebuild (tools/e2e_trace.py) makes new ones
 
     def _build_ahead(self):
         """The graph launched ahead of its call: gated_net's kernels, captured once."""

@@ -330,3 +330,19 @@ def test_the_fast_call_does_not_keep_its_predictor_alive():
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_a_rebuilt_gate_gets_a_fast_call_on_its_new_flag_words(monkeypatch):
+    # tools/e2e_trace.py captures the graph launched ahead again: _gated makes new flag words
+    import inference
+    g = _FakeKernels(monkeypatch)
+    imgs, want = _images(2)
+    assert g.p(imgs[0]) == want[0]
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t)
+    g.p.device, old = "cpu", g.p._flag_np
+    monkeypatch.setattr(inference, "_AHEAD", set())
+    with g.p._gated():
+        pass
+    assert g.p._flag_np is not old
+    assert g.p(imgs[1]) == want[1] and int(g.p._flag_np[0]) == 2 and int(old[0]) == 1
