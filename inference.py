@@ -291,7 +291,9 @@ class Predictor:
                 return
             self.h_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8).pin_memory()
             self.h_word = torch.zeros(4, dtype=torch.int32).pin_memory()  # 16 bytes: word 0 is the answer
-            self._h_in_np, self._word_np = self.h_in.numpy()[0], self.h_word.numpy()
+            # a gate's flag words: 0, the call number (written last); 1, a serving kernel's stop word
+            self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()
+            self._h_in_np, self._word_np, self._flag_np = self.h_in.numpy()[0], self.h_word.numpy(), self.h_flag.numpy()
             self._seq = torch.zeros(1, dtype=torch.int32, device=dev)
             self._d_word = torch.zeros(4, dtype=torch.int32, device=dev)
             self.d_in = torch.zeros((1, 32, 32, 3), dtype=torch.uint8, device=dev)
@@ -306,17 +308,14 @@ class Predictor:
 
     @contextlib.contextmanager
     def _gated(self):
-        """Around the build of a kernel that waits at a gate: the host's flag words (word 0: the call
-        number, written last; 1: a serving kernel's stop word) and its own stream (nothing else
-        queues behind the gate); once built, answer words 1-2 reset, a drain at exit, and the fast
-        call made again on these words."""
-        self.h_flag = torch.zeros(4, dtype=torch.int32).pin_memory()
-        self._flag_np = self.h_flag.numpy()
+        """Around the build of a kernel that waits at a gate (on the flag words, h_flag): its own
+        stream (nothing else queues behind the gate); once built, answer words 1-2 reset and a
+        drain at exit.  A rebuild (tools/e2e_trace.py) keeps the flag words, which the fast call
+        writes."""
         self._stream = torch.cuda.Stream(self.device)
         yield
         self._word_np[1:3] = -1  # word 1: the last call whose gate expired; 2: whose gate started (none)
         _AHEAD.add(self)
-        self._fast = self._fast_call()  # it writes these flag words: a rebuild (tools/e2e_trace.py) makes new ones
 
     def _build_ahead(self):
         """The graph launched ahead of its call: gated_net's kernels, captured once."""
@@ -447,8 +446,7 @@ class Predictor:
         if not (self.kernels and self.e2e_input == "mapped" and self.e2e_wait == "poll"):
             return None
         ndarray, u8, shape, strides = np.ndarray, np.dtype(np.uint8), (32, 32, 3), (96, 3, 1)
-        h_in, word = self._h_in_np, memoryview(self._word_np)
-        flag = memoryview(self._flag_np) if self.e2e_launch != "call" else None
+        h_in, word, flag = self._h_in_np, memoryview(self._word_np), memoryview(self._flag_np)
         ahead, serve = self.e2e_launch == "ahead", self.e2e_launch == "serve"
         me = weakref.ref(self)  # not self: the closure must not keep its predictor alive (__del__ drains)
 
