@@ -35,12 +35,13 @@ import weakref
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from config import load_config, resolve_path, validate_variant
+from config import load_config, validate_variant
 from data import norm_consts, normalize
-from models import FastNet, fold_bn_generic, load_model, param_bytes
-from tta import TTA_VIEWS, TTANet
+from host_io import check_image, poll_answer
+from models import FastNet, load_model, param_bytes
+from path_net import folded_net, kernel_notes
+from tta import TTA_VIEWS
 from utils import KitError, load_checkpoint, resolve_checkpoint, resolve_device
 
 SEQ_MASK = (1 << 27) - 1  # the call number an answer word keeps (kernels.SEQ_MASK)
@@ -53,80 +54,6 @@ _AHEAD = weakref.WeakSet()  # predictors that launch ahead: drained at exit, bef
 def _drain_at_exit():
     for clf in list(_AHEAD):
         clf.drain()
-
-
-def poll_answer(word, want, timeout_s, at=0, shift=4, gone_at=None):
-    """Spin on the pinned answer word (a numpy view) until it holds call number want; True
-    then, False after timeout_s.  The clock is read now and then, not on every poll.  at, shift:
-    another word of the same buffer and where its number sits (the gate's ready stamp: 2, 0).
-    gone_at: a word that holds want once the kernel has ended without this call (a serving
-    kernel's expiry, word 1): None then."""
-    clock, deadline, spins = time.perf_counter, None, 0
-    while (int(word[at]) >> shift) != want:
-        spins += 1
-        if spins & 63 == 0 and gone_at is not None and int(word[gone_at]) == want:
-            return (int(word[at]) >> shift) == want or None
-        if spins & 1023 == 0:
-            now = clock()
-            deadline = deadline or now + timeout_s
-            if now > deadline:
-                return False
-    return True
-
-
-# ============================================================================= our kernels as a module
-class KernelPath(nn.Module):
-    """The folded net run by our Triton kernels: NCHW channels_last FP16 raw pixels in (a free
-    view as NHWC), float32 logits out (the same buffer every call).  The TTA views are made
-    inside the kernels, so no TTANet wraps it."""
-
-    def __init__(self, kn):
-        super().__init__()
-        self.kn = kn
-
-    def forward(self, x):
-        return self.kn(x.permute(0, 2, 3, 1))
-
-
-def kernel_net(cfg, model, a):
-    """KernelPath over the folded spec of one image, its TTA views inside the kernels: our Triton
-    kernels (kernel_net.py) or the one cluster kernel (cluster_net.py, kernel_engine: cluster)."""
-    if a["dtype"] != torch.float16 or a["mem"] != torch.channels_last:
-        raise KitError("kernels: the variant needs precision fp16 and memory_format channels_last")
-    layers, head = model.eval().folded_spec(cfg.data.mean, cfg.data.std)
-    if a["kernel_engine"] == "cluster":  # a build failure is a RuntimeError there too: bench goes on without it
-        import cluster_net
-        return KernelPath(cluster_net.ClusterNet(layers, head, device=str(a["device"]), views=TTA_VIEWS[a["tta"]],
-                                                 ranks=a["kernel_cluster_blocks"]))
-    import kernel_net as KN  # Triton is needed only here
-    ok, why = KN.available(str(a["device"]))
-    if not ok:
-        raise RuntimeError(f"Triton kernels unavailable: {why}")  # not a KitError: bench goes on without it
-    tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
-    return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
-                                   pdl_trigger=a["kernel_pdl_trigger"], views=TTA_VIEWS[a["tta"]],
-                                   tile_cache=tiles))
-
-
-def kernel_notes(kn):
-    """One note for the row: where each layer's tiles came from, PDL, the kernel count."""
-    src = kn.tile_sources()
-    counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
-    pdl = f"; pdl{' late' if kn.pdl_trigger == 'late' else ''}" if kn.pdl else ""
-    return f"kernel tiles: {counts}{pdl}; {kn.kernel_count()} kernels"
-
-
-def folded_net(cfg, model, a):
-    """The eval-mode net of a path: BN (and, for fastnet, the input normalisation) folded if
-    asked, moved to the device, dtype and memory format, wrapped in the TTA views."""
-    if a["kernels"]:
-        return kernel_net(cfg, model, a)
-    net = model.eval()
-    if a["fold_bn"]:
-        net = model.fold_for_inference(cfg.data.mean, cfg.data.std, cudnn_relu=a["cudnn_relu"]) \
-            if isinstance(model, FastNet) else fold_bn_generic(model)
-    net = net.to(device=a["device"], dtype=a["dtype"], memory_format=a["mem"]).eval()
-    return net if a["tta"] == "none" else TTANet(net, a["tta"], device=a["device"]).eval()
 
 
 def capture_graph(fn, *args, warmup=3):
@@ -142,21 +69,6 @@ def capture_graph(fn, *args, warmup=3):
         out = fn(*args)
     torch.cuda.synchronize()
     return g, out
-
-
-def check_image(img, stack=False):
-    """A user's input: a C-contiguous uint8 numpy array of (32, 32, 3), or (N, 32, 32, 3) for
-    a stack.  Anything else is one KitError line, before any buffer is touched."""
-    want = "(N, 32, 32, 3)" if stack else "(32, 32, 3)"
-    if not isinstance(img, np.ndarray):
-        raise KitError(f"expected a numpy uint8 array of shape {want} (H x W x RGB), got {type(img).__name__}")
-    if img.dtype != np.uint8:
-        raise KitError(f"expected uint8 pixels 0-255, got dtype {img.dtype} (convert with img.astype(np.uint8))")
-    if (img.ndim != 4 or img.shape[1:] != (32, 32, 3)) if stack else img.shape != (32, 32, 3):
-        raise KitError(f"expected shape {want} (H x W x RGB, CIFAR-10 size), got {img.shape}")
-    if not img.flags.c_contiguous:
-        raise KitError("expected a C-contiguous array (np.ascontiguousarray(img) makes one)")
-    return img
 
 
 # ============================================================================= Predictor

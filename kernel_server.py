@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import kernels
-from inference import check_image, poll_answer
+from host_io import check_image, poll_answer
 from kernel_net import _interpreting, _k_steps, scratch_shape
 from utils import KitError
 

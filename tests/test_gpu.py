@@ -55,7 +55,7 @@ def _predictor(cfg, variant, **kw):
 def _reference_ids(cfg, clf, imgs):
     """The same checkpoint unfolded, FP32 eager, under the same TTA views: class ids."""
     from data import normalize
-    from inference import folded_net
+    from path_net import folded_net
     from models import load_model
     model, _ = load_model(clf.ckpt_path, "fastnet", cfg=cfg)
     net = folded_net(cfg, model, dict(fold_bn=False, cudnn_relu=False, device=torch.device("cuda"),

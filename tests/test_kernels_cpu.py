@@ -249,12 +249,12 @@ def _gate(K):
 
 
 def _inference_flip():
-    """inference.folded_net with kernels and tta flip: one KernelPath making the views itself
+    """path_net.folded_net with kernels and tta flip: one KernelPath making the views itself
     (no TTANet around it), equal to TTANet over the fp32 torch fold; load_weights (what
     swap_weights calls) then runs another net's weights through the same path."""
     import kernel_net as K
     from config import load_config
-    from inference import folded_net, kernel_notes
+    from path_net import folded_net, kernel_notes
     from tta import TTANet
     heur = K.heuristic_tiles  # whole-map row tiles, split-K 2: few programs for the interpreter
 

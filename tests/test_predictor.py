@@ -10,7 +10,8 @@ import torch
 import utils
 from config import load_config
 from conftest import run_script
-from inference import Predictor, check_image
+from host_io import check_image
+from inference import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,7 @@ def test_poll_answer_sees_a_word_written_while_it_spins_and_gives_up_after_its_t
     # the one polling loop of Predictor._wait and KernelServer._wait
     import threading
     import time
-    from inference import poll_answer
+    from host_io import poll_answer
     word = np.zeros(4, dtype=np.int32)
     t = threading.Timer(0.02, lambda: word.__setitem__(0, (3 << 4) | 1))
     t.start()

@@ -30,7 +30,7 @@ from models import FastNet  # noqa: E402
 
 
 def folded_random(cfg, shape):
-    """A random fastnet of the front shape, folded as inference.kernel_net folds a checkpoint."""
+    """A random fastnet of the front shape, folded as path_net.kernel_net folds a checkpoint."""
     torch.manual_seed(0)
     model = FastNet(**front_model_kwargs(cfg, shape)).eval()
     return model.folded_spec(cfg.data.mean, cfg.data.std)
