@@ -164,6 +164,9 @@ VARIANT = {
     # stage (as stem, and the program that sees the flag first copies the image into device
     # memory in one wide read; the others read it there, not across PCIe)
     "e2e_gate": Field(str, "kernel", choices=("kernel", "stem", "stage")),
+    # e2e_gate stem | stage: how many reads of the host's flag the polling program keeps in flight,
+    # staggered (one read crossing PCIe is a round trip: 4 see the flag sooner)
+    "e2e_polls": Field(int, 1, choices=(1, 4)),
 }
 
 # fastnet's choices and bounds, shared by models.fastnet and the front shapes.  Upper bounds too:

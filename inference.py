@@ -129,6 +129,7 @@ class Predictor:
         self.e2e_launch = v.e2e_launch if self.kernels else "call"
         self.ahead_ms = float(v.e2e_ahead_ms)
         self.e2e_gate = v.e2e_gate
+        self.e2e_polls = v.e2e_polls
         self.expired_calls = 0  # calls launched ahead whose gate expired before their image came
         self._cfg = cfg
         self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
@@ -181,6 +182,9 @@ class Predictor:
         if v.e2e_gate != "kernel" and not (v.e2e_launch == "ahead" and v.kernel_engine == "triton"):
             raise KitError(f"variant {v.label!r}: e2e_gate '{v.e2e_gate}' needs e2e_launch: ahead and kernel_engine: "
                            "triton (a cluster kernel is its own gate); remove it or set both")
+        if v.e2e_polls != 1 and v.e2e_gate not in ("stem", "stage"):
+            raise KitError(f"variant {v.label!r}: e2e_polls {v.e2e_polls} needs e2e_gate: stem or stage (the first "
+                           "layer's program that polls the flag); remove it or set both")
         if v.e2e_launch == "serve" and v.kernel_engine != "cluster":
             raise KitError(f"variant {v.label!r}: e2e_launch 'serve' needs kernel_engine: cluster (one kernel that "
                            "stays and answers every call); use e2e_launch: ahead")
@@ -247,7 +251,8 @@ class Predictor:
         polling program makes) and writing the answer word."""
         answer = (self._seq, self.h_word)
         if self.e2e_gate in ("stem", "stage"):
-            self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms), stage=self.e2e_gate == "stage")
+            self.kn(self.h_in, answer=answer, gate=(self.h_flag, limit_ms), stage=self.e2e_gate == "stage",
+                    polls=self.e2e_polls)
             return
         self.kn.gate(self.h_flag, self._seq, self.h_word, limit_ms)
         self.kn(self.h_in, answer=answer)

@@ -125,11 +125,20 @@ def _k_steps(m, t):
     return m["KH"] ** 2 * (m["CIN"] // t["BK"])
 
 
+def row_tiles(m, t, nb):
+    """(maps, m_tiles): the grid's row tiles are maps x m_tiles, m_tiles a map's row tiles; with
+    JOIN tiles (rows of all maps in turn) 1 x the row tiles of all maps' rows."""
+    if t.get("JOIN"):
+        return 1, -(-nb * m["HO"] * m["WO"] // t["BP"])
+    return nb, -(-m["HO"] * m["WO"] // t["BP"])
+
+
 def scratch_shape(m, t, nb, m_tiles, split):
     """(rows, columns) of a layer's fp32 split-K scratch, where its K slices' partial sums meet:
     a row per pre-pool output pixel of every row tile, a column per output channel; (1, 1), a
-    placeholder, for a layer without split-K."""
-    return (nb * m_tiles * t["BP"] * m["S"], m["COUT"]) if split > 1 else (1, 1)
+    placeholder, for a layer without split-K.  m_tiles as row_tiles gives it."""
+    maps = 1 if t.get("JOIN") else nb
+    return (maps * m_tiles * t["BP"] * m["S"], m["COUT"]) if split > 1 else (1, 1)
 
 
 def heuristic_tiles(m, batch, n_sm=132, target=None):
@@ -147,7 +156,8 @@ def heuristic_tiles(m, batch, n_sm=132, target=None):
 
 
 def _with_split(m, t, batch, target):
-    base = batch * -(-m["HO"] * m["WO"] // t["BP"]) * -(-m["COUT"] // t["BN"])
+    maps, mt = row_tiles(m, t, batch)
+    base = maps * mt * -(-m["COUT"] // t["BN"])
     t["SPLIT"] = int(max(1, min(target // base, _k_steps(m, t) // 2)))
     return t
 
@@ -164,6 +174,11 @@ def candidates(m, batch, n_sm, wide=False):
     programs.  SPLIT is a runtime
     argument, so the compiled kernels are only the (BP, BN, BK) triples: tools/kernel_tune.py
     compiles them in parallel processes first (KernelNet.search_tiles(timed=False)).
+    With several maps per call (TTA views), the layers after the image's also get JOIN tiles
+    (rows of all maps in turn: a late layer's small maps then fill a tile's rows, and one tile
+    may hold every map's whole output, the last layer's head mode 3), row tiles x1/x2 or all
+    maps' rows in one tile (<= 128 rows), the columns also all the channels when that tile
+    stays <= 32 x 256; a tile of >= 32 x 256 also runs with 8 warps.
     wide: also 8 warps and 2 / 4 pipeline stages (WIDE_LAUNCH) for layers of >= 64 input
     channels (the long K loops), 6x the compiles."""
     h = heuristic_tiles(m, batch, n_sm)
@@ -177,25 +192,39 @@ def candidates(m, batch, n_sm, wide=False):
         bps.append(4 * h["BP"])
     if m["HO"] * m["WO"] <= 16 and _pow2(m["HO"] * m["WO"]) not in bps:
         bps.append(_pow2(m["HO"] * m["WO"]))  # the whole (small) map in one row tile: a last layer's head mode 2
+    shapes = [(bp, bn, bk, generic, False) for bp in bps for bn in (16, 32, 64) for bk, generic in ks
+              if bn <= max(16, _pow2(m["COUT"]))]
+    if batch > 1 and m["CIN"] != 3 and not h["GENERIC"]:
+        whole = _pow2(batch * m["HO"] * m["WO"])  # every map's output in one row tile
+        jbps = sorted({bp for bp in (h["BP"], 2 * h["BP"], whole) if bp * m["S"] <= 128 and bp <= whole})
+        for bp in jbps:
+            bns = [bn for bn in (16, 32, 64) if bn <= max(16, _pow2(m["COUT"]))]
+            if bp == whole and bp * m["S"] * _pow2(m["COUT"]) <= 32 * 256 and _pow2(m["COUT"]) not in bns:
+                bns.append(_pow2(m["COUT"]))
+            shapes += [(bp, bn, bk, False, True) for bn in bns for bk, generic in ks if not generic]
     out = []
-    for bp in bps:
-        for bn in (16, 32, 64):
-            if bn > max(16, _pow2(m["COUT"])):
-                continue
-            for bk, generic in ks:
-                for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):
-                    t = _with_split(m, dict(h, BP=bp, BN=bn, BK=bk, GENERIC=generic), batch, tgt)
-                    if t not in out:
-                        out.append(t)
+    for bp, bn, bk, generic, join in shapes:
+        for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):
+            t = dict(h, BP=bp, BN=bn, BK=bk, GENERIC=generic)
+            if join:
+                t["JOIN"] = True
+            t = _with_split(m, t, batch, tgt)
+            for w in ((4, 8) if bp * m["S"] * bn >= 32 * 256 else (4,)):  # a big tile: 8 warps too (registers)
+                tw = dict(t, num_warps=w)
+                if tw not in out:
+                    out.append(tw)
     if wide and m["CIN"] >= 64 and not h["GENERIC"]:
         out += [dict(t, num_warps=w, num_stages=st) for t in list(out) for w, st in WIDE_LAUNCH]
     return out
 
 
 def _check_trigger(t):
-    """A layer's tiles may name its own PDL trigger (tools/chain_tune.py tries both per layer)."""
+    """A layer's tiles may name its own PDL trigger (tools/chain_tune.py tries both per layer);
+    JOIN tiles read their rows through the blocked loads only."""
     if t.get("trigger", "early") not in PDL_TRIGGERS:
         raise ValueError(f"tiles {t}: trigger must be one of {', '.join(PDL_TRIGGERS)}")
+    if t.get("JOIN") and t["GENERIC"]:
+        raise ValueError(f"tiles {t}: JOIN tiles need GENERIC false")
 
 
 # ============================================================================= the tile cache
@@ -371,12 +400,14 @@ class KernelNet(torch.nn.Module):
 
     def _alloc_scratch(self, sp):
         m, t = sp["meta"], sp["tiles"]
-        mt = -(-m["HO"] * m["WO"] // t["BP"])
+        if t.get("JOIN") and (self.specs.index(sp) == 0 and self.views_in_kernel):
+            raise ValueError(f"tiles {t}: JOIN tiles cannot read the views of the image (the first layer)")
+        maps, mt = row_tiles(m, t, self.nb)
         nt = -(-m["COUT"] // t["BN"])
-        sp["grid"] = (self.nb * mt, nt, t["SPLIT"])
+        sp["grid"] = (maps * mt, nt, t["SPLIT"])
         sp["m_tiles"] = mt
         sp["part"] = torch.zeros(scratch_shape(m, t, self.nb, mt, t["SPLIT"]), device=self.device)
-        sp["cnt"] = torch.zeros(self.nb * mt * nt, dtype=torch.int32, device=self.device)
+        sp["cnt"] = torch.zeros(maps * mt * nt, dtype=torch.int32, device=self.device)
 
     # -- tiles --------------------------------------------------------------------------------
     def chain_key(self, i):
@@ -433,24 +464,31 @@ class KernelNet(torch.nn.Module):
         the layer's shape) and keep the fastest (autotune="wide": the wider search).  The first
         layer reads its image from pinned host memory, as the end-to-end call does: there the
         number of programs reading the image, and how each reads it, costs more than its
-        arithmetic (each read crosses PCIe).
+        arithmetic (each read crosses PCIe).  The last layer of a batch-1 net runs its head with
+        the answer word (in pinned host memory), as the call does: how its tiles meet before the
+        answer is part of its time.
         timed=False: only compile every candidate (one launch each; tools/kernel_tune.py runs
         that in parallel processes)."""
         i = self.specs.index(sp)
         x = self.random_input(i)
+        answer = None
+        if i == len(self.specs) - 1 and self.batch == 1:  # the head as the call runs it: with its answer word
+            pin = self.device.type == "cuda"
+            answer = (torch.zeros(1, dtype=torch.int32, device=self.device),
+                      torch.zeros(4, dtype=torch.int32, pin_memory=pin))
         best = None
         from triton.runtime.errors import OutOfResources
         for t in candidates(sp["meta"], self.nb, self.n_sm, wide=autotune == "wide"):
             sp["tiles"] = t
             self._alloc_scratch(sp)
             try:
-                self._launch(i, x)  # compiles it; a tile needing more shared memory than the SM has
+                self._launch(i, x, answer)  # compiles it; a tile needing more shared memory than the SM has
             except OutOfResources:  # (big BK x 4 stages) is no candidate, counted in self.oversized
                 self.oversized += 1
                 continue
             if not timed:
                 continue
-            us = time_launch(lambda: self._launch(i, x), reps=20, graphs=3)
+            us = time_launch(lambda: self._launch(i, x, answer), reps=20, graphs=3)
             if best is None or us < best[0]:
                 best = (us, dict(t))
         torch.cuda.synchronize()
@@ -467,18 +505,23 @@ class KernelNet(torch.nn.Module):
 
     # -- run ----------------------------------------------------------------------------------
     def head_mode(self, i):
-        """0: not the last layer; 2: the last layer's row tile holds a whole map, so each tile
+        """0: not the last layer; 3: the last layer is one tile (every map's whole output), which
+        makes the logits itself; 2: its row tile holds a whole map (JOIN: every map), so each tile
         adds its share of the logits (the first kernel zeroes them, ZOUT: needs >= 2 layers);
         1: a global max over tiles, then the last tile computes the logits."""
         i = i % len(self.specs)
         if i != len(self.specs) - 1:
             return 0
-        return 2 if self.specs[i]["m_tiles"] == 1 and len(self.specs) > 1 else 1
+        sp = self.specs[i]
+        if sp["grid"][0] * sp["grid"][1] == 1:
+            return 3
+        return 2 if sp["m_tiles"] == 1 and len(self.specs) > 1 else 1
 
-    def _launch(self, i, x, answer=None, gate=None, stage=False):
+    def _launch(self, i, x, answer=None, gate=None, stage=False, polls=1):
         """Layer i as its own kernel, one work item per program; gate (layer 0 only): its
-        programs first wait for the call (kernels.conv_layer_kernel, GATE); stage: and read the
-        image from the device copy that program 0 makes of it (STAGE)."""
+        programs first wait for the call (kernels.conv_layer_kernel, GATE), program 0 with
+        `polls` reads of the flag in flight (1 or 4: POLLS); stage: and read the image from the
+        device copy that program 0 makes of it (STAGE)."""
         sp, t, m = self.specs[i], self.specs[i]["tiles"], self.specs[i]["meta"]
         kw = dict(num_warps=t["num_warps"], num_stages=t["num_stages"])
         if self.pdl:
@@ -499,7 +542,7 @@ class KernelNet(torch.nn.Module):
             VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1,
             PDL=PDL_TRIGGERS[t.get("trigger", self.pdl_trigger)] if self.pdl else 0,
             ANSWER=answer is not None and i == len(self.specs) - 1, GATE=gate_mode, STAGE=staged,
-            TRACE=0 if self.trace is None else i + 1, **kw)
+            POLLS=polls if gate_mode else 1, JOIN=bool(t.get("JOIN")), TRACE=0 if self.trace is None else i + 1, **kw)
 
     def _gate_limit(self, limit_ms):
         """A gate's limit as its kernels count it, and their GATE mode: GPU clock nanoseconds (1), or
@@ -507,7 +550,7 @@ class KernelNet(torch.nn.Module):
         clock = self.device.type == "cuda"
         return int(limit_ms * (1e6 if clock else 1e3)), (1 if clock else 2)
 
-    def forward(self, x, answer=None, gate=None, stage=False):
+    def forward(self, x, answer=None, gate=None, stage=False, polls=1):
         if x.shape != (self.batch, 32, 32, 3) or x.dtype not in (torch.uint8, torch.float16):
             raise ValueError(f"KernelNet input must be {self.batch}x32x32x3 uint8/fp16 NHWC, "
                              f"got {tuple(x.shape)} {x.dtype}")
@@ -519,9 +562,11 @@ class KernelNet(torch.nn.Module):
             raise ValueError("KernelNet gate needs answer words (the call counter and the stamps)")
         if stage and (gate is None or x.dtype != torch.uint8):
             raise ValueError("KernelNet stage needs a gate and a uint8 image (program 0 of the gate copies it)")
+        if polls not in (1, 4) or (polls != 1 and gate is None):
+            raise ValueError(f"KernelNet polls {polls}: 1, or 4 with a gate (the gate's reads of the flag in flight)")
         h = x
         for i, sp in enumerate(self.specs):
-            self._launch(i, h, answer, gate, stage)
+            self._launch(i, h, answer, gate, stage, polls)
             h = sp["y"]
         return self.logits
 

@@ -32,7 +32,7 @@ from utils import KitError
 # one layer's constants in kernels.serve_kernel, in this order
 LAYER_FIELDS = ("H", "W", "CIN", "COUT", "KH", "PAD", "S", "WO", "HWO", "ACT", "BP", "BN", "BK", "KI", "GENERIC",
                 "HEAD", "M_TILES", "N_TILES", "SPLIT", "XOFF", "WOFF", "BOFF", "YOFF", "POFF", "COFF", "VIEW", "ZOUT",
-                "ANSWER")
+                "ANSWER", "JOIN")
 ALIGN = 64  # elements: each layer's slice of an arena starts on a 128-byte line
 IMG_BYTES, IMG_BLOCK = 32 * 32 * 3, 4096
 STOP = -1
@@ -103,7 +103,7 @@ class KernelServer:
         keep the layer's work items within one round of the programs."""
         if not self.fit_split:
             return sp["tiles"]["SPLIT"]
-        base = self.kn.nb * sp["m_tiles"] * sp["grid"][1]
+        base = sp["grid"][0] * sp["grid"][1]  # the layer's tiles (every map's)
         return int(max(1, min(self.programs // base, _k_steps(sp["meta"], sp["tiles"]) // 2)))
 
     def _layer(self, i, sp, woff, boff, y_off, poff, coff):
@@ -113,7 +113,7 @@ class KernelServer:
                  GENERIC=int(bool(t["GENERIC"])), HEAD=kn.head_mode(i), M_TILES=sp["m_tiles"],
                  N_TILES=sp["grid"][1], SPLIT=self.splits[i], XOFF=0 if i == 0 else y_off[i - 1], WOFF=woff,
                  BOFF=boff, YOFF=y_off[i], POFF=poff, COFF=coff, VIEW=int(i == 0 and kn.views_in_kernel),
-                 ZOUT=int(i == 0 and len(kn.specs) > 1), ANSWER=int(last))
+                 ZOUT=int(i == 0 and len(kn.specs) > 1), ANSWER=int(last), JOIN=int(bool(t.get("JOIN"))))
         return tuple(int(v[k]) for k in LAYER_FIELDS)
 
     @torch.no_grad()

@@ -91,6 +91,26 @@ if triton is not None:
         return q < HWO, oh, ow
 
     @triton.jit
+    def _row_coords_join(tile, BP: tl.constexpr, S: tl.constexpr, WO: tl.constexpr, HWO: tl.constexpr,
+                         NB: tl.constexpr):
+        # _row_coords over the rows of all NB maps in turn (JOIN): pooled pixel q of the tile is
+        # pixel q % HWO of map q // HWO; also returns that map per row
+        r = tl.arange(0, BP * S)
+        q = tile * BP + r // S
+        nr = q // HWO
+        ql = q - nr * HWO
+        ohp = ql // WO
+        owp = ql - ohp * WO
+        if S == 4:
+            s = r % 4
+            oh = ohp * 2 + s // 2
+            ow = owp * 2 + s % 2
+        else:
+            oh = ohp
+            ow = owp
+        return q < NB * HWO, oh, ow, nr
+
+    @triton.jit
     def _view_coords(ih, iw, fl, dy, dx, H: tl.constexpr, W: tl.constexpr):
         # TTA view (flip, dy, dx) of the image, read in place: view = shift(flip(x)) with a
         # one-pixel reflect shift, so view[i, j] = x[r(i + dy), W-1-r(j + dx)] (flip) where
@@ -106,11 +126,12 @@ if triton is not None:
         return ih, iw
 
     @triton.jit
-    def _load_a_blocked(x_base, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
+    def _load_a_blocked(x_base, roff, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
                         CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr,
                         VIEW: tl.constexpr, fl, dy, dx):
         # K step `it` covers one tap (ky, kx) and BK consecutive input channels: each row
         # reads BK contiguous fp16 of one NHWC pixel (coalesced); zero outside the image.
+        # roff: each row's map offset (JOIN), else 0.
         CB: tl.constexpr = CIN // BK
         tap = it // CB
         c0 = (it - tap * CB) * BK
@@ -121,7 +142,7 @@ if triton is not None:
         ok = rok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         if VIEW:
             ih, iw = _view_coords(ih, iw, fl, dy, dx, H, W)
-        a = tl.load(x_base + ((ih * W + iw) * CIN + c0)[:, None] + kk[None, :], mask=ok[:, None], other=0)
+        a = tl.load(x_base + (roff + (ih * W + iw) * CIN + c0)[:, None] + kk[None, :], mask=ok[:, None], other=0)
         return a.to(tl.float16), tap * CIN + c0 + kk
 
     @triton.jit
@@ -193,23 +214,68 @@ if triton is not None:
                   hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP: tl.constexpr, S: tl.constexpr,
                   BN: tl.constexpr,
                   HWO: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr,
-                  NV: tl.constexpr, CP: tl.constexpr, ANSWER: tl.constexpr):
+                  NV: tl.constexpr, CP: tl.constexpr, ANSWER: tl.constexpr, JOIN: tl.constexpr):
         # pool (max of 4 consecutive rows) before bias and activation: exact for any act;
-        # bias (and the head's weights) were loaded before the K loop: no round trip here
+        # bias (and the head's weights) were loaded before the K loop: no round trip here.
+        # JOIN: q counts the pooled pixels of all maps in turn (map q // HWO; n is 0)
         if S == 4:
             v = tl.max(tl.reshape(acc, (BP, 4, BN)), axis=1)
         else:
             v = acc
         v = _act(v + bias[None, :], ACT)
         q = tile * BP + tl.arange(0, BP)
-        if HEAD == 2:
+        if JOIN:
+            QN: tl.constexpr = NB * HWO
+        else:
+            QN: tl.constexpr = HWO
+        cls = tl.arange(0, 16)
+        if HEAD == 3:
+            # the tile holds every map's whole output (one tile in all): the logits are made here,
+            # with no sum across tiles and no arrival count before the answer
+            for i in tl.static_range(NB // NV):
+                logit = tl.zeros([16], dtype=tl.float32)
+                for vi in tl.static_range(NV):
+                    mi = i * NV + vi
+                    mine = (q >= mi * HWO) & (q < (mi + 1) * HWO)
+                    f = tl.max(tl.where(mine[:, None] & cmask[None, :], v, float("-inf")), axis=0)
+                    f = tl.where(cmask, f, 0.0)
+                    logit += tl.load(vw_ptr + vi) * (tl.sum(wfc * f[None, :], axis=1) + bfc)
+                tl.store(out_ptr + i * 16 + cls, logit, mask=cls < 10)
+                if ANSWER:  # batch 1 only (the host checks)
+                    _answer(logit, cls, seq_ptr, word_ptr, req, seq0)
+        elif HEAD == 2 and JOIN:
+            # as HEAD 2 below, the one row tile holding every map: each map's share in turn
+            for mi in tl.static_range(NB):
+                mine = (q >= mi * HWO) & (q < (mi + 1) * HWO)
+                f = tl.max(tl.where(mine[:, None] & cmask[None, :], v, float("-inf")), axis=0)
+                f = tl.where(cmask, f, 0.0)
+                part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
+                tl.atomic_add(out_ptr + (mi // NV) * 16 + cls, tl.load(vw_ptr + mi % NV) * part, sem="relaxed")
+            if ANSWER:
+                tl.debug_barrier()
+                done = tl.atomic_add(hcnt_ptr, 1)
+                if done == n_fin - 1:
+                    logits = tl.atomic_add(out_ptr + cls, tl.zeros([16], dtype=tl.float32), sem="relaxed")
+                    _answer(logits, cls, seq_ptr, word_ptr, req, seq0)
+                    tl.store(hcnt_ptr, 0)
+        elif HEAD == 1 and JOIN:
+            for mi in tl.static_range(NB):
+                mine = (q >= mi * HWO) & (q < (mi + 1) * HWO)
+                has = (tile * BP < (mi + 1) * HWO) & ((tile + 1) * BP > mi * HWO)
+                vm = tl.where(mine[:, None], v, float("-inf"))
+                tl.atomic_max(hmax_ptr + mi * COUT + cols, tl.max(vm, axis=0), mask=cmask & has, sem="relaxed")
+            tl.debug_barrier()
+            done = tl.atomic_add(hcnt_ptr, 1)
+            if done == n_fin - 1:
+                _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, NB, NV,
+                             COUT, CP, ANSWER)
+        elif HEAD == 2:
             # the tile holds the whole map (one row tile): its channel max is final, so its
             # share of the logits, w_v * (Wfc[:, cols] @ max + [pid_n == 0] b), is added into
             # the output (zeroed by the first layer's kernel): no global max buffer
             vm = tl.where((q < HWO)[:, None] & cmask[None, :], v, float("-inf"))
             f = tl.where(cmask, tl.max(vm, axis=0), 0.0)
             part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
-            cls = tl.arange(0, 16)
             tl.atomic_add(out_ptr + (n // NV) * 16 + cls, tl.load(vw_ptr + n % NV) * part, sem="relaxed")
             if ANSWER:  # the last share to arrive reads the sum at L2 and answers
                 tl.debug_barrier()  # all threads' adds issued before the arrival count
@@ -229,7 +295,7 @@ if triton is not None:
                              COUT, CP, ANSWER)
         else:
             offs = ((n * HWO + q) * COUT)[:, None] + cols[None, :]
-            tl.store(y_ptr + offs, v.to(tl.float16), mask=(q < HWO)[:, None] & cmask[None, :])
+            tl.store(y_ptr + offs, v.to(tl.float16), mask=(q < QN)[:, None] & cmask[None, :])
 
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
@@ -242,7 +308,7 @@ if triton is not None:
                           GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                           NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
                           ANSWER: tl.constexpr, GATE: tl.constexpr, STAGE: tl.constexpr,
-                          TRACE: tl.constexpr):
+                          POLLS: tl.constexpr, JOIN: tl.constexpr, TRACE: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
         layer of a graph launched ahead with e2e_gate: stem or stage; 1: limit in ns of the GPU
@@ -259,6 +325,11 @@ if triton is not None:
         in one wide read before it releases the others, and every program reads the image there:
         one PCIe round trip for the whole image instead of every program's byte reads of its
         patches crossing PCIe.
+        POLLS (with GATE): 4: program 0 keeps four staggered reads of the flag in flight
+        (_wait_staggered); 1: one read after another.
+        JOIN: the row tiles run over the rows of every map in turn (grid = (m_tiles, n_tiles,
+        SPLIT), m_tiles counting all maps' rows), so a tile may hold rows of several maps: for the
+        small late layers, where one map's rows fill a tile only in part.
         TRACE (tools/e2e_trace.py; this layer's index + 1): GPU-clock stamps (ns) into row
         (call number % 1024) of trace_ptr [1024, 16] int64: the flag seen (column 0) and the
         image staged (1) by a gate's program 0, and this layer's end (2 + index, the latest of its
@@ -270,7 +341,10 @@ if triton is not None:
         if GATE:
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
                 tl.store(word_ptr + 2, want, cache_modifier=".wt")
-                _wait_for(flag_ptr, want, word_ptr, limit, GATE == 1)
+                if POLLS == 4:
+                    _wait_staggered(flag_ptr, want, word_ptr, limit, 250, GATE == 1)
+                else:
+                    _wait_for(flag_ptr, want, word_ptr, limit, GATE == 1)
                 if TRACE:
                     tl.store(row, _clock())
                 if STAGE:
@@ -291,7 +365,7 @@ if triton is not None:
         _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
                    x_src, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
-                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER)
+                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER, JOIN)
         if TRACE:
             tl.atomic_max(row + 1 + TRACE, _clock(), sem="relaxed")
 
@@ -305,18 +379,26 @@ if triton is not None:
                    BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                    GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                    NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                   ANSWER: tl.constexpr):
+                   ANSWER: tl.constexpr, JOIN: tl.constexpr):
         """Work item (pid_m, pid_n, sid) of one layer: row tile pid_m = (map, tile), channel
         tile pid_n of n_tiles, K slice sid of SPLIT (KI K steps in all).  Map n = image n // NV,
         TTA view n % NV; the first layer (VIEW) makes the view itself from its image's loads.
         The constant operands of the epilogue (bias, the head's weights) are loaded first,
         before the PDL wait (weights do not depend on the previous layer).  ZOUT: this is the
         first layer of a net whose head adds into the output (HEAD == 2): zero it.  ANSWER:
-        the head also writes the answer word (_answer)."""
-        n = pid_m // m_tiles
-        tile = pid_m - n * m_tiles
+        the head also writes the answer word (_answer).  JOIN: row tile pid_m of all maps' rows
+        in turn (n is 0, each row's map from _row_coords_join; not with VIEW or GENERIC)."""
         BM: tl.constexpr = BP * S
-        rok, oh, ow = _row_coords(tile, BP, S, WO, HWO)
+        if JOIN:
+            n = 0
+            tile = pid_m
+            rok, oh, ow, nr = _row_coords_join(tile, BP, S, WO, HWO, NB)
+            roff = nr * (H * W * CIN)
+        else:
+            n = pid_m // m_tiles
+            tile = pid_m - n * m_tiles
+            rok, oh, ow = _row_coords(tile, BP, S, WO, HWO)
+            roff = 0
         cols = pid_n * BN + tl.arange(0, BN)
         cmask = cols < COUT
         kk = tl.arange(0, BK)
@@ -328,7 +410,7 @@ if triton is not None:
             x_base = x_ptr + n * (H * W * CIN)
             fl, dy, dx = 0, 0, 0
         bias = tl.load(b_ptr + cols, mask=cmask, other=0.0)
-        if HEAD == 2:
+        if HEAD >= 2:
             cls = tl.arange(0, 16)
             wfc = tl.load(hw_ptr + cls[:, None] * CP + cols[None, :], mask=cmask[None, :], other=0.0)
             bfc = tl.load(hb_ptr + cls)
@@ -353,7 +435,8 @@ if triton is not None:
                 a, krow = _load_a_generic(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
                 kmask = krow < KH * KH * CIN
             else:
-                a, krow = _load_a_blocked(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
+                a, krow = _load_a_blocked(x_base, roff, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy,
+                                          dx)
                 kmask = krow >= 0
             b = tl.load(w_ptr + krow[:, None] * COUT + cols[None, :], mask=kmask[:, None] & cmask[None, :],
                         other=0.0)
@@ -363,13 +446,17 @@ if triton is not None:
         if SPLIT == 1:
             _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                       hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV,
-                      CP, ANSWER)
+                      CP, ANSWER, JOIN)
         else:
             # split-K: add this slice into the fp32 scratch; the last slice to arrive at the
             # tile takes the sum (and leaves zeros behind) and runs the epilogue
             rows = pid_m * BM + tl.arange(0, BM)
             pp = part_ptr + rows[:, None] * COUT + cols[None, :]
-            tl.atomic_add(pp, acc, mask=cmask[None, :], sem="relaxed")
+            if JOIN:  # the rows past the last map's end carry nothing: no atomics for them
+                pmask = rok[:, None] & cmask[None, :]
+            else:
+                pmask = cmask[None, :]
+            tl.atomic_add(pp, acc, mask=pmask, sem="relaxed")
             tl.debug_barrier()  # every thread's adds issued before the arrival count
             tid = pid_m * n_tiles + pid_n
             arrived = tl.atomic_add(cnt_ptr + tid, 1)
@@ -377,12 +464,14 @@ if triton is not None:
                 # read the sum at L2 (a relaxed atomic add of 0: where the other slices' adds
                 # landed), then leave zeros; nothing else touches this tile until the next forward
                 zero = tl.zeros([BM, BN], dtype=tl.float32)
-                tot = tl.atomic_add(pp, zero, mask=cmask[None, :], sem="relaxed")
-                tl.store(pp, zero, mask=cmask[None, :])
+                tot = tl.atomic_add(pp, zero, mask=pmask, sem="relaxed")
+                if JOIN:
+                    tot = tl.where(pmask, tot, 0.0)
+                tl.store(pp, zero, mask=pmask)
                 tl.store(cnt_ptr + tid, 0)
                 _epilogue(tot, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr,
                           out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT,
-                          HEAD, NB, NV, CP, ANSWER)
+                          HEAD, NB, NV, CP, ANSWER, JOIN)
 
     # ========================================================================= the persistent kernel
     # serve_kernel runs the whole net for every request of a host, in ONE launch that stays on
@@ -459,7 +548,12 @@ if triton is not None:
         VIEW: tl.constexpr = LAYERS[LI][25]
         ZOUT: tl.constexpr = LAYERS[LI][26]
         ANSWER: tl.constexpr = LAYERS[LI][27]
-        N_ITEMS: tl.constexpr = NB * M_TILES * N_TILES * SPLIT
+        JOIN: tl.constexpr = LAYERS[LI][28]
+        if JOIN:  # M_TILES counts every map's row tiles
+            MAPS: tl.constexpr = 1
+        else:
+            MAPS: tl.constexpr = NB
+        N_ITEMS: tl.constexpr = MAPS * M_TILES * N_TILES * SPLIT
         for item in range(pid, N_ITEMS, NP):
             sid = item % SPLIT
             rest = item // SPLIT
@@ -467,9 +561,9 @@ if triton is not None:
             pid_m = rest // N_TILES
             _conv_item(pid_m, pid_n, sid, N_TILES, x_ptr + XOFF, w_ptr + WOFF, b_ptr + BOFF, y_ptr + YOFF,
                        part_ptr + POFF, cnt_ptr + COFF, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr,
-                       vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, NB * M_TILES * N_TILES,
+                       vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, MAPS * M_TILES * N_TILES,
                        H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT,
-                       False, ANSWER)
+                       False, ANSWER, JOIN)
 
     @triton.jit
     def serve_kernel(req_ptr, img_ptr, dimg_ptr, ctl_ptr, word_ptr, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr,
@@ -567,6 +661,61 @@ if triton is not None:
                 f = tl.load(ptr, volatile=True)
                 n += 1
         if f != want:
+            tl.store(word_ptr + 1, want, cache_modifier=".wt")
+
+    @triton.jit
+    def _spin_until(gap, CLOCK: tl.constexpr):
+        # spin gap ns of the GPU's clock (the interpreter has none: no wait)
+        if CLOCK:
+            t = _clock() + gap
+            c = _clock()
+            while c < t:
+                c = _clock()
+
+    @triton.jit
+    def _wait_staggered(ptr, want, word_ptr, limit, GAP: tl.constexpr, CLOCK: tl.constexpr):
+        # _wait_for with four reads of the word in flight, issued GAP ns apart: a read of host
+        # memory takes a round trip over PCIe (~1 us), so one read after another samples the word
+        # once a round trip and sees the host's write half a trip late on average; four staggered
+        # reads sample it four times as often.  Each read is issued again once it came back and
+        # missed, so the stagger holds; the wait ends at the first read that holds want.
+        if CLOCK:
+            t_end = _clock() + limit
+        else:
+            t_end = limit
+        f0 = tl.load(ptr, volatile=True)
+        _spin_until(GAP, CLOCK)
+        f1 = tl.load(ptr, volatile=True)
+        _spin_until(GAP, CLOCK)
+        f2 = tl.load(ptr, volatile=True)
+        _spin_until(GAP, CLOCK)
+        f3 = tl.load(ptr, volatile=True)
+        n = 0
+        hit = f0 == want
+        go = hit == 0
+        while go:
+            # each read is checked (waiting for it) and, if it missed, issued again, in turn: the
+            # nested ifs stop at the first hit, so no read behind it is waited for
+            f0 = tl.load(ptr, volatile=True)
+            if f1 == want:
+                hit = f1 == want
+            else:
+                f1 = tl.load(ptr, volatile=True)
+                if f2 == want:
+                    hit = f2 == want
+                else:
+                    f2 = tl.load(ptr, volatile=True)
+                    if f3 == want:
+                        hit = f3 == want
+                    else:
+                        f3 = tl.load(ptr, volatile=True)
+                        hit = f0 == want
+            n += 1
+            if CLOCK:
+                go = (hit == 0) & (_clock() < t_end)
+            else:
+                go = (hit == 0) & (n < t_end)
+        if hit == 0:
             tl.store(word_ptr + 1, want, cache_modifier=".wt")
 
     @triton.jit

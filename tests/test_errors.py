@@ -87,6 +87,9 @@ def test_config_errors(trained):
           "e2e_gate 'stem' needs e2e_launch: ahead", "kernel_engine: triton")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_gate=door"],
           "variants.F.e2e_gate", "kernel, stem")
+    check(trained, "eval.py", ["--variant", "F_ahead", "--set", "variants.F_ahead.e2e_polls=4"],
+          "e2e_polls 4 needs e2e_gate: stem or stage")
+    check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.e2e_polls=2"], "variants.F.e2e_polls", "1, 4")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_pdl=false"],
           "kernel_pdl_trigger 'late' needs", "kernel_pdl: true")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_pdl_trigger=soon"],

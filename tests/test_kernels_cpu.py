@@ -34,7 +34,7 @@ TOL = 1e-2
 # runs beside it: the interpreter is the slowest part of the suite, and CI has two cores.
 CASE_ORDER = ("relu_k3", "gelu_k2", "tta_whiten", "tta_k3_batch2", "inference_flip", "answers_mode2",
               "answers_mode1", "answers_flip", "persistent_flip", "persistent_fit_mode1", "gate", "tile_cache",
-              "multitap")
+              "multitap", "join")
 _STARTED = {}  # case -> its subprocess
 
 
@@ -190,6 +190,43 @@ def _answers(K, cfg, seed, last_bp=None, views=None):
     return dict(got=got, want=want, seq=int(seq[0]), head_mode=net.head_mode(-1), untouched=word[1:].tolist())
 
 
+def _join():
+    """JOIN tiles (rows of both flip maps in turn) on a flip net's late layers, against TTANet
+    over the float64 reference: the last layer as one tile (head mode 3: its logits made in it),
+    one row tile of both maps (mode 2), several (mode 1), and two middle layers joined; with and
+    without split-K; two calls each, and the answer word of a third."""
+    import kernel_net as K
+    from tta import TTA_VIEWS, TTANet
+    layers, head = K.random_net(seed=3, stem_width=8, widths=(16, 32), depths=(1, 2), act="gelu")
+
+    class Ref(torch.nn.Module):
+        def forward(self, x):
+            return K.reference_forward(layers, head, x.permute(0, 2, 3, 1))
+
+    views = TTA_VIEWS["flip"]
+    x = torch.randint(0, 256, (1, 32, 32, 3), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    ref = TTANet(Ref(), "flip", device="cpu")(x.permute(0, 3, 1, 2)).double()
+    start = _big_tiles(K, layers, head, 2, 1, views=views)
+    cases = dict(plain={}, head3=dict(last=dict(BP=128, BN=32, SPLIT=2)), head3_nosplit=dict(last=dict(BP=128, BN=32)),
+                 head2=dict(last=dict(BP=128, BN=16, SPLIT=2)), head1=dict(last=dict(BP=16, BN=16, SPLIT=2)),
+                 middle=dict(mid=dict(BP=16, BN=16, SPLIT=2)), middle_nosplit=dict(mid=dict(BP=32, BN=16)))
+    out = {}
+    for name, c in cases.items():
+        tiles = [dict(t) for t in start]
+        if "last" in c:
+            tiles[-1].update(c["last"], JOIN=True)
+        if "mid" in c:
+            for i in (2, 3):
+                tiles[i].update(c["mid"], JOIN=True)
+        net = K.KernelNet(layers, head, batch=1, views=views, tiles=tiles)
+        errs = [_rel_err(net(x).clone(), ref) for _ in range(2)]
+        seq, word = torch.zeros(1, dtype=torch.int32), torch.full((4,), -1, dtype=torch.int32)
+        logits = net(x, answer=(seq, word)).clone()
+        out[name] = dict(errs=errs, head=net.head_mode(-1), grids=[list(sp["grid"]) for sp in net.specs],
+                         word=int(word[0]), want=(1 << 4) | int(logits[0].argmax()))
+    return out
+
+
 def _no_copy():
     """A stand-in for kernels._stage_image that copies nothing (a jit function at module level:
     Triton reads its source and its globals)."""
@@ -219,13 +256,14 @@ def _gate(K):
     # and answers, on the image it was given, whether its gate passed or expired
     x = torch.randint(0, 256, (1, 32, 32, 3), generator=torch.Generator().manual_seed(43), dtype=torch.uint8)
     plain = net(x).clone()
-    for name, flag, stage in (("stem_ready", 5, False), ("stem_other", 3, False), ("stage_ready", 5, True),
-                              ("stage_other", 3, True)):
+    for name, flag, stage, polls in (("stem_ready", 5, False, 1), ("stem_other", 3, False, 1),
+                                     ("stage_ready", 5, True, 1), ("stage_other", 3, True, 1),
+                                     ("polls_ready", 5, True, 4), ("polls_other", 3, True, 4)):
         s, f, w = (torch.tensor([4, 0, 0, 0], dtype=torch.int32), torch.tensor([flag, 0, 0, 0], dtype=torch.int32),
                    torch.full((4,), -1, dtype=torch.int32))
         net.gate_go.fill_(-1)
         net.staged.zero_()
-        logits = net(x, answer=(s, w), gate=(f, 0.005), stage=stage).clone()
+        logits = net(x, answer=(s, w), gate=(f, 0.005), stage=stage, polls=polls).clone()
         out[name] = dict(word=w.tolist(), seq=int(s[0]), cls=int(plain[0].argmax()), go=int(net.gate_go[0]),
                          staged=bool(torch.equal(net.staged, x)),
                          same=bool(torch.equal(logits, plain)), programs=int(net.specs[0]["grid"][0] *
@@ -389,10 +427,11 @@ def _ptx_atomic_orders():
                n_fin="i32", limit="i32")
     base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
                 GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False,
-                GATE=0, STAGE=0, TRACE=0)
+                GATE=0, STAGE=0, POLLS=1, JOIN=False, TRACE=0)
     out = {}
     for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True)),
                         ("gated", dict(GATE=1)), ("staged", dict(GATE=1, STAGE=1024)),
+                        ("polled", dict(GATE=1, STAGE=1024, POLLS=4)),
                         ("traced", dict(GATE=1, STAGE=1024, TRACE=1))):
         src = triton.compiler.ASTSource(fn=kernels.conv_layer_kernel, signature=ptr, constexprs=dict(base, **extra))
         ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
@@ -400,6 +439,7 @@ def _ptx_atomic_orders():
         for sem in re.findall(r"\b(?:atom|red)\.global\.gpu\.(\w+)\.", ptx):
             out[name][sem] = out[name].get(sem, 0) + 1
         out[name]["int_relaxed"] = len(re.findall(r"\batom\.global\.gpu\.relaxed\.add\.[su]32", ptx))
+        out[name]["volatile_loads"] = len(re.findall(r"\bld\.volatile\.global", ptx))
     return out
 
 
@@ -422,6 +462,8 @@ def _case(name):
         return _persistent(K, None, fit_split=True, last_bp=4)
     if name == "gate":
         return _gate(K)
+    if name == "join":
+        return _join()
     if name == "inference_flip":
         return _inference_flip()
     if name == "tile_cache":
@@ -538,6 +580,34 @@ def test_gate_waits_for_its_call_and_marks_an_expired_one():
         assert st["staged"] and st["same"] and st["go"] == 5 and st["programs"] > 1, r
     assert r["stage_ready"]["word"] == ready["word"] and r["stage_other"]["word"] == other["word"], r
     assert r["stage_reads"] == dict(device_copy=True, host=False), r
+    # program 0 with four staggered reads of the flag in flight (e2e_polls: 4): the same words
+    assert r["polls_ready"] == r["stage_ready"] and r["polls_other"] == r["stage_other"], r
+
+
+def test_join_tiles_compute_the_same_net_in_every_head_mode():
+    r = _run_case("join")
+    for name, c in r.items():
+        assert max(c["errs"]) < TOL and c["word"] == c["want"], (name, c)
+    assert r["plain"]["head"] == 2 and r["plain"]["grids"][-1] == [2, 2, 1], r  # one row tile a map
+    assert r["head3"]["head"] == 3 and r["head3"]["grids"][-1] == [1, 1, 2], r  # one tile in all
+    assert r["head3_nosplit"]["grids"][-1] == [1, 1, 1] and r["head3_nosplit"]["head"] == 3, r
+    assert r["head2"]["head"] == 2 and r["head2"]["grids"][-1] == [1, 2, 2], r  # both maps, two column tiles
+    assert r["head1"]["head"] == 1 and r["head1"]["grids"][-1] == [7, 2, 2], r  # 98 rows in tiles of 16
+    assert r["middle"]["grids"][2:] == [[7, 2, 2], [7, 2, 2]], r  # 2 x 49 pooled / plain rows in tiles of 16
+
+
+def test_join_tiles_are_candidates_of_the_late_layers_with_several_maps(K):
+    layers, head = K.random_net(seed=6, stem_width=24, stem_kernel=2, widths=(64, 256, 256), depths=(1, 2, 2))
+    last = K._layer_meta(layers[-1], 3, 3, 256)
+    stem = K._layer_meta(layers[0], 32, 32, 3)
+    assert not any(t.get("JOIN") for t in K.candidates(last, 1, 132))  # one map: nothing to join
+    assert not any(t.get("JOIN") for t in K.candidates(stem, 2, 132))  # the views' reads stay per map
+    joined = [t for t in K.candidates(last, 2, 132) if t.get("JOIN")]
+    # both maps' 18 pixels in one tile of 32 rows, all 256 channels: one tile in all (head mode 3), 4 and 8 warps
+    whole = [t for t in joined if t["BP"] == 32 and t["BN"] == 256]
+    assert whole and {t["num_warps"] for t in whole} == {4, 8} and all(not t["GENERIC"] for t in joined), joined
+    with pytest.raises(ValueError, match="JOIN tiles need GENERIC false"):
+        K._check_trigger(dict(whole[0], GENERIC=True))
 
 
 def test_only_arrival_counts_are_acquire_release_atomics():
@@ -554,6 +624,7 @@ def test_only_arrival_counts_are_acquire_release_atomics():
         pytest.skip("Triton's ptxas is not installed: the PTX cannot be built here")
     assert r.returncode == 0, f"compile failed:\n{r.stderr[-3000:]}"
     got = json.loads(r.stdout.strip().splitlines()[-1])
+    reads = {name: got[name].pop("volatile_loads") for name in got}  # volatile loads: the gates' polls
     assert got["split_k"].get("acq_rel") == 1 and got["split_k"].get("relaxed", 0) >= 2, got
     # the head's epilogue is inlined twice (after the K loop with and without split-K), each copy
     # with the head's arrival count, beside the split-K count: 3
@@ -565,6 +636,10 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # (e2e_gate: stage) adds program 0's one release, after its copy
     assert got["gated"] == got["split_k"], got
     assert got["staged"] == dict(got["split_k"], release=1), got
+    # four staggered reads of the flag (e2e_polls: 4): four first reads and four in the loop, for
+    # one and one; no atomic more
+    assert got["polled"] == got["staged"] and reads["polled"] == reads["staged"] + 6, (got, reads)
+    assert reads["split_k"] == 0 and reads["gated"] == reads["staged"] > 0, reads
     # the trace (tools/e2e_trace.py, off in every path the kit times) adds one relaxed max a program
     assert got["traced"] == dict(got["staged"], relaxed=got["staged"]["relaxed"] + 1), got
 

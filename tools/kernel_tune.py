@@ -1,6 +1,6 @@
 """Tune the Triton kernels' tiles for every front shape once, on the GPU, into the tile cache.
 
-    python tools/kernel_tune.py [--shapes t3,AB94] [--wide] [--workers 14] [--out PATH]
+    python tools/kernel_tune.py [--shapes t3,AB94] [--tta none,flip] [--wide] [--workers 14] [--out PATH]
 
 For each front shape (config front.shapes) and each TTA mode of the front (front.tta: none runs
 1 map per layer, flip 2), a randomly initialised fastnet of that shape is folded as the kit's
@@ -36,11 +36,11 @@ def folded_random(cfg, shape):
     return model.folded_spec(cfg.data.mean, cfg.data.std)
 
 
-def nets(cfg, shapes):
-    """(name, layers, head, KernelNet kwargs) for every shape x front TTA mode."""
+def nets(cfg, shapes, ttas=None):
+    """(name, layers, head, KernelNet kwargs) for every shape x TTA mode (default: the front's)."""
     for shape in shapes:
         layers, head = folded_random(cfg, shape)
-        for tta in cfg.front.tta:
+        for tta in ttas or cfg.front.tta:
             yield f"{shape}/{tta}", layers, head, dict(views=TTA_VIEWS[tta])
 
 
@@ -57,9 +57,9 @@ def _compile_job(job):
            f"over the SM's shared memory, left out)"
 
 
-def compile_all(a, cfg, shapes, mode):
+def compile_all(a, cfg, shapes, ttas, mode):
     jobs = []
-    for name, layers, head, kw in nets(cfg, shapes):
+    for name, layers, head, kw in nets(cfg, shapes, ttas):
         n_specs = len(K.KernelNet(layers, head, batch=1, **kw).specs)
         jobs += [(a.config, a.overrides, name, kw, i, mode) for i in range(n_specs)]
     t0 = time.time()
@@ -72,6 +72,7 @@ def compile_all(a, cfg, shapes, mode):
 def main():
     ap = utils.ArgParser(__doc__)
     ap.add_argument("--shapes", default="", help="comma-separated front shapes (default: all)")
+    ap.add_argument("--tta", default="", help="comma-separated TTA modes (default: the front's, front.tta)")
     ap.add_argument("--workers", type=int, default=14)
     ap.add_argument("--wide", action="store_true", help="8 warps, 2/4 stages too on the long-K layers")
     ap.add_argument("--out", default="", help="tile cache file (default: paths.kernel_tiles)")
@@ -82,12 +83,16 @@ def main():
     bad = [s for s in shapes if s not in cfg.front.shapes]
     if bad:
         raise utils.KitError(f"--shapes: unknown front shape '{bad[0]}' (valid: {', '.join(cfg.front.shapes)})")
+    ttas = [t for t in a.tta.split(",") if t]
+    bad = [t for t in ttas if t not in cfg.front.tta]
+    if bad:
+        raise utils.KitError(f"--tta: '{bad[0]}' is not a TTA mode of the front (valid: {', '.join(cfg.front.tta)})")
     out = a.out or resolve_path(cfg, cfg.paths.kernel_tiles)
     about = K.begin_tuning(out, "kernel_tune.py", "times kernels")
     mode = "wide" if a.wide else True
-    compile_all(a, cfg, shapes, mode)
+    compile_all(a, cfg, shapes, ttas, mode)
     t0 = time.time()
-    for name, layers, head, kw in nets(cfg, shapes):
+    for name, layers, head, kw in nets(cfg, shapes, ttas):
         heur = K.KernelNet(layers, head, batch=1, **kw)
         tuned = K.KernelNet(layers, head, batch=1, autotune=mode, **kw)
         x = heur.random_input(0)  # the image in pinned host memory, as the e2e call reads it
