@@ -373,7 +373,7 @@ class KernelNet(torch.nn.Module):
         self._no_answer = torch.zeros(2, dtype=torch.int32, device=dev)  # pointers for ANSWER=False
         self.gate_go = torch.full((1,), -1, dtype=torch.int32, device=dev)  # the stem gate's word (GATE)
         self.staged = torch.zeros(self.batch, 32, 32, 3, dtype=torch.uint8, device=dev)  # the image (STAGE)
-        self.trace = None  # an int64 [1024, 16] device buffer: launches stamp it (TRACE, tools/e2e_trace.py)
+        self.trace = None  # an int64 [1024, 32] device buffer: launches stamp it (TRACE, tools/e2e_trace.py)
 
     @torch.no_grad()
     def load_weights(self, layers, head):

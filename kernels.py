@@ -333,11 +333,14 @@ if triton is not None:
         TRACE (tools/e2e_trace.py; this layer's index + 1): GPU-clock stamps (ns) into row
         (call number % 1024) of trace_ptr [1024, 16] int64: the flag seen (column 0) and the
         image staged (1) by a gate's program 0, and this layer's end (2 + index, the latest of its
-        programs' ends)."""
+        programs' ends), its programs past their PDL wait (16 + index, the latest) and past their K
+        loop (24 + index, the latest)."""
         if GATE or TRACE:
             want = _call_number(seq_ptr)  # the call this launch serves (one read of the device counter)
         if TRACE:
-            row = trace_ptr + (want & 1023) * 16
+            row = trace_ptr + (want & 1023) * 32
+        else:
+            row = trace_ptr
         if GATE:
             if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
                 tl.store(word_ptr + 2, want, cache_modifier=".wt")
@@ -365,7 +368,7 @@ if triton is not None:
         _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
                    x_src, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
-                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER, JOIN)
+                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER, JOIN, row, TRACE)
         if TRACE:
             tl.atomic_max(row + 1 + TRACE, _clock(), sem="relaxed")
 
@@ -379,7 +382,7 @@ if triton is not None:
                    BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                    GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                    NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                   ANSWER: tl.constexpr, JOIN: tl.constexpr):
+                   ANSWER: tl.constexpr, JOIN: tl.constexpr, trow, TRACE: tl.constexpr):
         """Work item (pid_m, pid_n, sid) of one layer: row tile pid_m = (map, tile), channel
         tile pid_n of n_tiles, K slice sid of SPLIT (KI K steps in all).  Map n = image n // NV,
         TTA view n % NV; the first layer (VIEW) makes the view itself from its image's loads.
@@ -387,7 +390,8 @@ if triton is not None:
         before the PDL wait (weights do not depend on the previous layer).  ZOUT: this is the
         first layer of a net whose head adds into the output (HEAD == 2): zero it.  ANSWER:
         the head also writes the answer word (_answer).  JOIN: row tile pid_m of all maps' rows
-        in turn (n is 0, each row's map from _row_coords_join; not with VIEW or GENERIC)."""
+        in turn (n is 0, each row's map from _row_coords_join; not with VIEW or GENERIC).  TRACE:
+        stamps past the PDL wait and past the K loop into the trace row trow (conv_layer_kernel)."""
         BM: tl.constexpr = BP * S
         if JOIN:
             n = 0
@@ -420,6 +424,8 @@ if triton is not None:
             gdc_wait()
             if PDL == 1:
                 gdc_launch_dependents()
+        if TRACE:
+            tl.atomic_max(trow + 15 + TRACE, _clock(), sem="relaxed")
         seq0 = 0
         if ANSWER:  # the device call counter (graph path), read now: off the answer's chain
             seq0 = tl.load(seq_ptr, mask=req < 0, other=0).to(tl.int32)
@@ -443,6 +449,8 @@ if triton is not None:
             acc = tl.dot(a, b, acc)
         if PDL == 2:  # the next layer may start launching: this one's K loop is done
             gdc_launch_dependents()
+        if TRACE:
+            tl.atomic_max(trow + 23 + TRACE, _clock(), sem="relaxed")
         if SPLIT == 1:
             _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                       hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV,
@@ -563,7 +571,7 @@ if triton is not None:
                        part_ptr + POFF, cnt_ptr + COFF, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr,
                        vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, MAPS * M_TILES * N_TILES,
                        H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT,
-                       False, ANSWER, JOIN)
+                       False, ANSWER, JOIN, word_ptr, 0)
 
     @triton.jit
     def serve_kernel(req_ptr, img_ptr, dimg_ptr, ctl_ptr, word_ptr, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr,

@@ -640,8 +640,9 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # one and one; no atomic more
     assert got["polled"] == got["staged"] and reads["polled"] == reads["staged"] + 6, (got, reads)
     assert reads["split_k"] == 0 and reads["gated"] == reads["staged"] > 0, reads
-    # the trace (tools/e2e_trace.py, off in every path the kit times) adds one relaxed max a program
-    assert got["traced"] == dict(got["staged"], relaxed=got["staged"]["relaxed"] + 1), got
+    # the trace (tools/e2e_trace.py, off in every path the kit times) adds three relaxed maxima a
+    # program: past the PDL wait, past the K loop, at the end
+    assert got["traced"] == dict(got["staged"], relaxed=got["staged"]["relaxed"] + 3), got
 
 
 def test_wrong_weights_are_caught():

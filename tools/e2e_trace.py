@@ -6,11 +6,12 @@ GPU-clock stamps on (kernels.conv_layer_kernel, TRACE), then timed as bench.py t
 
 Per call, from the GPU's %globaltimer (ns, the same on every SM): the flag seen by the gate's
 polling program, the image staged by it (e2e_gate: stage), and each layer's end (the latest of
-its programs' ends; the last layer's end is the answer written).  Printed as medians: the gate's
-steps, each layer's time from the previous one's end, flag-to-answer on the GPU, and the host's
+its programs' ends; the last layer's end is the answer written), and its last program past its PDL
+wait and past its K loop.  Printed as medians: the gate's steps, each layer's time from the previous
+one's end (and its three parts), flag-to-answer on the GPU, and the host's
 e2e time of the same calls; e2e minus flag-to-answer is the host's part plus the two trips across
-PCIe (the flag's and the answer's).  The stamps cost each program one atomic at its end: read
-the times beside each other, not as the untraced variant's.
+PCIe (the flag's and the answer's).  The stamps cost each program three atomics: read the times
+beside each other, not as the untraced variant's.
 """
 import os
 import sys
@@ -32,7 +33,7 @@ def traced(clf):
     """clf's end-to-end graph captured again with the trace buffer on (the same kernels and
     buffers, stamping); returns the buffer."""
     clf.drain()
-    clf.kn.trace = torch.zeros(ROWS, 16, dtype=torch.int64, device=clf.device)
+    clf.kn.trace = torch.zeros(ROWS, 32, dtype=torch.int64, device=clf.device)
     if clf.e2e_launch == "ahead":
         clf._build_ahead()
     else:
@@ -49,7 +50,7 @@ def main():
     ap.add_argument("--out", help="also write the medians as JSON here")
     add_config_args(ap)
     a = ap.parse_args()
-    if a.rounds < 1 or not 10 <= a.calls <= ROWS:
+    if a.rounds < 1 or not 10 <= a.calls <= ROWS:  # (and nets of <= 8 layers: the row's columns)
         raise utils.KitError(f"give --rounds >= 1 and --calls from 10 to {ROWS}")
 
     def ours(c):  # our Triton kernels in a CUDA graph reading the mapped image, launched per call or ahead
@@ -62,6 +63,8 @@ def main():
         clf = Predictor(cfg, v, device)
         buf = traced(clf)
         nl = len(clf.kn.specs)
+        if nl > 8:
+            raise utils.KitError(f"variant {v}: {nl} layers; the trace's row holds stamps of 8 at most")
         timing.time_e2e(clf, imgs, 50, sync=clf.settle)  # warm-up
         e2e, stamps = [], []
         for r in range(a.rounds):
@@ -85,6 +88,11 @@ def main():
             out["flag_to_answer"] = float(np.median(fta))
             out["e2e_minus_flag_to_answer"] = float(np.median(us - fta))
         out["layers"] = [float(np.median(ends[:, i] - ends[:, i - 1])) for i in range(1, nl)]
+        # each layer's parts: the previous end -> its last program past the PDL wait -> its last
+        # program past the K loop -> its end (split-K's meeting, the epilogue, the head)
+        waits, kends = st[:, 16:16 + nl], st[:, 24:24 + nl]
+        out["parts"] = [[float(np.median(waits[:, i] - ends[:, i - 1])), float(np.median(kends[:, i] - waits[:, i])),
+                         float(np.median(ends[:, i] - kends[:, i]))] for i in range(1, nl)]
         out["l0_end_to_answer"] = float(np.median(ends[:, -1] - ends[:, 0]))
         res["variants"][v] = out
         print(f"{v}: e2e p50 {out['e2e_p50']:.2f} us; " + (
@@ -92,7 +100,9 @@ def main():
             f"flag -> layer 0's end {out['gate_to_l0_end']:.2f}" + (f" (staging {out['stage']:.2f})" if "stage" in out
                                                                       else "") + "; " if gated else "")
               + "layers 1.. from the previous end: " + ", ".join(f"{t:.2f}" for t in out["layers"])
-              + f"; layer 0's end -> answer {out['l0_end_to_answer']:.2f} us")
+              + f"; layer 0's end -> answer {out['l0_end_to_answer']:.2f} us\n  layers 1.. (previous end -> past the "
+              "PDL wait, -> past the K loop, -> end): " + ", ".join("/".join(f"{x:.2f}" for x in p)
+                                                                 for p in out["parts"]))
         clf.drain()
         del clf
     variant_tool.write(a.out, res)
