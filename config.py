@@ -165,7 +165,7 @@ VARIANT = {
     # memory in one wide read; the others read it there, not across PCIe)
     "e2e_gate": Field(str, "kernel", choices=("kernel", "stem", "stage")),
     # e2e_gate stem | stage: how many reads of the host's flag the polling program keeps in flight,
-    # staggered (one read crossing PCIe is a round trip: 4 see the flag sooner)
+    # staggered (one read crossing PCIe is a round trip; on the H200, 4 made F's call ~13 us slower)
     "e2e_polls": Field(int, 1, choices=(1, 4)),
 }
 
