@@ -311,7 +311,12 @@ def improvements(s):
                "PCIe, the host's own work) is split on the GPU's clock by tools/e2e_trace.py, not by these columns. "
                "The host's own work (input check, image copy, flag, poll, return) is timed with the GPU faked by "
                "tools/call_overhead.py; our kernels' polled paths call through one closure that keeps Python's "
-               "attribute lookups and method calls out of the span between the flag and the answer."]
+               "attribute lookups and method calls out of the span between the flag and the answer. "
+               "The same tool splits each layer into the wait for the layer before, its K loop and its tail; "
+               "for F the tails of the three split-K layers (the K slices' partial sums meeting through an "
+               "arrival count and a read back, then the epilogue and, in the last, the head) are the largest "
+               "part left, so a cheaper meeting of the K slices (inside one thread-block cluster, which our "
+               "Triton kernels cannot express) is the next lever."]
     else:
         out = [f"Of F's e2e p50 ({ms(e2e)} ms) the GPU works {ms(gpu)} ms; the remaining {ms(e2e - gpu)} ms "
                f"({share:.0f} %) is launching, moving the image and returning the answer"
