@@ -79,6 +79,12 @@ if triton is not None:
         # over 4 consecutive rows.  Floor pooling: the odd last row/column is never visited.
         r = tl.arange(0, BP * S)
         q = tile * BP + r // S
+        oh, ow = _pixel_coords(r, q, S, WO)
+        return q < HWO, oh, ow
+
+    @triton.jit
+    def _pixel_coords(r, q, S: tl.constexpr, WO: tl.constexpr):
+        # (oh, ow) of row r, pooled pixel q of one map (the pre-pool pixel r % 4 of it if S = 4)
         ohp = q // WO
         owp = q - ohp * WO
         if S == 4:
@@ -88,7 +94,7 @@ if triton is not None:
         else:
             oh = ohp
             ow = owp
-        return q < HWO, oh, ow
+        return oh, ow
 
     @triton.jit
     def _row_coords_join(tile, BP: tl.constexpr, S: tl.constexpr, WO: tl.constexpr, HWO: tl.constexpr,
@@ -98,16 +104,7 @@ if triton is not None:
         r = tl.arange(0, BP * S)
         q = tile * BP + r // S
         nr = q // HWO
-        ql = q - nr * HWO
-        ohp = ql // WO
-        owp = ql - ohp * WO
-        if S == 4:
-            s = r % 4
-            oh = ohp * 2 + s // 2
-            ow = owp * 2 + s % 2
-        else:
-            oh = ohp
-            ow = owp
+        oh, ow = _pixel_coords(r, q - nr * HWO, S, WO)
         return q < NB * HWO, oh, ow, nr
 
     @triton.jit
