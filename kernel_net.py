@@ -16,6 +16,7 @@ import os
 
 import torch
 
+import kernel_gate
 import kernels
 from kernels import ACTS, TRITON_ERROR
 from utils import KitError, atomic_write_bytes, check_writable, env_info
@@ -571,14 +572,14 @@ class KernelNet(torch.nn.Module):
         return self.logits
 
     def gate(self, flag, seq, word, limit_ms):
-        """The first kernel of a graph launched ahead of its call (kernels.gate_kernel): wait until
+        """The first kernel of a graph launched ahead of its call (kernel_gate.gate_kernel): wait until
         the host's flag word holds the call's number, at most limit_ms; then the net's kernels
         (forward) run; with PDL the first of them launches at once and waits for the gate's end.
         Under the interpreter limit_ms counts thousands of flag reads instead.  forward(x, answer,
         gate=(flag, limit_ms)) waits in the first layer's programs instead (no kernel of its own),
         and with stage=True those programs read the image from a device copy made by program 0."""
         limit, mode = self._gate_limit(limit_ms)
-        kernels.gate_kernel[(1,)](flag, seq, word, limit, CLOCK=mode == 1, PDL=self.pdl)
+        kernel_gate.gate_kernel[(1,)](flag, seq, word, limit, CLOCK=mode == 1, PDL=self.pdl)
 
     def kernel_count(self):
         """Kernels per forward: one per conv layer (the head, the views and the answer are inside)."""

@@ -1,4 +1,4 @@
-"""The persistent kernel's host side (kernels.serve_kernel): KernelServer answers batch-1 calls
+"""The persistent kernel (serve_kernel) and its host side: KernelServer answers batch-1 calls
 through one launch that stays on the GPU, so a call costs no kernel launch at all.
 
     srv = KernelServer(kn)         # kn: a batch-1 KernelNet (its layers, tiles and head)
@@ -29,7 +29,9 @@ from host_io import check_image, poll_answer
 from kernel_net import _interpreting, _k_steps, scratch_shape
 from utils import KitError
 
-# one layer's constants in kernels.serve_kernel, in this order
+triton, tl = kernels.triton, kernels.tl
+
+# one layer's constants in serve_kernel, in this order
 LAYER_FIELDS = ("H", "W", "CIN", "COUT", "KH", "PAD", "S", "WO", "HWO", "ACT", "BP", "BN", "BK", "KI", "GENERIC",
                 "HEAD", "M_TILES", "N_TILES", "SPLIT", "XOFF", "WOFF", "BOFF", "YOFF", "POFF", "COFF", "VIEW", "ZOUT",
                 "ANSWER", "JOIN")
@@ -37,6 +39,149 @@ ALIGN = 64  # elements: each layer's slice of an arena starts on a 128-byte line
 IMG_BYTES, IMG_BLOCK = 32 * 32 * 3, 4096
 STOP = -1
 SEQ_MASK = kernels.SEQ_MASK
+
+
+if triton is not None:
+    # the jit functions below call these by name (so they are looked up in this module)
+    from kernel_gate import _clock, _fence_acquire
+    from kernels import _conv_item
+
+    # ========================================================================= the persistent kernel
+    # serve_kernel runs the whole net for every request of a host, in ONE launch that stays on
+    # the GPU: no launch per call.  Its programs (all resident at once) take the work items of
+    # each layer in turn (the graph path's items: same tiles, same code) and meet at a grid
+    # barrier between layers.  Program 0 polls a request word in pinned host memory; the host
+    # writes the image into a pinned buffer, then the request number; program 0 copies the
+    # image to the device in one coalesced read and releases the others; the last layer's
+    # head writes the answer word as in the graph path.  Plain (L1-cached) loads read what
+    # other SMs wrote before a barrier: the barrier's acquire fence makes those stores visible
+    # and drops stale L1 lines.  A negative request stops the kernel.
+
+    @triton.jit
+    def _grid_sync(bar_ptr, gen, NP, ASM: tl.constexpr):
+        # bar_ptr: an int64 arrival count that only grows (zeroed before the launch); barrier
+        # number gen is passed when it reaches (gen + 1) * NP: one release add per program,
+        # then a spin on plain loads of the count and one acquire fence
+        tl.debug_barrier()  # this program's stores issued before its arrival
+        target = (gen + 1) * NP
+        tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+        v = tl.load(bar_ptr, volatile=True)
+        while v < target:
+            v = tl.load(bar_ptr, volatile=True)
+        _fence_acquire(ASM)
+        tl.debug_barrier()
+        return gen + 1
+
+    @triton.jit
+    def _layer_phase(pid, NP, x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
+                     hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr, req, LAYERS: tl.constexpr, LI: tl.constexpr,
+                     NB: tl.constexpr, CP: tl.constexpr, NV: tl.constexpr):
+        # layer LI's constants (kernel_server.LAYER_FIELDS order; the whole tuple is passed: a
+        # tuple argument's items would be passed as values): its work items go round the
+        # programs, item = ((pid_m * N_TILES) + pid_n) * SPLIT + sid
+        H: tl.constexpr = LAYERS[LI][0]
+        W: tl.constexpr = LAYERS[LI][1]
+        CIN: tl.constexpr = LAYERS[LI][2]
+        COUT: tl.constexpr = LAYERS[LI][3]
+        KH: tl.constexpr = LAYERS[LI][4]
+        PAD: tl.constexpr = LAYERS[LI][5]
+        S: tl.constexpr = LAYERS[LI][6]
+        WO: tl.constexpr = LAYERS[LI][7]
+        HWO: tl.constexpr = LAYERS[LI][8]
+        ACT: tl.constexpr = LAYERS[LI][9]
+        BP: tl.constexpr = LAYERS[LI][10]
+        BN: tl.constexpr = LAYERS[LI][11]
+        BK: tl.constexpr = LAYERS[LI][12]
+        KI: tl.constexpr = LAYERS[LI][13]
+        GENERIC: tl.constexpr = LAYERS[LI][14]
+        HEAD: tl.constexpr = LAYERS[LI][15]
+        M_TILES: tl.constexpr = LAYERS[LI][16]
+        N_TILES: tl.constexpr = LAYERS[LI][17]
+        SPLIT: tl.constexpr = LAYERS[LI][18]
+        XOFF: tl.constexpr = LAYERS[LI][19]
+        WOFF: tl.constexpr = LAYERS[LI][20]
+        BOFF: tl.constexpr = LAYERS[LI][21]
+        YOFF: tl.constexpr = LAYERS[LI][22]
+        POFF: tl.constexpr = LAYERS[LI][23]
+        COFF: tl.constexpr = LAYERS[LI][24]
+        VIEW: tl.constexpr = LAYERS[LI][25]
+        ZOUT: tl.constexpr = LAYERS[LI][26]
+        ANSWER: tl.constexpr = LAYERS[LI][27]
+        JOIN: tl.constexpr = LAYERS[LI][28]
+        if JOIN:  # M_TILES counts every map's row tiles
+            MAPS: tl.constexpr = 1
+        else:
+            MAPS: tl.constexpr = NB
+        N_ITEMS: tl.constexpr = MAPS * M_TILES * N_TILES * SPLIT
+        for item in range(pid, N_ITEMS, NP):
+            sid = item % SPLIT
+            rest = item // SPLIT
+            pid_n = rest % N_TILES
+            pid_m = rest // N_TILES
+            _conv_item(pid_m, pid_n, sid, N_TILES, x_ptr + XOFF, w_ptr + WOFF, b_ptr + BOFF, y_ptr + YOFF,
+                       part_ptr + POFF, cnt_ptr + COFF, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr,
+                       vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, MAPS * M_TILES * N_TILES,
+                       H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT,
+                       False, ANSWER, JOIN, word_ptr, 0)
+
+    @triton.jit
+    def serve_kernel(req_ptr, img_ptr, dimg_ptr, ctl_ptr, word_ptr, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr,
+                     hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, trace_ptr, bar_ptr, last_req,
+                     max_calls, LAYERS: tl.constexpr, NL: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
+                     NV: tl.constexpr, IMG: tl.constexpr, TRACE: tl.constexpr, ASM: tl.constexpr):
+        """The persistent server: requests until a negative one (or max_calls of them: the
+        tests' interpreter runs one program to completion before the next).  The layers'
+        inputs are the device image (layer 0) or the previous layer's output in act_ptr.
+        TRACE: program 0 stamps the GPU clock (ns) when it sees a request, after the image
+        copy and after each barrier, into row (request % 256) of trace_ptr [256, 16] int64;
+        the program that answers stamps column 15."""
+        pid = tl.program_id(0)
+        NP = tl.num_programs(0)
+        gen = pid.to(tl.int64) * 0  # barriers passed in this launch
+        last = last_req
+        calls = 0
+        run = max_calls > 0
+        while run:
+            t0 = pid.to(tl.int64) * 0
+            t1 = t0
+            if pid == 0:  # wait for the host, then bring its image in with one coalesced read
+                r = tl.load(req_ptr, volatile=True)
+                while r == last:
+                    r = tl.load(req_ptr, volatile=True)
+                if TRACE:
+                    t0 = _clock()
+                offs = tl.arange(0, IMG)
+                px = tl.load(img_ptr + offs, mask=offs < 3072, cache_modifier=".cv")
+                tl.store(dimg_ptr + offs, px, mask=offs < 3072)
+                tl.store(ctl_ptr + 16, r)
+                if TRACE:
+                    t1 = _clock()
+            gen = _grid_sync(bar_ptr, gen, NP, ASM)
+            last = tl.load(ctl_ptr + 16, volatile=True)
+            row = trace_ptr + (last & 255) * 16
+            if TRACE:
+                stamp = row + 15
+            else:
+                stamp = ctl_ptr + 48
+            if TRACE and pid == 0:
+                tl.store(row, t0)
+                tl.store(row + 1, t1)
+                tl.store(row + 2, _clock())
+            if last >= 0:
+                for li in tl.static_range(NL):
+                    if li == 0:
+                        src = dimg_ptr
+                    else:
+                        src = act_ptr
+                    _layer_phase(pid, NP, src, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr,
+                                 out_ptr, hcnt_ptr, view_ptr, vw_ptr, stamp, word_ptr, last, LAYERS, li,
+                                 NB, CP, NV)
+                    if li < NL - 1:  # the answer is out when the last layer ends: no barrier after it
+                        gen = _grid_sync(bar_ptr, gen, NP, ASM)
+                        if TRACE and pid == 0:
+                            tl.store(row + 3 + li, _clock())
+            calls += 1
+            run = (last >= 0) & (calls < max_calls)
 
 
 def _slices(sizes):
@@ -128,7 +273,7 @@ class KernelServer:
     # -- the kernel ----------------------------------------------------------------------------
     def _launch(self, max_calls, last_req):
         kn = self.kn
-        kernels.serve_kernel[(self.programs,)](
+        serve_kernel[(self.programs,)](
             self.h_req, self.h_img, self.dimg, self.ctl, self.h_word, self.w, self.b, self.act, self.part, self.cnt,
             self.hmax, kn.hw, kn.hb, self.out, self.hcnt, kn.view_t, kn.view_w, self.trace_buf, self.bar, last_req,
             max_calls, LAYERS=self.layers, NL=len(self.layers), NB=kn.nb, CP=kn.cp, NV=kn.nv, IMG=IMG_BLOCK,

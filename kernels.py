@@ -35,9 +35,12 @@ layer reads view v of its image with mirrored / reflect-shifted input indices (t
 no padding, so a view of the image gives exactly the view's feature maps), and the head
 returns the weighted sum of the views' logits.
 
+The persistent kernel (kernel_server.serve_kernel) runs these same work items (_conv_item) for call
+after call in one launch.
+
 A call's graph can be launched before its image is there (inference.py, e2e_launch: ahead): it
 waits on a flag word in host memory that the host writes after the image, in a kernel of its own
-(gate_kernel) or in the first layer's programs (conv_layer_kernel, GATE; with STAGE the program
+(kernel_gate.gate_kernel) or in the first layer's programs (conv_layer_kernel, GATE; with STAGE the program
 that polls the flag also copies the image into device memory for the others).
 
 Optionally the kernels use programmatic dependent launch (PDL): each waits for its
@@ -53,15 +56,18 @@ except ImportError as e:
     triton, tl = None, None
     TRITON_ERROR = f"triton not importable: {e}"
 
+from kernel_gate import SEQ_MASK  # noqa: F401 (the answer word's call-number bits, kernels.SEQ_MASK)
+
 ACTS = {"relu": 1, "gelu": 2}
-SEQ_MASK = (1 << 27) - 1  # the call number kept in an answer word (27 bits above the 4-bit class)
 
 if triton is not None:
     try:
         from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
     except ImportError:  # old Triton: PDL stays off (kernel_net.pdl_available says why)
         gdc_wait = gdc_launch_dependents = None
-    SEQ_MASK_C = tl.constexpr(SEQ_MASK)  # a global a kernel reads must be a constexpr
+    # the jit functions below call these by name (so they are looked up in this module)
+    from kernel_gate import (SEQ_MASK_C, _call_number, _clock, _fence_acquire, _stage_image, _wait_for,
+                             _wait_staggered)
 
     @triton.jit
     def _act(v, ACT: tl.constexpr):
@@ -477,273 +483,3 @@ if triton is not None:
                 _epilogue(tot, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr,
                           out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT,
                           HEAD, NB, NV, CP, ANSWER, JOIN)
-
-    # ========================================================================= the persistent kernel
-    # serve_kernel runs the whole net for every request of a host, in ONE launch that stays on
-    # the GPU: no launch per call.  Its programs (all resident at once) take the work items of
-    # each layer in turn (the graph path's items: same tiles, same code) and meet at a grid
-    # barrier between layers.  Program 0 polls a request word in pinned host memory; the host
-    # writes the image into a pinned buffer, then the request number; program 0 copies the
-    # image to the device in one coalesced read and releases the others; the last layer's
-    # head writes the answer word as in the graph path.  Plain (L1-cached) loads read what
-    # other SMs wrote before a barrier: the barrier's acquire fence makes those stores visible
-    # and drops stale L1 lines.  A negative request stops the kernel.
-
-    @triton.jit
-    def _clock():
-        # the GPU's global nanosecond clock (%globaltimer), the same on every SM
-        return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False,
-                                         pack=1)
-
-    @triton.jit
-    def _fence_acquire(ASM: tl.constexpr):
-        # after a relaxed (volatile) load saw the last arrival: the others' stores become visible
-        # to this program's plain loads (a gpu-scope fence also drops this SM's stale L1 lines)
-        if ASM:
-            tl.inline_asm_elementwise("fence.acq_rel.gpu;\n\tmov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                                      is_pure=False, pack=1)
-
-    @triton.jit
-    def _grid_sync(bar_ptr, gen, NP, ASM: tl.constexpr):
-        # bar_ptr: an int64 arrival count that only grows (zeroed before the launch); barrier
-        # number gen is passed when it reaches (gen + 1) * NP: one release add per program,
-        # then a spin on plain loads of the count and one acquire fence
-        tl.debug_barrier()  # this program's stores issued before its arrival
-        target = (gen + 1) * NP
-        tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
-        v = tl.load(bar_ptr, volatile=True)
-        while v < target:
-            v = tl.load(bar_ptr, volatile=True)
-        _fence_acquire(ASM)
-        tl.debug_barrier()
-        return gen + 1
-
-    @triton.jit
-    def _layer_phase(pid, NP, x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
-                     hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr, req, LAYERS: tl.constexpr, LI: tl.constexpr,
-                     NB: tl.constexpr, CP: tl.constexpr, NV: tl.constexpr):
-        # layer LI's constants (kernel_server.LAYER_FIELDS order; the whole tuple is passed: a
-        # tuple argument's items would be passed as values): its work items go round the
-        # programs, item = ((pid_m * N_TILES) + pid_n) * SPLIT + sid
-        H: tl.constexpr = LAYERS[LI][0]
-        W: tl.constexpr = LAYERS[LI][1]
-        CIN: tl.constexpr = LAYERS[LI][2]
-        COUT: tl.constexpr = LAYERS[LI][3]
-        KH: tl.constexpr = LAYERS[LI][4]
-        PAD: tl.constexpr = LAYERS[LI][5]
-        S: tl.constexpr = LAYERS[LI][6]
-        WO: tl.constexpr = LAYERS[LI][7]
-        HWO: tl.constexpr = LAYERS[LI][8]
-        ACT: tl.constexpr = LAYERS[LI][9]
-        BP: tl.constexpr = LAYERS[LI][10]
-        BN: tl.constexpr = LAYERS[LI][11]
-        BK: tl.constexpr = LAYERS[LI][12]
-        KI: tl.constexpr = LAYERS[LI][13]
-        GENERIC: tl.constexpr = LAYERS[LI][14]
-        HEAD: tl.constexpr = LAYERS[LI][15]
-        M_TILES: tl.constexpr = LAYERS[LI][16]
-        N_TILES: tl.constexpr = LAYERS[LI][17]
-        SPLIT: tl.constexpr = LAYERS[LI][18]
-        XOFF: tl.constexpr = LAYERS[LI][19]
-        WOFF: tl.constexpr = LAYERS[LI][20]
-        BOFF: tl.constexpr = LAYERS[LI][21]
-        YOFF: tl.constexpr = LAYERS[LI][22]
-        POFF: tl.constexpr = LAYERS[LI][23]
-        COFF: tl.constexpr = LAYERS[LI][24]
-        VIEW: tl.constexpr = LAYERS[LI][25]
-        ZOUT: tl.constexpr = LAYERS[LI][26]
-        ANSWER: tl.constexpr = LAYERS[LI][27]
-        JOIN: tl.constexpr = LAYERS[LI][28]
-        if JOIN:  # M_TILES counts every map's row tiles
-            MAPS: tl.constexpr = 1
-        else:
-            MAPS: tl.constexpr = NB
-        N_ITEMS: tl.constexpr = MAPS * M_TILES * N_TILES * SPLIT
-        for item in range(pid, N_ITEMS, NP):
-            sid = item % SPLIT
-            rest = item // SPLIT
-            pid_n = rest % N_TILES
-            pid_m = rest // N_TILES
-            _conv_item(pid_m, pid_n, sid, N_TILES, x_ptr + XOFF, w_ptr + WOFF, b_ptr + BOFF, y_ptr + YOFF,
-                       part_ptr + POFF, cnt_ptr + COFF, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr,
-                       vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, MAPS * M_TILES * N_TILES,
-                       H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT,
-                       False, ANSWER, JOIN, word_ptr, 0)
-
-    @triton.jit
-    def serve_kernel(req_ptr, img_ptr, dimg_ptr, ctl_ptr, word_ptr, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr,
-                     hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, trace_ptr, bar_ptr, last_req,
-                     max_calls, LAYERS: tl.constexpr, NL: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
-                     NV: tl.constexpr, IMG: tl.constexpr, TRACE: tl.constexpr, ASM: tl.constexpr):
-        """The persistent server: requests until a negative one (or max_calls of them: the
-        tests' interpreter runs one program to completion before the next).  The layers'
-        inputs are the device image (layer 0) or the previous layer's output in act_ptr.
-        TRACE: program 0 stamps the GPU clock (ns) when it sees a request, after the image
-        copy and after each barrier, into row (request % 256) of trace_ptr [256, 16] int64;
-        the program that answers stamps column 15."""
-        pid = tl.program_id(0)
-        NP = tl.num_programs(0)
-        gen = pid.to(tl.int64) * 0  # barriers passed in this launch
-        last = last_req
-        calls = 0
-        run = max_calls > 0
-        while run:
-            t0 = pid.to(tl.int64) * 0
-            t1 = t0
-            if pid == 0:  # wait for the host, then bring its image in with one coalesced read
-                r = tl.load(req_ptr, volatile=True)
-                while r == last:
-                    r = tl.load(req_ptr, volatile=True)
-                if TRACE:
-                    t0 = _clock()
-                offs = tl.arange(0, IMG)
-                px = tl.load(img_ptr + offs, mask=offs < 3072, cache_modifier=".cv")
-                tl.store(dimg_ptr + offs, px, mask=offs < 3072)
-                tl.store(ctl_ptr + 16, r)
-                if TRACE:
-                    t1 = _clock()
-            gen = _grid_sync(bar_ptr, gen, NP, ASM)
-            last = tl.load(ctl_ptr + 16, volatile=True)
-            row = trace_ptr + (last & 255) * 16
-            if TRACE:
-                stamp = row + 15
-            else:
-                stamp = ctl_ptr + 48
-            if TRACE and pid == 0:
-                tl.store(row, t0)
-                tl.store(row + 1, t1)
-                tl.store(row + 2, _clock())
-            if last >= 0:
-                for li in tl.static_range(NL):
-                    if li == 0:
-                        src = dimg_ptr
-                    else:
-                        src = act_ptr
-                    _layer_phase(pid, NP, src, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr,
-                                 out_ptr, hcnt_ptr, view_ptr, vw_ptr, stamp, word_ptr, last, LAYERS, li,
-                                 NB, CP, NV)
-                    if li < NL - 1:  # the answer is out when the last layer ends: no barrier after it
-                        gen = _grid_sync(bar_ptr, gen, NP, ASM)
-                        if TRACE and pid == 0:
-                            tl.store(row + 3 + li, _clock())
-            calls += 1
-            run = (last >= 0) & (calls < max_calls)
-
-    # ========================================================================= the gate of a call launched ahead
-    # With e2e_launch: ahead (inference.Predictor) each call also launches the next call's graph
-    # while its own runs; that graph waits at its gate for its call.  The gate spins on the host's
-    # flag word in pinned host memory until it holds the call's number, so the net's kernels start
-    # as soon as the image is there and the launch is off the critical path.  e2e_gate: kernel
-    # puts the gate in a kernel of its own (gate_kernel, one program, before the net's first
-    # kernel); e2e_gate: stem in the first layer's kernel itself (conv_layer_kernel, GATE: its
-    # program 0 waits for the flag, the others for program 0), one kernel boundary fewer.  On
-    # starting, the gate writes the call's number into answer word 2: the predictor is ready for
-    # the call (what the benchmark waits for between calls).  The host writes the flag after the
-    # image (x86 stores reach memory in program order), and the image is read after the flag was
-    # seen.  A gate that waits longer than its limit expires: it writes the call's number into
-    # answer word 1 (before the head writes word 0: that is a later kernel, and PCIe keeps a
-    # device's writes in order), so the host knows that this graph answered on an old image, and
-    # takes the graph queued behind it.
-
-    @triton.jit
-    def _call_number(seq_ptr):
-        # the number of the call a gate waits for: (device call counter + 1) & SEQ_MASK
-        return (tl.load(seq_ptr) + 1) & SEQ_MASK_C
-
-    @triton.jit
-    def _wait_for(ptr, want, word_ptr, limit, CLOCK: tl.constexpr):
-        # Spin on a word (volatile loads) until it holds want, at most limit (ns of the GPU's clock
-        # with CLOCK, else reads: the interpreter has no clock).  On expiry write want into answer
-        # word 1: the answer that follows is of an old image.
-        f = tl.load(ptr, volatile=True)
-        if CLOCK:
-            t_end = _clock() + limit
-            while (f != want) & (_clock() < t_end):
-                f = tl.load(ptr, volatile=True)
-        else:
-            n = 0
-            while (f != want) & (n < limit):
-                f = tl.load(ptr, volatile=True)
-                n += 1
-        if f != want:
-            tl.store(word_ptr + 1, want, cache_modifier=".wt")
-
-    @triton.jit
-    def _spin_until(gap, CLOCK: tl.constexpr):
-        # spin gap ns of the GPU's clock (the interpreter has none: no wait)
-        if CLOCK:
-            t = _clock() + gap
-            c = _clock()
-            while c < t:
-                c = _clock()
-
-    @triton.jit
-    def _wait_staggered(ptr, want, word_ptr, limit, GAP: tl.constexpr, CLOCK: tl.constexpr):
-        # _wait_for with four reads of the word in flight, issued GAP ns apart: a read of host
-        # memory takes a round trip over PCIe (~1 us), so one read after another samples the word
-        # once a round trip and sees the host's write half a trip late on average; four staggered
-        # reads sample it four times as often.  Each read is issued again once it came back and
-        # missed, so the stagger holds; the wait ends at the first read that holds want.  Measured
-        # on an H200 (F, in one process): the call ~13 us slower than with one read in flight, so
-        # no shipped path uses it (e2e_polls: 1); it stays as the measured alternative.
-        if CLOCK:
-            t_end = _clock() + limit
-        else:
-            t_end = limit
-        f0 = tl.load(ptr, volatile=True)
-        _spin_until(GAP, CLOCK)
-        f1 = tl.load(ptr, volatile=True)
-        _spin_until(GAP, CLOCK)
-        f2 = tl.load(ptr, volatile=True)
-        _spin_until(GAP, CLOCK)
-        f3 = tl.load(ptr, volatile=True)
-        n = 0
-        hit = f0 == want
-        go = hit == 0
-        while go:
-            # each read is checked (waiting for it) and, if it missed, issued again, in turn: the
-            # nested ifs stop at the first hit, so no read behind it is waited for
-            f0 = tl.load(ptr, volatile=True)
-            if f1 == want:
-                hit = f1 == want
-            else:
-                f1 = tl.load(ptr, volatile=True)
-                if f2 == want:
-                    hit = f2 == want
-                else:
-                    f2 = tl.load(ptr, volatile=True)
-                    if f3 == want:
-                        hit = f3 == want
-                    else:
-                        f3 = tl.load(ptr, volatile=True)
-                        hit = f0 == want
-            n += 1
-            if CLOCK:
-                go = (hit == 0) & (_clock() < t_end)
-            else:
-                go = (hit == 0) & (n < t_end)
-        if hit == 0:
-            tl.store(word_ptr + 1, want, cache_modifier=".wt")
-
-    @triton.jit
-    def _stage_image(src_ptr, dst_ptr, WORDS: tl.constexpr, WP: tl.constexpr):
-        # Program 0 of a staged stem gate: the image (WORDS 32-bit words; WP, a power of two >=
-        # WORDS) from pinned host memory into device memory, each thread reading 16-byte vectors
-        # (not kept in any cache: the host rewrites that memory every call), then a thread
-        # barrier: all of it stored before the release that lets the other programs read it.
-        offs = tl.arange(0, WP)
-        px = tl.load(src_ptr.to(tl.pointer_type(tl.int32)) + offs, mask=offs < WORDS, cache_modifier=".cv")
-        tl.store(dst_ptr.to(tl.pointer_type(tl.int32)) + offs, px, mask=offs < WORDS)
-        tl.debug_barrier()
-
-    @triton.jit
-    def gate_kernel(flag_ptr, seq_ptr, word_ptr, limit, CLOCK: tl.constexpr, PDL: tl.constexpr):
-        """The gate of e2e_gate: kernel, one program: the ready stamp, the wait for the host's flag
-        (_wait_for), then the kernel ends.  PDL: let
-        the net's first kernel launch now; its programs wait at their PDL wait for the gate's
-        end, so the kernel boundary after the gate is not on the critical path."""
-        if PDL:
-            gdc_launch_dependents()
-        want = _call_number(seq_ptr)
-        tl.store(word_ptr + 2, want, cache_modifier=".wt")
-        _wait_for(flag_ptr, want, word_ptr, limit, CLOCK)

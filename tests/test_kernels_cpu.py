@@ -239,7 +239,7 @@ def _no_copy():
 
 
 def _gate(K):
-    """kernels.gate_kernel (KernelNet.gate) under the interpreter, where its limit counts flag
+    """kernel_gate.gate_kernel (KernelNet.gate) under the interpreter, where its limit counts flag
     reads: the flag already holds the call's number (device counter + 1): it passes and writes
     nothing but its ready stamp (the call's number in word 2); a flag of another call: it expires
     and also writes the call's number into word 1; the counter at SEQ_MASK: the number wraps to 0."""
