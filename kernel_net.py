@@ -138,7 +138,7 @@ def scratch_shape(m, t, nb, m_tiles, split):
     """(rows, columns) of a layer's fp32 split-K scratch, where its K slices' partial sums meet:
     a row per pre-pool output pixel of every row tile, a column per output channel; (1, 1), a
     placeholder, for a layer without split-K.  m_tiles as row_tiles gives it."""
-    maps = 1 if t.get("JOIN") else nb
+    maps = row_tiles(m, t, nb)[0]
     return (maps * m_tiles * t["BP"] * m["S"], m["COUT"]) if split > 1 else (1, 1)
 
 
@@ -193,16 +193,16 @@ def candidates(m, batch, n_sm, wide=False):
         bps.append(4 * h["BP"])
     if m["HO"] * m["WO"] <= 16 and _pow2(m["HO"] * m["WO"]) not in bps:
         bps.append(_pow2(m["HO"] * m["WO"]))  # the whole (small) map in one row tile: a last layer's head mode 2
-    shapes = [(bp, bn, bk, generic, False) for bp in bps for bn in (16, 32, 64) for bk, generic in ks
-              if bn <= max(16, _pow2(m["COUT"]))]
+    bns = [bn for bn in (16, 32, 64) if bn <= max(16, _pow2(m["COUT"]))]
+    shapes = [(bp, bn, bk, generic, False) for bp in bps for bn in bns for bk, generic in ks]
     if batch > 1 and m["CIN"] != 3 and not h["GENERIC"]:
         whole = _pow2(batch * m["HO"] * m["WO"])  # every map's output in one row tile
         jbps = sorted({bp for bp in (h["BP"], 2 * h["BP"], whole) if bp * m["S"] <= 128 and bp <= whole})
         for bp in jbps:
-            bns = [bn for bn in (16, 32, 64) if bn <= max(16, _pow2(m["COUT"]))]
-            if bp == whole and bp * m["S"] * _pow2(m["COUT"]) <= 32 * 256 and _pow2(m["COUT"]) not in bns:
-                bns.append(_pow2(m["COUT"]))
-            shapes += [(bp, bn, bk, False, True) for bn in bns for bk, generic in ks if not generic]
+            jbns = list(bns)
+            if bp == whole and bp * m["S"] * _pow2(m["COUT"]) <= 32 * 256 and _pow2(m["COUT"]) not in jbns:
+                jbns.append(_pow2(m["COUT"]))
+            shapes += [(bp, bn, bk, False, True) for bn in jbns for bk, generic in ks if not generic]
     out = []
     for bp, bn, bk, generic, join in shapes:
         for tgt in (1, n_sm // 2, n_sm, 2 * n_sm):

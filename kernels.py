@@ -213,6 +213,12 @@ if triton is not None:
         tl.store(hcnt_ptr, 0)
 
     @triton.jit
+    def _channel_max(v, rows, cmask):
+        # the max over the rows `rows` of each channel of v, 0 for the channels past the last
+        f = tl.max(tl.where(rows[:, None] & cmask[None, :], v, float("-inf")), axis=0)
+        return tl.where(cmask, f, 0.0)
+
+    @triton.jit
     def _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                   hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP: tl.constexpr, S: tl.constexpr,
                   BN: tl.constexpr,
@@ -239,47 +245,25 @@ if triton is not None:
                 logit = tl.zeros([16], dtype=tl.float32)
                 for vi in tl.static_range(NV):
                     mi = i * NV + vi
-                    mine = (q >= mi * HWO) & (q < (mi + 1) * HWO)
-                    f = tl.max(tl.where(mine[:, None] & cmask[None, :], v, float("-inf")), axis=0)
-                    f = tl.where(cmask, f, 0.0)
+                    f = _channel_max(v, (q >= mi * HWO) & (q < (mi + 1) * HWO), cmask)
                     logit += tl.load(vw_ptr + vi) * (tl.sum(wfc * f[None, :], axis=1) + bfc)
                 tl.store(out_ptr + i * 16 + cls, logit, mask=cls < 10)
                 if ANSWER:  # batch 1 only (the host checks)
                     _answer(logit, cls, seq_ptr, word_ptr, req, seq0)
-        elif HEAD == 2 and JOIN:
-            # as HEAD 2 below, the one row tile holding every map: each map's share in turn
-            for mi in tl.static_range(NB):
-                mine = (q >= mi * HWO) & (q < (mi + 1) * HWO)
-                f = tl.max(tl.where(mine[:, None] & cmask[None, :], v, float("-inf")), axis=0)
-                f = tl.where(cmask, f, 0.0)
-                part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
-                tl.atomic_add(out_ptr + (mi // NV) * 16 + cls, tl.load(vw_ptr + mi % NV) * part, sem="relaxed")
-            if ANSWER:
-                tl.debug_barrier()
-                done = tl.atomic_add(hcnt_ptr, 1)
-                if done == n_fin - 1:
-                    logits = tl.atomic_add(out_ptr + cls, tl.zeros([16], dtype=tl.float32), sem="relaxed")
-                    _answer(logits, cls, seq_ptr, word_ptr, req, seq0)
-                    tl.store(hcnt_ptr, 0)
-        elif HEAD == 1 and JOIN:
-            for mi in tl.static_range(NB):
-                mine = (q >= mi * HWO) & (q < (mi + 1) * HWO)
-                has = (tile * BP < (mi + 1) * HWO) & ((tile + 1) * BP > mi * HWO)
-                vm = tl.where(mine[:, None], v, float("-inf"))
-                tl.atomic_max(hmax_ptr + mi * COUT + cols, tl.max(vm, axis=0), mask=cmask & has, sem="relaxed")
-            tl.debug_barrier()
-            done = tl.atomic_add(hcnt_ptr, 1)
-            if done == n_fin - 1:
-                _head_logits(hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, NB, NV,
-                             COUT, CP, ANSWER)
         elif HEAD == 2:
-            # the tile holds the whole map (one row tile): its channel max is final, so its
-            # share of the logits, w_v * (Wfc[:, cols] @ max + [pid_n == 0] b), is added into
-            # the output (zeroed by the first layer's kernel): no global max buffer
-            vm = tl.where((q < HWO)[:, None] & cmask[None, :], v, float("-inf"))
-            f = tl.where(cmask, tl.max(vm, axis=0), 0.0)
-            part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
-            tl.atomic_add(out_ptr + (n // NV) * 16 + cls, tl.load(vw_ptr + n % NV) * part, sem="relaxed")
+            # the tile holds the whole map (one row tile; JOIN: every map, each map's share in
+            # turn): its channel max is final, so its share of the logits, w_v * (Wfc[:, cols] @
+            # max + [pid_n == 0] b), is added into the output (zeroed by the first layer's
+            # kernel): no global max buffer
+            if JOIN:
+                for mi in tl.static_range(NB):
+                    f = _channel_max(v, (q >= mi * HWO) & (q < (mi + 1) * HWO), cmask)
+                    part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
+                    tl.atomic_add(out_ptr + (mi // NV) * 16 + cls, tl.load(vw_ptr + mi % NV) * part, sem="relaxed")
+            else:
+                f = _channel_max(v, q < HWO, cmask)
+                part = tl.sum(wfc * f[None, :], axis=1) + tl.where(pid_n == 0, bfc, 0.0)
+                tl.atomic_add(out_ptr + (n // NV) * 16 + cls, tl.load(vw_ptr + n % NV) * part, sem="relaxed")
             if ANSWER:  # the last share to arrive reads the sum at L2 and answers
                 tl.debug_barrier()  # all threads' adds issued before the arrival count
                 done = tl.atomic_add(hcnt_ptr, 1)
@@ -288,9 +272,17 @@ if triton is not None:
                     _answer(logits, cls, seq_ptr, word_ptr, req, seq0)
                     tl.store(hcnt_ptr, 0)
         elif HEAD == 1:
-            # global max: this tile's max per channel, then the last tile does the linear
-            vm = tl.where((q < HWO)[:, None], v, float("-inf"))
-            tl.atomic_max(hmax_ptr + n * COUT + cols, tl.max(vm, axis=0), mask=cmask, sem="relaxed")
+            # global max: this tile's max per channel (JOIN: per map it holds rows of), then the
+            # last tile does the linear
+            if JOIN:
+                for mi in tl.static_range(NB):
+                    mine = (q >= mi * HWO) & (q < (mi + 1) * HWO)
+                    has = (tile * BP < (mi + 1) * HWO) & ((tile + 1) * BP > mi * HWO)
+                    vm = tl.where(mine[:, None], v, float("-inf"))
+                    tl.atomic_max(hmax_ptr + mi * COUT + cols, tl.max(vm, axis=0), mask=cmask & has, sem="relaxed")
+            else:
+                vm = tl.where((q < HWO)[:, None], v, float("-inf"))
+                tl.atomic_max(hmax_ptr + n * COUT + cols, tl.max(vm, axis=0), mask=cmask, sem="relaxed")
             tl.debug_barrier()  # all threads' atomics issued before the arrival count
             done = tl.atomic_add(hcnt_ptr, 1)
             if done == n_fin - 1:

@@ -123,17 +123,30 @@ def _errors(K, cfg, batch, dtype, split, seed, last_bp=None):
                 head_mode=net.head_mode(-1))
 
 
+class _Reference(torch.nn.Module):
+    """NCHW pixels -> the float64 reference logits of a folded net (reference_forward), as TTANet
+    expects its net."""
+
+    def __init__(self, K, layers, head):
+        super().__init__()
+        self.K, self.layers, self.head = K, layers, head
+
+    def forward(self, x):
+        return self.K.reference_forward(self.layers, self.head, x.permute(0, 2, 3, 1))
+
+
+def _tta_reference(K, layers, head, mode):
+    """TTANet (torch views, per-view logits, weighted mean) over the float64 reference."""
+    from tta import TTANet
+    return TTANet(_Reference(K, layers, head), mode, device="cpu")
+
+
 def _tta_errors(K, cfg, batch, dtype, modes, seed):
     """KernelNet with TTA views in its kernels (made by the first kernel, weighted mean in the head) vs
     TTANet over the float64 reference (torch views, per-view logits, weighted mean), two calls
     each; also the plain net's distance to the TTA reference (the check could fail)."""
-    from tta import TTA_VIEWS, TTANet
+    from tta import TTA_VIEWS
     layers, head = K.random_net(seed=seed, **cfg)
-
-    class Ref(torch.nn.Module):  # NCHW pixels -> reference logits, as TTANet expects
-        def forward(self, x):
-            return K.reference_forward(layers, head, x.permute(0, 2, 3, 1))
-
     plain = K.KernelNet(layers, head, batch=batch, tiles=_big_tiles(K, layers, head, batch, 2))
     g = torch.Generator().manual_seed(seed + 100)
     r = dict(plain_kernels=plain.kernel_count())
@@ -141,7 +154,7 @@ def _tta_errors(K, cfg, batch, dtype, modes, seed):
         nv = len(TTA_VIEWS[mode])
         tiles = _big_tiles(K, layers, head, batch * nv, 2)
         net = K.KernelNet(layers, head, batch=batch, tiles=tiles, views=TTA_VIEWS[mode])
-        ref_net = TTANet(Ref(), mode, device="cpu")
+        ref_net = _tta_reference(K, layers, head, mode)
         errs = []
         for _ in range(2):
             x = torch.randint(0, 256, (batch, 32, 32, 3), generator=g, dtype=torch.uint8).to(dtype)
@@ -196,16 +209,11 @@ def _join():
     one row tile of both maps (mode 2), several (mode 1), and two middle layers joined; with and
     without split-K; two calls each, and the answer word of a third."""
     import kernel_net as K
-    from tta import TTA_VIEWS, TTANet
+    from tta import TTA_VIEWS
     layers, head = K.random_net(seed=3, stem_width=8, widths=(16, 32), depths=(1, 2), act="gelu")
-
-    class Ref(torch.nn.Module):
-        def forward(self, x):
-            return K.reference_forward(layers, head, x.permute(0, 2, 3, 1))
-
     views = TTA_VIEWS["flip"]
     x = torch.randint(0, 256, (1, 32, 32, 3), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
-    ref = TTANet(Ref(), "flip", device="cpu")(x.permute(0, 3, 1, 2)).double()
+    ref = _tta_reference(K, layers, head, "flip")(x.permute(0, 3, 1, 2)).double()
     start = _big_tiles(K, layers, head, 2, 1, views=views)
     cases = dict(plain={}, head3=dict(last=dict(BP=128, BN=32, SPLIT=2)), head3_nosplit=dict(last=dict(BP=128, BN=32)),
                  head2=dict(last=dict(BP=128, BN=16, SPLIT=2)), head1=dict(last=dict(BP=16, BN=16, SPLIT=2)),
