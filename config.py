@@ -138,6 +138,11 @@ VARIANT = {
     "kernel_tiles": Field(str, "tuned", choices=("tuned", "heuristic")),
     "kernel_pdl": Field(bool, False),
     "kernel_pdl_trigger": Field(str, "early", choices=("early", "late")),
+    # where a split-K layer's K slices meet: count (the last slice to arrive at a tile, by an
+    # arrival count, reads their sum back and runs the epilogue) | next (the slices add into fp32
+    # sums and the kernel ends; the next kernel runs the epilogue as it loads them, after the last
+    # layer a head kernel: no count, no read-back between a K loop and its kernel's end)
+    "kernel_split_meet": Field(str, "count", choices=("count", "next")),
     # who runs the kernels' net: triton (one kernel per layer, kernel_net.py) | cluster (the whole
     # net in one launch of one thread-block cluster, cluster_net.py; Hopper, nvcc at build time);
     # kernel_cluster_blocks: the cluster's blocks (8 is the portable size, 16 the largest)

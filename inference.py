@@ -135,6 +135,7 @@ class Predictor:
         self._fold_args = dict(fold_bn=v.fold_bn, cudnn_relu=v.cudnn_relu, device=device, dtype=self.dtype,
                                mem=self.mem, tta=self.tta, kernels=self.kernels, kernel_tiles=v.kernel_tiles,
                                kernel_pdl=v.kernel_pdl, kernel_pdl_trigger=v.kernel_pdl_trigger,
+                               kernel_split_meet=v.kernel_split_meet,
                                kernel_engine=v.kernel_engine, kernel_cluster_blocks=v.kernel_cluster_blocks)
         self.net = folded_net(cfg, model, self._fold_args)
         self.kn = self.net.kn if self.kernels else None
@@ -170,6 +171,9 @@ class Predictor:
         if v.kernel_pdl_trigger != "early" and not (v.kernels and v.kernel_pdl):
             raise KitError(f"variant {v.label!r}: kernel_pdl_trigger '{v.kernel_pdl_trigger}' needs kernels: true "
                            "and kernel_pdl: true; remove it or set both")
+        if v.kernel_split_meet != "count" and not (v.kernels and v.kernel_engine == "triton"):
+            raise KitError(f"variant {v.label!r}: kernel_split_meet '{v.kernel_split_meet}' needs kernels: true and "
+                           "kernel_engine: triton (one kernel per layer); remove it or set both")
         if v.kernel_engine == "cluster" and not (v.kernels and not v.kernel_pdl):
             raise KitError(f"variant {v.label!r}: kernel_engine 'cluster' needs kernels: true and kernel_pdl: false "
                            "(the whole net is one kernel); or use kernel_engine: triton")

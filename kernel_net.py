@@ -22,6 +22,7 @@ from kernels import ACTS, TRITON_ERROR
 from utils import KitError, atomic_write_bytes, check_writable, env_info
 
 PDL_TRIGGERS = {"early": 1, "late": 2}  # the kernels' PDL constexpr: where each lets the next one launch
+SPLIT_MEETS = ("count", "next")  # where a split-K layer's slices meet (KernelNet split_meet)
 _TILE_CACHE = {}  # (tile key, pdl, autotune) -> tiles chosen at build in this process
 
 
@@ -302,10 +303,14 @@ class KernelNet(torch.nn.Module):
     pdl: programmatic dependent launch; pdl_trigger: each kernel lets the next one launch right
     after its own wait for the previous one (early) or after its K loop (late); a layer's tiles
     may name their own ("trigger").
+    split_meet: where the K slices of a split-K layer (after the first) meet: count (the last
+    slice to arrive at a tile, by an arrival count, reads the sum back and runs the epilogue) |
+    next (the slices add into fp32 sums and the kernel ends; the next layer runs the epilogue
+    in its loads, and after the last layer a head kernel of one program: one kernel more).
     """
 
     def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
-                 tile_cache=None, pdl_trigger="early"):
+                 tile_cache=None, pdl_trigger="early", split_meet="count"):
         super().__init__()
         ok, why = available(device)
         if not ok:
@@ -315,7 +320,9 @@ class KernelNet(torch.nn.Module):
         self.device = torch.device("cpu" if _interpreting() else device)
         if pdl_trigger not in PDL_TRIGGERS:
             raise ValueError(f"KernelNet pdl_trigger must be one of {', '.join(PDL_TRIGGERS)}, not {pdl_trigger!r}")
-        self.batch, self.pdl, self.pdl_trigger = int(batch), bool(pdl), pdl_trigger
+        if split_meet not in SPLIT_MEETS:
+            raise ValueError(f"KernelNet split_meet must be one of {', '.join(SPLIT_MEETS)}, not {split_meet!r}")
+        self.batch, self.pdl, self.pdl_trigger, self.split_meet = int(batch), bool(pdl), pdl_trigger, split_meet
         self._build_views(views)
         self.n_sm = (torch.cuda.get_device_properties(self.device).multi_processor_count
                      if self.device.type == "cuda" else 132)
@@ -330,6 +337,7 @@ class KernelNet(torch.nn.Module):
             for sp in self.specs:
                 sp["tiles"], sp["tile_source"] = self._choose_tiles(sp, autotune, cache)
                 self._alloc_scratch(sp)
+            self._place_sums()
 
     # -- build --------------------------------------------------------------------------------
     def _build_views(self, views):
@@ -375,6 +383,7 @@ class KernelNet(torch.nn.Module):
         self.gate_go = torch.full((1,), -1, dtype=torch.int32, device=dev)  # the stem gate's word (GATE)
         self.staged = torch.zeros(self.batch, 32, 32, 3, dtype=torch.uint8, device=dev)  # the image (STAGE)
         self.trace = None  # an int64 [1024, 32] device buffer: launches stamp it (TRACE, tools/e2e_trace.py)
+        self.sums, self.sums_n = torch.zeros(1, device=dev), 0  # the deferring layers' sums (_place_sums)
 
     @torch.no_grad()
     def load_weights(self, layers, head):
@@ -410,6 +419,37 @@ class KernelNet(torch.nn.Module):
         sp["part"] = torch.zeros(scratch_shape(m, t, self.nb, mt, t["SPLIT"]), device=self.device)
         sp["cnt"] = torch.zeros(maps * mt * nt, dtype=torch.int32, device=self.device)
 
+    def defers(self, i):
+        """Does layer i leave its fp32 sums for the next kernel (split_meet next, split-K, not the
+        first layer: the first layer's programs zero the sums)?"""
+        i = i % len(self.specs)
+        return self.split_meet == "next" and i > 0 and self.specs[i]["tiles"]["SPLIT"] > 1
+
+    def _sums_stride(self, i):
+        """Floats per map in layer i's sums (its scratch's rows: per map, or all maps' in turn: JOIN)."""
+        sp = self.specs[i]
+        m, t = sp["meta"], sp["tiles"]
+        rows = m["HO"] * m["WO"] if t.get("JOIN") else sp["m_tiles"] * t["BP"]
+        return rows * m["S"] * m["COUT"]
+
+    def _place_sums(self):
+        """The sums of the layers that defer their epilogue, in one zeroed arena (the first layer's
+        programs zero all of it each call: ZCH); their scratch become views of it."""
+        idx = [i for i in range(len(self.specs)) if self.defers(i)]
+        for i in idx:
+            if i + 1 < len(self.specs) and self.specs[i + 1]["tiles"]["GENERIC"]:
+                raise ValueError(f"split_meet next: layer {i + 1} reads layer {i}'s sums through the blocked loads; "
+                                 "its tiles need GENERIC false")
+        offs, n = [], 0
+        for i in idx:
+            offs.append(n)
+            n += -(-self.specs[i]["part"].numel() // 32) * 32  # 128-byte aligned
+        self.sums = torch.zeros(max(n, 1), device=self.device)
+        self.sums_n = n
+        for i, o in zip(idx, offs):
+            part = self.specs[i]["part"]
+            self.specs[i]["part"] = self.sums[o:o + part.numel()].view(part.shape)
+
     # -- tiles --------------------------------------------------------------------------------
     def chain_key(self, i):
         """Layer i's key among the tile cache's whole-net entries (chain_key)."""
@@ -429,6 +469,7 @@ class KernelNet(torch.nn.Module):
             _check_trigger(t)
             sp["tiles"], sp["tile_source"] = dict(t), source
             self._alloc_scratch(sp)
+        self._place_sums()
 
     def _choose_tiles(self, sp, autotune, cache):
         """(tiles, source): the tile cache's entry for this net ('chain'), else for this GPU and
@@ -483,13 +524,13 @@ class KernelNet(torch.nn.Module):
             sp["tiles"] = t
             self._alloc_scratch(sp)
             try:
-                self._launch(i, x, answer)  # compiles it; a tile needing more shared memory than the SM has
-            except OutOfResources:  # (big BK x 4 stages) is no candidate, counted in self.oversized
+                self._launch(i, x, answer, alone=True)  # compiles it; a tile needing more shared memory than
+            except OutOfResources:  # the SM has (big BK x 4 stages) is no candidate, counted in self.oversized
                 self.oversized += 1
                 continue
             if not timed:
                 continue
-            us = time_launch(lambda: self._launch(i, x, answer), reps=20, graphs=3)
+            us = time_launch(lambda: self._launch(i, x, answer, alone=True), reps=20, graphs=3)
             if best is None or us < best[0]:
                 best = (us, dict(t))
         torch.cuda.synchronize()
@@ -511,19 +552,29 @@ class KernelNet(torch.nn.Module):
         adds its share of the logits (the first kernel zeroes them, ZOUT: needs >= 2 layers);
         1: a global max over tiles, then the last tile computes the logits."""
         i = i % len(self.specs)
-        if i != len(self.specs) - 1:
+        if i != len(self.specs) - 1 or self.defers(i):  # 0 too when the head kernel runs the head
             return 0
+        return self._count_head_mode(i)
+
+    def _count_head_mode(self, i):
         sp = self.specs[i]
         if sp["grid"][0] * sp["grid"][1] == 1:
             return 3
         return 2 if sp["m_tiles"] == 1 and len(self.specs) > 1 else 1
 
-    def _launch(self, i, x, answer=None, gate=None, stage=False, polls=1):
+    def _launch(self, i, x, answer=None, gate=None, stage=False, polls=1, alone=False):
         """Layer i as its own kernel, one work item per program; gate (layer 0 only): its
         programs first wait for the call (kernels.conv_layer_kernel, GATE), program 0 with
         `polls` reads of the flag in flight (1 or 4: POLLS); stage: and read the image from the
-        device copy that program 0 makes of it (STAGE)."""
+        device copy that program 0 makes of it (STAGE).  x: the image or layer i-1's output (its
+        sums when it defers).  alone: the layer as split_meet count runs it, on fp16 input x (the
+        tile search)."""
         sp, t, m = self.specs[i], self.specs[i]["tiles"], self.specs[i]["meta"]
+        raw_out = not alone and self.defers(i)
+        raw_in = not alone and i > 0 and self.defers(i - 1)
+        prev = self.specs[i - 1] if raw_in else sp
+        zn = self.sums_n if (i == 0 and not alone) else 0
+        zch = _pow2(-(-zn // math.prod(sp["grid"]))) if zn else 0
         kw = dict(num_warps=t["num_warps"], num_stages=t["num_stages"])
         if self.pdl:
             kw["launch_pdl"] = True
@@ -535,15 +586,30 @@ class KernelNet(torch.nn.Module):
         kernels.conv_layer_kernel[sp["grid"]](
             x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
             self.view_t, self.view_w, seq, word, flag, self.gate_go, self.staged,
-            self._no_answer if self.trace is None else self.trace, sp["m_tiles"], t["SPLIT"],
-            sp["grid"][0] * sp["grid"][1], limit,
+            self._no_answer if self.trace is None else self.trace, prev["b"], self.sums, sp["m_tiles"], t["SPLIT"],
+            sp["grid"][0] * sp["grid"][1], limit, zn,
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
-            GENERIC=t["GENERIC"], HEAD=self.head_mode(i), NB=self.nb, CP=self.cp, NV=self.nv,
+            GENERIC=t["GENERIC"], HEAD=self._count_head_mode(i) if i == len(self.specs) - 1 and not raw_out else 0,
+            NB=self.nb, CP=self.cp, NV=self.nv,
             VIEW=i == 0 and self.views_in_kernel, ZOUT=i == 0 and len(self.specs) > 1,
             PDL=PDL_TRIGGERS[t.get("trigger", self.pdl_trigger)] if self.pdl else 0,
             ANSWER=answer is not None and i == len(self.specs) - 1, GATE=gate_mode, STAGE=staged,
-            POLLS=polls if gate_mode else 1, JOIN=bool(t.get("JOIN")), TRACE=0 if self.trace is None else i + 1, **kw)
+            POLLS=polls if gate_mode else 1, JOIN=bool(t.get("JOIN")), TRACE=0 if self.trace is None else i + 1,
+            RAW_OUT=raw_out, RAW_IN=prev["meta"]["S"] if raw_in else 0, XMAP=self._sums_stride(i - 1) if raw_in else 0,
+            PACT=prev["meta"]["ACT"], ZCH=zch, **kw)
+
+    def _launch_head(self, answer=None):
+        """The head kernel after a last layer that defers (kernels.head_kernel, one program)."""
+        sp, m = self.specs[-1], self.specs[-1]["meta"]
+        seq, word = answer if answer is not None else (self._no_answer, self._no_answer)
+        kernels.head_kernel[(1,)](
+            sp["part"], sp["b"], self.hw, self.hb, self.out, self.view_w, seq, word,
+            self._no_answer if self.trace is None else self.trace,
+            HWO=m["HO"] * m["WO"], QP=_pow2(m["HO"] * m["WO"]), PS=m["S"], COUT=m["COUT"],
+            XMAP=self._sums_stride(len(self.specs) - 1), NB=self.nb, NV=self.nv, CP=self.cp, PACT=m["ACT"],
+            ANSWER=answer is not None, PDL=self.pdl, TRACE=0 if self.trace is None else len(self.specs) + 1,
+            num_warps=4, **(dict(launch_pdl=True) if self.pdl else {}))
 
     def _gate_limit(self, limit_ms):
         """A gate's limit as its kernels count it, and their GATE mode: GPU clock nanoseconds (1), or
@@ -568,7 +634,9 @@ class KernelNet(torch.nn.Module):
         h = x
         for i, sp in enumerate(self.specs):
             self._launch(i, h, answer, gate, stage, polls)
-            h = sp["y"]
+            h = sp["part"] if self.defers(i) else sp["y"]
+        if self.defers(-1):
+            self._launch_head(answer)
         return self.logits
 
     def gate(self, flag, seq, word, limit_ms):
@@ -582,8 +650,9 @@ class KernelNet(torch.nn.Module):
         kernel_gate.gate_kernel[(1,)](flag, seq, word, limit, CLOCK=mode == 1, PDL=self.pdl)
 
     def kernel_count(self):
-        """Kernels per forward: one per conv layer (the head, the views and the answer are inside)."""
-        return len(self.specs)
+        """Kernels per forward: one per conv layer (the head, the views and the answer are inside),
+        and the head kernel when the last layer defers its epilogue (split_meet next)."""
+        return len(self.specs) + int(self.defers(-1))
 
     # -- timing -------------------------------------------------------------------------------
     def time_kernels(self, x, reps=50):
@@ -592,15 +661,17 @@ class KernelNet(torch.nn.Module):
         self.forward(x)
         rows = []
         for i in range(len(self.specs)):
-            src = x if i == 0 else self.specs[i - 1]["y"]
+            src = x if i == 0 else self.specs[i - 1]["part" if self.defers(i - 1) else "y"]
             rows.append((self.layer_name(i), time_launch(lambda: self._launch(i, src), reps=reps)))
+        if self.defers(-1):
+            rows.append(("head kernel", time_launch(self._launch_head, reps=reps)))
         return rows
 
     def layer_name(self, i):
         sp = self.specs[i]
         m, t = sp["meta"], sp["tiles"]
         return (f"L{i} {m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
-                f"{' pool' if m['S'] == 4 else ''}{' +head' if i == len(self.specs) - 1 else ''}"
+                f"{' pool' if m['S'] == 4 else ''}{' +head' if self.head_mode(i) else ''}{' sums' if self.defers(i) else ''}"
                 f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']} w{t['num_warps']}s{t['num_stages']}")
 
 

@@ -13,7 +13,11 @@ output channels, K = (ky, kx, ci).  At batch 1 a layer has only a handful of (ro
 columns) tiles, far fewer than the GPU's SMs, so the K loop is split over SPLIT programs
 (split-K); the partial sums meet in an fp32 scratch buffer through atomics, and the last
 program to arrive at a tile (a per-tile arrival counter) reads the sum back, leaves zeros
-behind for the next call, and runs the epilogue (pool, bias, activation, fp16 store).
+behind for the next call, and runs the epilogue (pool, bias, activation, fp16 store).  Or
+(KernelNet split_meet="next", RAW_OUT) the slices only add into the fp32 sums and the kernel
+ends: the next kernel runs this layer's epilogue as it loads them (RAW_IN, _load_a_raw; after
+the last layer, head_kernel), so no count, no read-back and no barrier stand between the K loop
+and the kernel's end; the first layer's programs zero those sums for the call (ZCH).
 Memory order: the atomics that carry data (the partial sums, the head's maxima and logits)
 are relaxed, so a thread's adds go out back to back; only the arrival counts are
 acquire-release: the program's thread barrier before its count orders every thread's adds
@@ -149,6 +153,45 @@ if triton is not None:
         return a.to(tl.float16), tap * CIN + c0 + kk
 
     @triton.jit
+    def _load_a_raw(x_base, roff, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr,
+                    KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr, PS: tl.constexpr, pb_ptr,
+                    PACT: tl.constexpr):
+        # _load_a_blocked on the previous layer's fp32 sums (RAW_IN: its K slices met there and it
+        # ran no epilogue): this load runs that epilogue, the max over its PS pre-pool rows of each
+        # pixel, its bias pb and activation PACT, in fp32 and rounded to fp16 as its stored output
+        # would have been; zero outside the image (the padding is of the activated map).  The sums
+        # are read at L2 (.cg): another SM's adds made them.
+        CB: tl.constexpr = CIN // BK
+        tap = it // CB
+        c0 = (it - tap * CB) * BK
+        ky = tap // KH
+        kx = tap - ky * KH
+        ih = oh + (ky - PAD)
+        iw = ow + (kx - PAD)
+        ok = rok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        p = x_base + (roff + (ih * W + iw) * (PS * CIN) + c0)[:, None] + kk[None, :]
+        v = tl.load(p, mask=ok[:, None], other=0.0, cache_modifier=".cg")
+        for s in tl.static_range(1, PS):
+            v = tl.maximum(v, tl.load(p + s * CIN, mask=ok[:, None], other=0.0, cache_modifier=".cg"))
+        v = _act(v + tl.load(pb_ptr + c0 + kk)[None, :], PACT)
+        return tl.where(ok[:, None], v, 0.0).to(tl.float16), tap * CIN + c0 + kk
+
+    @triton.jit
+    def _raw_maps(x_ptr, pb_ptr, m0, XMAP: tl.constexpr, HWO: tl.constexpr, QP: tl.constexpr,
+                  PS: tl.constexpr, COUT: tl.constexpr, CP: tl.constexpr, PACT: tl.constexpr):
+        # [QP, CP] activated outputs of map m0 of a layer that left its fp32 sums (RAW_OUT): its
+        # epilogue (pool max, bias, activation) on them, -inf on the rows and channels past the map
+        q = tl.arange(0, QP)
+        cc = tl.arange(0, CP)
+        ok = (q < HWO)[:, None] & (cc < COUT)[None, :]
+        p = x_ptr + m0 * XMAP + (q * (PS * COUT))[:, None] + cc[None, :]
+        v = tl.load(p, mask=ok, other=0.0, cache_modifier=".cg")
+        for s in tl.static_range(1, PS):
+            v = tl.maximum(v, tl.load(p + s * COUT, mask=ok, other=0.0, cache_modifier=".cg"))
+        v = _act(v + tl.load(pb_ptr + cc, mask=cc < COUT, other=0.0)[None, :], PACT)
+        return tl.where(ok, v, float("-inf"))
+
+    @triton.jit
     def _load_a_generic(x_base, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
                         CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr,
                         VIEW: tl.constexpr, fl, dy, dx):
@@ -211,6 +254,43 @@ if triton is not None:
             if ANSWER:  # batch 1 only (the host checks)
                 _answer(acc, cls, seq_ptr, word_ptr, req, seq0)
         tl.store(hcnt_ptr, 0)
+
+    @triton.jit
+    def head_kernel(x_ptr, pb_ptr, hw_ptr, hb_ptr, out_ptr, vw_ptr, seq_ptr, word_ptr, trace_ptr,
+                    HWO: tl.constexpr, QP: tl.constexpr, PS: tl.constexpr, COUT: tl.constexpr,
+                    XMAP: tl.constexpr, NB: tl.constexpr, NV: tl.constexpr, CP: tl.constexpr,
+                    PACT: tl.constexpr, ANSWER: tl.constexpr, PDL: tl.constexpr, TRACE: tl.constexpr):
+        """The head after a last layer that left its fp32 sums (split_meet="next"), one program:
+        that layer's epilogue on every map (_raw_maps), the global max, the linear, the views'
+        weighted sum, and with ANSWER the answer word.  Its weights are loaded before its PDL
+        wait.  TRACE: this kernel's index + 1, stamps as conv_layer_kernel's (its "K loop": the logits made)."""
+        cc = tl.arange(0, CP)
+        cls = tl.arange(0, 16)
+        wfc = tl.load(hw_ptr + cls[:, None] * CP + cc[None, :])  # fp32, zero-padded [16, CP]
+        bfc = tl.load(hb_ptr + cls)
+        if PDL:
+            gdc_wait()
+        if TRACE:
+            row = trace_ptr + (_call_number(seq_ptr) & 1023) * 32
+            tl.store(row + 15 + TRACE, _clock())
+        else:
+            row = trace_ptr
+        seq0 = 0
+        if ANSWER:
+            seq0 = tl.load(seq_ptr).to(tl.int32)
+        for i in tl.static_range(NB // NV):
+            logit = tl.zeros([16], dtype=tl.float32)
+            for vi in tl.static_range(NV):
+                f = tl.max(_raw_maps(x_ptr, pb_ptr, i * NV + vi, XMAP, HWO, QP, PS, COUT, CP, PACT), axis=0)
+                f = tl.where(cc < COUT, f, 0.0)
+                logit += tl.load(vw_ptr + vi) * (tl.sum(wfc * f[None, :], axis=1) + bfc)
+            if TRACE:
+                tl.store(row + 23 + TRACE, _clock())
+            tl.store(out_ptr + i * 16 + cls, logit, mask=cls < 10)
+            if ANSWER:  # batch 1 only (the host checks)
+                _answer(logit, cls, seq_ptr, word_ptr, -1, seq0)
+        if TRACE:
+            tl.store(row + 1 + TRACE, _clock())
 
     @triton.jit
     def _channel_max(v, rows, cmask):
@@ -295,7 +375,7 @@ if triton is not None:
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                           hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr,
-                          flag_ptr, go_ptr, stage_ptr, trace_ptr, m_tiles, SPLIT, n_fin, limit,
+                          flag_ptr, go_ptr, stage_ptr, trace_ptr, pb_ptr, zraw_ptr, m_tiles, SPLIT, n_fin, limit, zn,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                           KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
                           WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
@@ -303,7 +383,9 @@ if triton is not None:
                           GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                           NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
                           ANSWER: tl.constexpr, GATE: tl.constexpr, STAGE: tl.constexpr,
-                          POLLS: tl.constexpr, JOIN: tl.constexpr, TRACE: tl.constexpr):
+                          POLLS: tl.constexpr, JOIN: tl.constexpr, TRACE: tl.constexpr,
+                          RAW_OUT: tl.constexpr, RAW_IN: tl.constexpr, XMAP: tl.constexpr, PACT: tl.constexpr,
+                          ZCH: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
         layer of a graph launched ahead with e2e_gate: stem or stage; 1: limit in ns of the GPU
@@ -329,7 +411,15 @@ if triton is not None:
         (call number % 1024) of trace_ptr [1024, 16] int64: the flag seen (column 0) and the
         image staged (1) by a gate's program 0, and this layer's end (2 + index, the latest of its
         programs' ends), its programs past their PDL wait (16 + index, the latest) and past their K
-        loop (24 + index, the latest)."""
+        loop (24 + index, the latest).
+        RAW_OUT, RAW_IN, XMAP, PACT: the meeting of split_meet="next" (_conv_item).  ZCH (the first
+        layer, > 0 when a later layer leaves fp32 sums): each program zeroes ZCH of the zn floats
+        at zraw_ptr, before any wait: those sums start at zero every call (later kernels of the
+        call add into them; stream order puts the previous call's reads of them before this)."""
+        if ZCH > 0:
+            pz = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
+            zo = pz * ZCH + tl.arange(0, ZCH)
+            tl.store(zraw_ptr + zo, tl.zeros([ZCH], dtype=tl.float32), mask=zo < zn)
         if GATE or TRACE:
             want = _call_number(seq_ptr)  # the call this launch serves (one read of the device counter)
         if TRACE:
@@ -363,7 +453,8 @@ if triton is not None:
         _conv_item(tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1),
                    x_src, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
-                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER, JOIN, row, TRACE)
+                   HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER, JOIN, row, TRACE,
+                   pb_ptr, RAW_OUT, RAW_IN, XMAP, PACT)
         if TRACE:
             tl.atomic_max(row + 1 + TRACE, _clock(), sem="relaxed")
 
@@ -377,7 +468,8 @@ if triton is not None:
                    BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KI: tl.constexpr,
                    GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                    NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
-                   ANSWER: tl.constexpr, JOIN: tl.constexpr, trow, TRACE: tl.constexpr):
+                   ANSWER: tl.constexpr, JOIN: tl.constexpr, trow, TRACE: tl.constexpr, pb_ptr,
+                   RAW_OUT: tl.constexpr, RAW_IN: tl.constexpr, XMAP: tl.constexpr, PACT: tl.constexpr):
         """Work item (pid_m, pid_n, sid) of one layer: row tile pid_m = (map, tile), channel
         tile pid_n of n_tiles, K slice sid of SPLIT (KI K steps in all).  Map n = image n // NV,
         TTA view n % NV; the first layer (VIEW) makes the view itself from its image's loads.
@@ -386,13 +478,19 @@ if triton is not None:
         first layer of a net whose head adds into the output (HEAD == 2): zero it.  ANSWER:
         the head also writes the answer word (_answer).  JOIN: row tile pid_m of all maps' rows
         in turn (n is 0, each row's map from _row_coords_join; not with VIEW or GENERIC).  TRACE:
-        stamps past the PDL wait and past the K loop into the trace row trow (conv_layer_kernel)."""
+        stamps past the PDL wait and past the K loop into the trace row trow (conv_layer_kernel).
+        RAW_OUT: the K slices only add into this layer's fp32 sums (part_ptr, zeroed by the first
+        layer), no epilogue.  RAW_IN (the previous layer's S): x_ptr holds the previous layer's sums
+        so (XMAP floats a map, their epilogue's bias pb_ptr and activation PACT run in the loads)."""
         BM: tl.constexpr = BP * S
         if JOIN:
             n = 0
             tile = pid_m
             rok, oh, ow, nr = _row_coords_join(tile, BP, S, WO, HWO, NB)
-            roff = nr * (H * W * CIN)
+            if RAW_IN:
+                roff = nr * XMAP
+            else:
+                roff = nr * (H * W * CIN)
         else:
             n = pid_m // m_tiles
             tile = pid_m - n * m_tiles
@@ -405,6 +503,9 @@ if triton is not None:
             x_base = x_ptr + (n // NV) * (H * W * CIN)
             vp = view_ptr + (n % NV) * 3
             fl, dy, dx = tl.load(vp), tl.load(vp + 1), tl.load(vp + 2)
+        elif RAW_IN:
+            x_base = x_ptr + n * XMAP
+            fl, dy, dx = 0, 0, 0
         else:
             x_base = x_ptr + n * (H * W * CIN)
             fl, dy, dx = 0, 0, 0
@@ -435,6 +536,9 @@ if triton is not None:
             if GENERIC:
                 a, krow = _load_a_generic(x_base, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy, dx)
                 kmask = krow < KH * KH * CIN
+            elif RAW_IN:
+                a, krow = _load_a_raw(x_base, roff, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, RAW_IN, pb_ptr, PACT)
+                kmask = krow >= 0
             else:
                 a, krow = _load_a_blocked(x_base, roff, oh, ow, rok, it, kk, H, W, CIN, KH, PAD, BK, VIEW, fl, dy,
                                           dx)
@@ -446,7 +550,14 @@ if triton is not None:
             gdc_launch_dependents()
         if TRACE:
             tl.atomic_max(trow + 23 + TRACE, _clock(), sem="relaxed")
-        if SPLIT == 1:
+        if RAW_OUT:  # add this slice into the sums and end: the next kernel runs the epilogue
+            rows = pid_m * BM + tl.arange(0, BM)
+            if JOIN:
+                pmask = rok[:, None] & cmask[None, :]
+            else:
+                pmask = cmask[None, :]
+            tl.atomic_add(part_ptr + rows[:, None] * COUT + cols[None, :], acc, mask=pmask, sem="relaxed")
+        elif SPLIT == 1:
             _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                       hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV,
                       CP, ANSWER, JOIN)

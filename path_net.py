@@ -43,7 +43,7 @@ def kernel_net(cfg, model, a):
     tiles = resolve_path(cfg, cfg.paths.kernel_tiles) if a["kernel_tiles"] == "tuned" else None
     return KernelPath(KN.KernelNet(layers, head, batch=1, device=str(a["device"]), pdl=a["kernel_pdl"],
                                    pdl_trigger=a["kernel_pdl_trigger"], views=TTA_VIEWS[a["tta"]],
-                                   tile_cache=tiles))
+                                   tile_cache=tiles, split_meet=a["kernel_split_meet"]))
 
 
 def kernel_notes(kn):
@@ -51,7 +51,9 @@ def kernel_notes(kn):
     src = kn.tile_sources()
     counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
     pdl = f"; pdl{' late' if kn.pdl_trigger == 'late' else ''}" if kn.pdl else ""
-    return f"kernel tiles: {counts}{pdl}; {kn.kernel_count()} kernels"
+    meet = f"; split-K sums met in the next kernel ({sum(map(kn.defers, range(len(kn.specs))))} layers)" \
+        if getattr(kn, "split_meet", "count") == "next" else ""
+    return f"kernel tiles: {counts}{pdl}{meet}; {kn.kernel_count()} kernels"
 
 
 def folded_net(cfg, model, a):

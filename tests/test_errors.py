@@ -94,6 +94,10 @@ def test_config_errors(trained):
           "kernel_pdl_trigger 'late' needs", "kernel_pdl: true")
     check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_pdl_trigger=soon"],
           "variants.F.kernel_pdl_trigger", "early, late")
+    check(trained, "eval.py", ["--variant", "F_cluster", "--set", "variants.F_cluster.kernel_split_meet=next"],
+          "kernel_split_meet 'next' needs", "kernel_engine: triton")
+    check(trained, "eval.py", ["--variant", "F", "--set", "variants.F.kernel_split_meet=later"],
+          "variants.F.kernel_split_meet", "count, next")
 
 
 def test_missing_data(trained):

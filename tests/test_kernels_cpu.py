@@ -235,6 +235,46 @@ def _join():
     return out
 
 
+def _split_meet():
+    """split_meet next on a flip net (views in the kernels): every split-K layer after the first
+    leaves its fp32 sums and the next kernel runs its epilogue in its loads (a pooled producer:
+    the max over its 4 rows), the last layer's by the head kernel (the last layer plain or
+    pooled); with JOIN tiles on the late layers (their sums all maps' rows in turn), and with a
+    layer between that does not split.  Against TTANet over the float64 reference on two
+    images in turn (the first layer zeroes the sums each call), and the answer word of a third;
+    and the same with the zeroing left out (the check can fail)."""
+    import kernel_net as K
+    from tta import TTA_VIEWS
+    views = TTA_VIEWS["flip"]
+    g = torch.Generator().manual_seed(11)
+    xs = [torch.randint(0, 256, (1, 32, 32, 3), generator=g, dtype=torch.uint8) for _ in range(2)]
+    out = {}
+    for shape, cfg in (("plain_last", dict(widths=(16, 32), depths=(1, 2))), ("pooled_last", dict(widths=(16, 32),
+                                                                                                   depths=(1, 1)))):
+        layers, head = K.random_net(seed=9, stem_width=8, act="gelu", **cfg)
+        refs = [_tta_reference(K, layers, head, "flip")(x.permute(0, 3, 1, 2)).double() for x in xs]
+        start = _big_tiles(K, layers, head, 2, 2, views=views)
+        start[1]["SPLIT"] = 2  # its 2 K steps: split too (a pooled producer read by the blocked loads)
+        join = [dict(t) for t in start]
+        for t in join[2:]:
+            t.update(BP=16, BN=16, SPLIT=2, JOIN=True)
+        mixed = [dict(t) for t in start]
+        mixed[-2]["SPLIT"] = 1  # the layer before the last does not split: the last reads its fp16 output
+        for case, tiles in (("split", start), ("join", join), ("mixed", mixed)):
+            net = K.KernelNet(layers, head, batch=1, views=views, tiles=tiles, split_meet="next")
+            errs = [_rel_err(net(x).clone(), ref) for x, ref in zip(xs, refs)]
+            seq, word = torch.zeros(1, dtype=torch.int32), torch.full((4,), -1, dtype=torch.int32)
+            logits = net(xs[0], answer=(seq, word)).clone()
+            out[f"{shape}_{case}"] = dict(errs=errs, kernels=net.kernel_count(), layers=len(net.specs),
+                                          defers=[net.defers(i) for i in range(len(net.specs))],
+                                          head=net.head_mode(-1), word=int(word[0]),
+                                          want=(1 << 4) | int(logits[0].argmax()))
+        net = K.KernelNet(layers, head, batch=1, views=views, tiles=start, split_meet="next")
+        net.sums_n = 0  # the first layer zeroes nothing: each call adds onto the sums of the one before
+        out[f"{shape}_unzeroed"] = [_rel_err(net(x).clone(), ref) for x, ref in zip(xs, refs)]
+    return out
+
+
 def _no_copy():
     """A stand-in for kernels._stage_image that copies nothing (a jit function at module level:
     Triton reads its source and its globals)."""
@@ -311,7 +351,7 @@ def _inference_flip():
     cfg = load_config()
     a = dict(fold_bn=True, cudnn_relu=False, device=torch.device("cpu"), dtype=torch.float16,
              mem=torch.channels_last, tta="flip", kernels=True, kernel_tiles="heuristic", kernel_pdl=False,
-             kernel_pdl_trigger="early", kernel_engine="triton", kernel_cluster_blocks=16)
+             kernel_pdl_trigger="early", kernel_split_meet="count", kernel_engine="triton", kernel_cluster_blocks=16)
     ref_a = dict(a, kernels=False, dtype=torch.float32, mem=torch.contiguous_format)
     m1, m2 = _small_fastnet(1), _small_fastnet(2)
     net = folded_net(cfg, m1, a)
@@ -431,16 +471,18 @@ def _ptx_atomic_orders():
     import kernels
     ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", y_ptr="*fp16", part_ptr="*fp32", cnt_ptr="*i32",
                hmax_ptr="*fp32", hw_ptr="*fp32", hb_ptr="*fp32", out_ptr="*fp32", hcnt_ptr="*i32", view_ptr="*i32",
-               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", go_ptr="*i32", stage_ptr="*u8", trace_ptr="*i64", m_tiles="i32", SPLIT="i32",
-               n_fin="i32", limit="i32")
+               vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", go_ptr="*i32", stage_ptr="*u8",
+               trace_ptr="*i64", pb_ptr="*fp32", zraw_ptr="*fp32", m_tiles="i32", SPLIT="i32", n_fin="i32",
+               limit="i32", zn="i32")
     base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
                 GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False,
-                GATE=0, STAGE=0, POLLS=1, JOIN=False, TRACE=0)
+                GATE=0, STAGE=0, POLLS=1, JOIN=False, TRACE=0, RAW_OUT=False, RAW_IN=0, XMAP=0, PACT=2, ZCH=0)
     out = {}
     for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True)),
                         ("gated", dict(GATE=1)), ("staged", dict(GATE=1, STAGE=1024)),
                         ("polled", dict(GATE=1, STAGE=1024, POLLS=4)),
-                        ("traced", dict(GATE=1, STAGE=1024, TRACE=1))):
+                        ("traced", dict(GATE=1, STAGE=1024, TRACE=1)),
+                        ("sums", dict(RAW_OUT=True, RAW_IN=4, XMAP=4096)), ("zeroing", dict(ZCH=64))):
         src = triton.compiler.ASTSource(fn=kernels.conv_layer_kernel, signature=ptr, constexprs=dict(base, **extra))
         ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
         out[name] = {}
@@ -472,6 +514,8 @@ def _case(name):
         return _gate(K)
     if name == "join":
         return _join()
+    if name == "split_meet":
+        return _split_meet()
     if name == "inference_flip":
         return _inference_flip()
     if name == "tile_cache":
@@ -618,6 +662,20 @@ def test_join_tiles_are_candidates_of_the_late_layers_with_several_maps(K):
         K._check_trigger(dict(whole[0], GENERIC=True))
 
 
+def test_split_k_sums_met_in_the_next_kernel_compute_the_same_net():
+    r = _run_case("split_meet")
+    for shape in ("plain_last", "pooled_last"):
+        for case in ("split", "join", "mixed"):
+            c = r[f"{shape}_{case}"]
+            assert max(c["errs"]) < TOL and c["word"] == c["want"], (shape, case, c)
+            # the last layer splits, so it defers too: its head is the head kernel (one kernel more)
+            assert c["defers"][0] is False and c["defers"][-1] and c["head"] == 0, c
+            assert c["kernels"] == c["layers"] + 1, c
+        assert r[f"{shape}_mixed"]["defers"][-2] is False and all(r[f"{shape}_split"]["defers"][1:]), r
+        # without the first layer's zeroing the second call's sums hold the first's too
+        assert r[f"{shape}_unzeroed"][0] < TOL < r[f"{shape}_unzeroed"][1], r
+
+
 def test_only_arrival_counts_are_acquire_release_atomics():
     """The memory order of the kernels' atomics, in their sm90 PTX: acq_rel (which ptxas wraps
     in a GPU-wide memory barrier and an L1 invalidation) only for the arrival counts -- a
@@ -651,6 +709,10 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # the trace (tools/e2e_trace.py, off in every path the kit times) adds three relaxed maxima a
     # program: past the PDL wait, past the K loop, at the end
     assert got["traced"] == dict(got["staged"], relaxed=got["staged"]["relaxed"] + 3), got
+    # split_meet next: the slices' sums are relaxed adds and nothing else, no arrival count; the
+    # first layer's zeroing of them is plain stores
+    assert got["sums"].get("acq_rel", 0) == 0 and got["sums"].get("relaxed", 0) >= 1 and reads["sums"] == 0, got
+    assert got["zeroing"] == got["split_k"], got
 
 
 def test_wrong_weights_are_caught():
