@@ -141,8 +141,10 @@ VARIANT = {
     # where a split-K layer's K slices meet: count (the last slice to arrive at a tile, by an
     # arrival count, reads their sum back and runs the epilogue) | next (the slices add into fp32
     # sums and the kernel ends; the next kernel runs the epilogue as it loads them, after the last
-    # layer a head kernel: no count, no read-back between a K loop and its kernel's end)
-    "kernel_split_meet": Field(str, "count", choices=("count", "next")),
+    # layer a head kernel: no count, no read-back between a K loop and its kernel's end) | flag (the
+    # tile's last slice polls the others' partial tiles, each value beside the call's epoch in one
+    # 64-bit word: no fence, no count, no read-back)
+    "kernel_split_meet": Field(str, "count", choices=("count", "next", "flag")),
     # who runs the kernels' net: triton (one kernel per layer, kernel_net.py) | cluster (the whole
     # net in one launch of one thread-block cluster, cluster_net.py; Hopper, nvcc at build time);
     # kernel_cluster_blocks: the cluster's blocks (8 is the portable size, 16 the largest)

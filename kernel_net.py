@@ -22,7 +22,8 @@ from kernels import ACTS, TRITON_ERROR
 from utils import KitError, atomic_write_bytes, check_writable, env_info
 
 PDL_TRIGGERS = {"early": 1, "late": 2}  # the kernels' PDL constexpr: where each lets the next one launch
-SPLIT_MEETS = ("count", "next")  # where a split-K layer's slices meet (KernelNet split_meet)
+SPLIT_MEETS = ("count", "next", "flag")  # where a split-K layer's slices meet (KernelNet split_meet)
+FLAG_WORDS = 48  # meet flag: the most of the other slices' 64-bit words the last slice reads a thread
 _TILE_CACHE = {}  # (tile key, pdl, autotune) -> tiles chosen at build in this process
 
 
@@ -227,6 +228,8 @@ def _check_trigger(t):
         raise ValueError(f"tiles {t}: trigger must be one of {', '.join(PDL_TRIGGERS)}")
     if t.get("JOIN") and t["GENERIC"]:
         raise ValueError(f"tiles {t}: JOIN tiles need GENERIC false")
+    if t.get("MEET", "count") not in SPLIT_MEETS:
+        raise ValueError(f"tiles {t}: MEET must be one of {', '.join(SPLIT_MEETS)}")
 
 
 # ============================================================================= the tile cache
@@ -306,7 +309,10 @@ class KernelNet(torch.nn.Module):
     split_meet: where the K slices of a split-K layer (after the first) meet: count (the last
     slice to arrive at a tile, by an arrival count, reads the sum back and runs the epilogue) |
     next (the slices add into fp32 sums and the kernel ends; the next layer runs the epilogue
-    in its loads, and after the last layer a head kernel of one program: one kernel more).
+    in its loads, and after the last layer a head kernel of one program: one kernel more) |
+    flag (the tile's last slice polls the others' partial tiles, every value stored beside the
+    call's epoch in one 64-bit word: no fence, count or read-back).  A layer's tiles may name
+    their own ("MEET").
     """
 
     def __init__(self, layers, head, batch=1, device="cuda", autotune=False, pdl=False, tiles=None, views=None,
@@ -384,6 +390,7 @@ class KernelNet(torch.nn.Module):
         self.staged = torch.zeros(self.batch, 32, 32, 3, dtype=torch.uint8, device=dev)  # the image (STAGE)
         self.trace = None  # an int64 [1024, 32] device buffer: launches stamp it (TRACE, tools/e2e_trace.py)
         self.sums, self.sums_n = torch.zeros(1, device=dev), 0  # the deferring layers' sums (_place_sums)
+        self.epoch = torch.zeros(1, dtype=torch.int32, device=dev)  # the call's epoch of meet flag
 
     @torch.no_grad()
     def load_weights(self, layers, head):
@@ -419,11 +426,24 @@ class KernelNet(torch.nn.Module):
         sp["part"] = torch.zeros(scratch_shape(m, t, self.nb, mt, t["SPLIT"]), device=self.device)
         sp["cnt"] = torch.zeros(maps * mt * nt, dtype=torch.int32, device=self.device)
 
-    def defers(self, i):
-        """Does layer i leave its fp32 sums for the next kernel (split_meet next, split-K, not the
-        first layer: the first layer's programs zero the sums)?"""
+    def meet(self, i):
+        """Where layer i's K slices meet: count | next | flag ('count' without split-K, and for the
+        first layer, whose programs zero the sums and count the epoch up for the later ones).  The
+        net's flag gives way to count where the last slice would hold more than FLAG_WORDS of the
+        others' words a thread (its registers spill: a pooled layer's 64-row tiles, say); a layer's
+        own MEET is taken as it is."""
         i = i % len(self.specs)
-        return self.split_meet == "next" and i > 0 and self.specs[i]["tiles"]["SPLIT"] > 1
+        t, m = self.specs[i]["tiles"], self.specs[i]["meta"]
+        if i == 0 or t["SPLIT"] < 2:
+            return "count"
+        if "MEET" in t:
+            return t["MEET"]
+        words = (t["SPLIT"] - 1) * t["BP"] * m["S"] * t["BN"] / (32 * t["num_warps"])
+        return "count" if self.split_meet == "flag" and words > FLAG_WORDS else self.split_meet
+
+    def defers(self, i):
+        """Does layer i leave its fp32 sums for the next kernel (meet next)?"""
+        return self.meet(i) == "next"
 
     def _sums_stride(self, i):
         """Floats per map in layer i's sums (its scratch's rows: per map, or all maps' in turn: JOIN)."""
@@ -446,6 +466,10 @@ class KernelNet(torch.nn.Module):
             n += -(-self.specs[i]["part"].numel() // 32) * 32  # 128-byte aligned
         self.sums = torch.zeros(max(n, 1), device=self.device)
         self.sums_n = n
+        for i, sp in enumerate(self.specs):  # meet flag: SPLIT - 1 partial tiles of int64 words per tile
+            m, t = sp["meta"], sp["tiles"]
+            words = math.prod(sp["grid"][:2]) * (t["SPLIT"] - 1) * t["BP"] * m["S"] * t["BN"]
+            sp["slots"] = torch.zeros(words if self.meet(i) == "flag" else 1, dtype=torch.int64, device=self.device)
         for i, o in zip(idx, offs):
             part = self.specs[i]["part"]
             self.specs[i]["part"] = self.sums[o:o + part.numel()].view(part.shape)
@@ -586,8 +610,8 @@ class KernelNet(torch.nn.Module):
         kernels.conv_layer_kernel[sp["grid"]](
             x, sp["w"], sp["b"], sp["y"], sp["part"], sp["cnt"], self.hmax, self.hw, self.hb, self.out, self.hcnt,
             self.view_t, self.view_w, seq, word, flag, self.gate_go, self.staged,
-            self._no_answer if self.trace is None else self.trace, prev["b"], self.sums, sp["m_tiles"], t["SPLIT"],
-            sp["grid"][0] * sp["grid"][1], limit, zn,
+            self._no_answer if self.trace is None else self.trace, prev["b"], self.sums, self.epoch,
+            sp.get("slots", self.sums), sp["m_tiles"], t["SPLIT"], sp["grid"][0] * sp["grid"][1], limit, zn,
             H=m["H"], W=m["W"], CIN=m["CIN"], COUT=m["COUT"], KH=m["KH"], PAD=m["PAD"], S=m["S"], WO=m["WO"],
             HWO=m["HO"] * m["WO"], ACT=m["ACT"], BP=t["BP"], BN=t["BN"], BK=t["BK"], KI=_k_steps(m, t),
             GENERIC=t["GENERIC"], HEAD=self._count_head_mode(i) if i == len(self.specs) - 1 and not raw_out else 0,
@@ -597,7 +621,8 @@ class KernelNet(torch.nn.Module):
             ANSWER=answer is not None and i == len(self.specs) - 1, GATE=gate_mode, STAGE=staged,
             POLLS=polls if gate_mode else 1, JOIN=bool(t.get("JOIN")), TRACE=0 if self.trace is None else i + 1,
             RAW_OUT=raw_out, RAW_IN=prev["meta"]["S"] if raw_in else 0, XMAP=self._sums_stride(i - 1) if raw_in else 0,
-            PACT=prev["meta"]["ACT"], ZCH=zch, **kw)
+            PACT=prev["meta"]["ACT"], ZCH=zch, FLAG=t["SPLIT"] - 1 if not alone and self.meet(i) == "flag" else 0,
+            BUMP=i == 0 and not alone and any(self.meet(j) == "flag" for j in range(len(self.specs))), **kw)
 
     def _launch_head(self, answer=None):
         """The head kernel after a last layer that defers (kernels.head_kernel, one program)."""
@@ -671,7 +696,8 @@ class KernelNet(torch.nn.Module):
         sp = self.specs[i]
         m, t = sp["meta"], sp["tiles"]
         return (f"L{i} {m['CIN']}->{m['COUT']} k{m['KH']} {m['H']}x{m['W']}"
-                f"{' pool' if m['S'] == 4 else ''}{' +head' if self.head_mode(i) else ''}{' sums' if self.defers(i) else ''}"
+                f"{' pool' if m['S'] == 4 else ''}{' +head' if self.head_mode(i) else ''}"
+                f"{'' if self.meet(i) == 'count' else ' meet ' + self.meet(i)}"
                 f" grid={sp['grid']} BP={t['BP']} BN={t['BN']} BK={t['BK']} w{t['num_warps']}s{t['num_stages']}")
 
 

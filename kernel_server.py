@@ -122,7 +122,7 @@ if triton is not None:
                        part_ptr + POFF, cnt_ptr + COFF, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr,
                        vw_ptr, seq_ptr, word_ptr, req, M_TILES, SPLIT, MAPS * M_TILES * N_TILES,
                        H, W, CIN, COUT, KH, PAD, S, WO, HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT,
-                       False, ANSWER, JOIN, word_ptr, 0, b_ptr, False, 0, 0, 1)
+                       False, ANSWER, JOIN, word_ptr, 0, b_ptr, False, 0, 0, 1, cnt_ptr, cnt_ptr, False)
 
     @triton.jit
     def serve_kernel(req_ptr, img_ptr, dimg_ptr, ctl_ptr, word_ptr, w_ptr, b_ptr, act_ptr, part_ptr, cnt_ptr,
@@ -200,7 +200,7 @@ class KernelServer:
     refitted so that each layer's work items fill one round of the programs (else the tiles')."""
 
     def __init__(self, kn, programs=None, timeout_s=1.0, trace=False, fit_split=False):
-        if kn.split_meet != "count":
+        if any(kn.meet(i) != "count" for i in range(len(kn.specs))):
             raise ValueError("KernelServer meets each layer's K slices by arrival count: build the KernelNet with "
                              "split_meet='count'")
         if kn.batch != 1:

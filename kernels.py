@@ -17,7 +17,11 @@ behind for the next call, and runs the epilogue (pool, bias, activation, fp16 st
 (KernelNet split_meet="next", RAW_OUT) the slices only add into the fp32 sums and the kernel
 ends: the next kernel runs this layer's epilogue as it loads them (RAW_IN, _load_a_raw; after
 the last layer, head_kernel), so no count, no read-back and no barrier stand between the K loop
-and the kernel's end; the first layer's programs zero those sums for the call (ZCH).
+and the kernel's end; the first layer's programs zero those sums for the call (ZCH).  Or
+(split_meet="flag", FLAG) the tile's last K slice waits for the others' partial tiles, each value
+stored beside the call's epoch in one 64-bit word (a flag in every word, as NCCL's LL protocol):
+no fence, no count, no read-back round trip; it polls the words until all carry this call's
+epoch, sums them with its own and runs the epilogue.
 Memory order: the atomics that carry data (the partial sums, the head's maxima and logits)
 are relaxed, so a thread's adds go out back to back; only the arrival counts are
 acquire-release: the program's thread barrier before its count orders every thread's adds
@@ -190,6 +194,19 @@ if triton is not None:
             v = tl.maximum(v, tl.load(p + s * COUT, mask=ok, other=0.0, cache_modifier=".cg"))
         v = _act(v + tl.load(pb_ptr + cc, mask=cc < COUT, other=0.0)[None, :], PACT)
         return tl.where(ok, v, float("-inf"))
+
+    @triton.jit
+    def _flagged_sum(words, tsz, ep, acc, NSLOT: tl.constexpr):
+        # acc + the NSLOT partial tiles at words (tsz apart), and whether a word of them does not
+        # carry this call's epoch ep yet (its slice has not stored it): every read is issued before
+        # any sum waits for one, so the tiles arrive in one round trip
+        tot = acc
+        miss = tl.zeros(acc.shape, dtype=tl.int32)
+        for s in tl.static_range(NSLOT):
+            w = tl.load(words + s * tsz, volatile=True)
+            miss |= ((w >> 32).to(tl.int32) != ep).to(tl.int32)
+            tot += (w & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+        return tot, tl.max(miss)
 
     @triton.jit
     def _load_a_generic(x_base, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
@@ -375,7 +392,8 @@ if triton is not None:
     @triton.jit
     def conv_layer_kernel(x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                           hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr, view_ptr, vw_ptr, seq_ptr, word_ptr,
-                          flag_ptr, go_ptr, stage_ptr, trace_ptr, pb_ptr, zraw_ptr, m_tiles, SPLIT, n_fin, limit, zn,
+                          flag_ptr, go_ptr, stage_ptr, trace_ptr, pb_ptr, zraw_ptr, epoch_ptr, slots_ptr, m_tiles, SPLIT,
+                          n_fin, limit, zn,
                           H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                           KH: tl.constexpr, PAD: tl.constexpr, S: tl.constexpr,
                           WO: tl.constexpr, HWO: tl.constexpr, ACT: tl.constexpr,
@@ -385,7 +403,7 @@ if triton is not None:
                           ANSWER: tl.constexpr, GATE: tl.constexpr, STAGE: tl.constexpr,
                           POLLS: tl.constexpr, JOIN: tl.constexpr, TRACE: tl.constexpr,
                           RAW_OUT: tl.constexpr, RAW_IN: tl.constexpr, XMAP: tl.constexpr, PACT: tl.constexpr,
-                          ZCH: tl.constexpr):
+                          ZCH: tl.constexpr, FLAG: tl.constexpr, BUMP: tl.constexpr):
         """One folded conv layer (+ fused 2x2 pool, bias, act; + head when HEAD), grid =
         (NB * m_tiles, n_tiles, SPLIT): one work item (_conv_item) per program.  GATE (the first
         layer of a graph launched ahead with e2e_gate: stem or stage; 1: limit in ns of the GPU
@@ -415,7 +433,13 @@ if triton is not None:
         RAW_OUT, RAW_IN, XMAP, PACT: the meeting of split_meet="next" (_conv_item).  ZCH (the first
         layer, > 0 when a later layer leaves fp32 sums): each program zeroes ZCH of the zn floats
         at zraw_ptr, before any wait: those sums start at zero every call (later kernels of the
-        call add into them; stream order puts the previous call's reads of them before this)."""
+        call add into them; stream order puts the previous call's reads of them before this).
+        FLAG: this layer's K slices meet by flagged words (_conv_item).  BUMP (the first layer of a
+        net with such a layer): program 0 counts the call's epoch up (epoch_ptr), which the later
+        layers read after their PDL wait."""
+        if BUMP:
+            if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
+                tl.store(epoch_ptr, tl.load(epoch_ptr) + 1)
         if ZCH > 0:
             pz = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
             zo = pz * ZCH + tl.arange(0, ZCH)
@@ -454,7 +478,7 @@ if triton is not None:
                    x_src, w_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr, hmax_ptr, hw_ptr, hb_ptr, out_ptr, hcnt_ptr,
                    view_ptr, vw_ptr, seq_ptr, word_ptr, -1, m_tiles, SPLIT, n_fin, H, W, CIN, COUT, KH, PAD, S, WO,
                    HWO, ACT, BP, BN, BK, KI, GENERIC, HEAD, NB, CP, NV, VIEW, ZOUT, PDL, ANSWER, JOIN, row, TRACE,
-                   pb_ptr, RAW_OUT, RAW_IN, XMAP, PACT)
+                   pb_ptr, RAW_OUT, RAW_IN, XMAP, PACT, epoch_ptr, slots_ptr, FLAG)
         if TRACE:
             tl.atomic_max(row + 1 + TRACE, _clock(), sem="relaxed")
 
@@ -469,7 +493,8 @@ if triton is not None:
                    GENERIC: tl.constexpr, HEAD: tl.constexpr, NB: tl.constexpr, CP: tl.constexpr,
                    NV: tl.constexpr, VIEW: tl.constexpr, ZOUT: tl.constexpr, PDL: tl.constexpr,
                    ANSWER: tl.constexpr, JOIN: tl.constexpr, trow, TRACE: tl.constexpr, pb_ptr,
-                   RAW_OUT: tl.constexpr, RAW_IN: tl.constexpr, XMAP: tl.constexpr, PACT: tl.constexpr):
+                   RAW_OUT: tl.constexpr, RAW_IN: tl.constexpr, XMAP: tl.constexpr, PACT: tl.constexpr,
+                   epoch_ptr, slots_ptr, FLAG: tl.constexpr):
         """Work item (pid_m, pid_n, sid) of one layer: row tile pid_m = (map, tile), channel
         tile pid_n of n_tiles, K slice sid of SPLIT (KI K steps in all).  Map n = image n // NV,
         TTA view n % NV; the first layer (VIEW) makes the view itself from its image's loads.
@@ -481,7 +506,12 @@ if triton is not None:
         stamps past the PDL wait and past the K loop into the trace row trow (conv_layer_kernel).
         RAW_OUT: the K slices only add into this layer's fp32 sums (part_ptr, zeroed by the first
         layer), no epilogue.  RAW_IN (the previous layer's S): x_ptr holds the previous layer's sums
-        so (XMAP floats a map, their epilogue's bias pb_ptr and activation PACT run in the loads)."""
+        so (XMAP floats a map, their epilogue's bias pb_ptr and activation PACT run in the loads).
+        FLAG (= SPLIT - 1, else 0): slices 0..SPLIT-2 store their partial tile into slots_ptr (SPLIT-1 int64 tiles per
+        tile), each value's fp32 bits beside the call's epoch (read from epoch_ptr after the PDL
+        wait); slice SPLIT-1 polls each of those tiles until every word holds this epoch (an
+        aligned 64-bit store is seen whole or not at all), sums them with its own and runs the
+        epilogue.  Nothing is reset: the next call's words carry the next epoch."""
         BM: tl.constexpr = BP * S
         if JOIN:
             n = 0
@@ -522,6 +552,9 @@ if triton is not None:
                 gdc_launch_dependents()
         if TRACE:
             tl.atomic_max(trow + 15 + TRACE, _clock(), sem="relaxed")
+        ep = 0
+        if FLAG:  # this call's epoch (the first layer counted it up): its latency hides under the K loop
+            ep = tl.load(epoch_ptr)
         seq0 = 0
         if ANSWER:  # the device call counter (graph path), read now: off the answer's chain
             seq0 = tl.load(seq_ptr, mask=req < 0, other=0).to(tl.int32)
@@ -561,6 +594,22 @@ if triton is not None:
             _epilogue(acc, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr, out_ptr,
                       hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT, HEAD, NB, NV,
                       CP, ANSWER, JOIN)
+        elif FLAG:
+            tsz = BM * BN
+            words = slots_ptr + (pid_m * n_tiles + pid_n) * (SPLIT - 1) * tsz + \
+                (tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :])
+            if sid < SPLIT - 1:
+                bits = acc.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+                tl.store(words + sid * tsz, (ep.to(tl.int64) << 32) | bits)
+            else:
+                # the other slices run: they come before this one in the grid's order (sid is its
+                # slowest index), and a PDL dependant launches only after every program's K loop
+                tot, miss = acc, 1
+                while miss != 0:  # until every slice's words are there (one pass when they are)
+                    tot, miss = _flagged_sum(words, tsz, ep, acc, FLAG)
+                _epilogue(tot, bias, wfc, bfc, y_ptr, n, tile, pid_n, cols, cmask, hmax_ptr, hw_ptr, hb_ptr,
+                          out_ptr, hcnt_ptr, vw_ptr, seq_ptr, word_ptr, req, seq0, n_fin, BP, S, BN, HWO, COUT, ACT,
+                          HEAD, NB, NV, CP, ANSWER, JOIN)
         else:
             # split-K: add this slice into the fp32 scratch; the last slice to arrive at the
             # tile takes the sum (and leaves zeros behind) and runs the epilogue

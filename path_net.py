@@ -51,8 +51,8 @@ def kernel_notes(kn):
     src = kn.tile_sources()
     counts = ", ".join(f"{src.count(s)} {s}" for s in dict.fromkeys(src))
     pdl = f"; pdl{' late' if kn.pdl_trigger == 'late' else ''}" if kn.pdl else ""
-    meet = f"; split-K sums met in the next kernel ({sum(map(kn.defers, range(len(kn.specs))))} layers)" \
-        if getattr(kn, "split_meet", "count") == "next" else ""
+    meets = [kn.meet(i) for i in range(len(kn.specs))] if hasattr(kn, "meet") else []
+    meet = "".join(f"; split-K met by {m} in {meets.count(m)} layers" for m in ("next", "flag") if m in meets)
     return f"kernel tiles: {counts}{pdl}{meet}; {kn.kernel_count()} kernels"
 
 

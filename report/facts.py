@@ -15,9 +15,9 @@ ABLATION_CHAIN = ("F_fp32", "F_fp16", "F_fold", "F_graph", "F_cudnn", "F_call", 
 # (launched ahead, the gate in the first layer's kernel, the image staged on the device by it).
 IO_PAIRS = (("F_copy_sync", "F_nopdl"), ("F_copy", "F_nopdl"), ("F_sync", "F_nopdl"), ("F_call", "F"),
             ("F_ahead", "F"), ("F_stem", "F"), ("F85_ahead", "F85_triton"))
-# F_nopdl and F_pdl change F_call's PDL (both launch one graph per call); F_next where F's split-K
-# slices meet.
-PAIRS = (("F_nopdl", "F_call"), ("F_pdl", "F_call"), ("F_next", "F"), ("F85_nopdl", "F85_triton"),
+# F_nopdl and F_pdl change F_call's PDL (both launch one graph per call); F_next and F_flag where
+# F's split-K slices meet.
+PAIRS = (("F_nopdl", "F_call"), ("F_pdl", "F_call"), ("F_next", "F"), ("F_flag", "F"), ("F85_nopdl", "F85_triton"),
          ("F85_triton", "F85"), ("F85_cudnn", "F85"))
 
 # Public reference points: the only typed numbers of the report, each with its source.

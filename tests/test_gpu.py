@@ -70,7 +70,7 @@ def _reference_ids(cfg, clf, imgs):
 
 
 @pytest.mark.parametrize("variant", ["F", "F85", "F85_triton", "F85_cluster_ahead", "F85_tagged", "F_cluster",
-                                     "F_call", "F_stem", "F_next"])
+                                     "F_call", "F_stem", "F_next", "F_flag"])
 def test_e2e_path_agrees_with_fp32_on_all_test_images(gpu_cfg, test_split, variant):
     """The timed end-to-end call (uint8 image in host memory -> class id) vs the same weights in
     FP32 eager: top-1 agreement >= 99.9 % on all 10,000 test images, accuracy within 0.05 point,
@@ -98,7 +98,7 @@ def _two_images_of_two_classes(clf, imgs):
 
 @pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F_stem", "F85", "F85_triton", "F85_ahead",
                                      "F85_cluster", "F85_cluster_ahead", "F85_cluster8", "F85_tagged", "F_cluster",
-                                     "F_next"])
+                                     "F_next", "F_flag"])
 def test_alternating_two_images_never_returns_a_stale_answer(gpu_cfg, test_split, variant):
     clf = _predictor(gpu_cfg, variant)
     (a, ca), (b, cb) = _two_images_of_two_classes(clf, test_split[0])
@@ -135,7 +135,7 @@ def test_two_cluster_predictors_share_no_buffer(gpu_cfg, test_split, pair):
 
 
 @pytest.mark.parametrize("variant", ["F", "F_ahead", "F_call", "F_stem", "F85", "F85_cluster", "F85_cluster_ahead",
-                                     "F85_tagged", "F_cluster"])
+                                     "F85_tagged", "F_cluster", "F_flag"])
 def test_a_timed_out_wait_raises_and_the_next_call_works(gpu_cfg, test_split, variant):
     import utils
     clf = _predictor(gpu_cfg, variant, timeout_s=0.05)
@@ -238,7 +238,7 @@ def test_the_serving_kernel_expires_stops_and_serves_again(gpu_cfg, test_split, 
     assert int(clf._word_np[2]) == clf.calls + 1 and clf(imgs[5]) == want[5]
 
 
-@pytest.mark.parametrize("variant", ["F85_ahead", "F", "F_stem", "F_next"])
+@pytest.mark.parametrize("variant", ["F85_ahead", "F", "F_stem", "F_next", "F_flag"])
 def test_a_graph_launched_ahead_expires_and_the_next_call_answers_its_own_image(gpu_cfg, test_split, variant):
     """e2e_launch: ahead: after a pause longer than e2e_ahead_ms the waiting graph has expired (it
     answered on the previous image); the next call still answers its own.  drain() leaves

@@ -260,15 +260,21 @@ def _split_meet():
             t.update(BP=16, BN=16, SPLIT=2, JOIN=True)
         mixed = [dict(t) for t in start]
         mixed[-2]["SPLIT"] = 1  # the layer before the last does not split: the last reads its fp16 output
-        for case, tiles in (("split", start), ("join", join), ("mixed", mixed)):
-            net = K.KernelNet(layers, head, batch=1, views=views, tiles=tiles, split_meet="next")
+        flagmix = [dict(t) for t in start]
+        flagmix[-1]["MEET"] = "count"  # a layer's tiles name their own meeting
+        for case, tiles, meet in (("split", start, "next"), ("join", join, "next"), ("mixed", mixed, "next"),
+                                  ("flag", start, "flag"), ("flag_join", join, "flag"), ("flag_mixed", flagmix, "flag")):
+            net = K.KernelNet(layers, head, batch=1, views=views, tiles=tiles, split_meet=meet)
             errs = [_rel_err(net(x).clone(), ref) for x, ref in zip(xs, refs)]
             seq, word = torch.zeros(1, dtype=torch.int32), torch.full((4,), -1, dtype=torch.int32)
             logits = net(xs[0], answer=(seq, word)).clone()
+            flagged = [sp["slots"] for i, sp in enumerate(net.specs) if net.meet(i) == "flag"]
             out[f"{shape}_{case}"] = dict(errs=errs, kernels=net.kernel_count(), layers=len(net.specs),
                                           defers=[net.defers(i) for i in range(len(net.specs))],
+                                          meets=[net.meet(i) for i in range(len(net.specs))],
                                           head=net.head_mode(-1), word=int(word[0]),
-                                          want=(1 << 4) | int(logits[0].argmax()))
+                                          want=(1 << 4) | int(logits[0].argmax()), epoch=int(net.epoch[0]),
+                                          words_epochs=sorted({int(v) for s in flagged for v in (s >> 32).tolist()}))
         net = K.KernelNet(layers, head, batch=1, views=views, tiles=start, split_meet="next")
         net.sums_n = 0  # the first layer zeroes nothing: each call adds onto the sums of the one before
         out[f"{shape}_unzeroed"] = [_rel_err(net(x).clone(), ref) for x, ref in zip(xs, refs)]
@@ -472,17 +478,19 @@ def _ptx_atomic_orders():
     ptr = dict(x_ptr="*fp16", w_ptr="*fp16", b_ptr="*fp32", y_ptr="*fp16", part_ptr="*fp32", cnt_ptr="*i32",
                hmax_ptr="*fp32", hw_ptr="*fp32", hb_ptr="*fp32", out_ptr="*fp32", hcnt_ptr="*i32", view_ptr="*i32",
                vw_ptr="*fp32", seq_ptr="*i32", word_ptr="*i32", flag_ptr="*i32", go_ptr="*i32", stage_ptr="*u8",
-               trace_ptr="*i64", pb_ptr="*fp32", zraw_ptr="*fp32", m_tiles="i32", SPLIT="i32", n_fin="i32",
-               limit="i32", zn="i32")
+               trace_ptr="*i64", pb_ptr="*fp32", zraw_ptr="*fp32", epoch_ptr="*i32", slots_ptr="*i64", m_tiles="i32",
+               SPLIT="i32", n_fin="i32", limit="i32", zn="i32")
     base = dict(H=7, W=7, CIN=64, COUT=64, KH=3, PAD=1, S=1, WO=7, HWO=49, ACT=2, BP=16, BN=32, BK=64, KI=9,
                 GENERIC=False, HEAD=0, NB=1, CP=64, NV=1, VIEW=False, ZOUT=False, PDL=False, ANSWER=False,
-                GATE=0, STAGE=0, POLLS=1, JOIN=False, TRACE=0, RAW_OUT=False, RAW_IN=0, XMAP=0, PACT=2, ZCH=0)
+                GATE=0, STAGE=0, POLLS=1, JOIN=False, TRACE=0, RAW_OUT=False, RAW_IN=0, XMAP=0, PACT=2, ZCH=0,
+                FLAG=0, BUMP=False)
     out = {}
     for name, extra in (("split_k", {}), ("head", dict(H=3, W=3, WO=3, HWO=9, HEAD=2, ANSWER=True)),
                         ("gated", dict(GATE=1)), ("staged", dict(GATE=1, STAGE=1024)),
                         ("polled", dict(GATE=1, STAGE=1024, POLLS=4)),
                         ("traced", dict(GATE=1, STAGE=1024, TRACE=1)),
-                        ("sums", dict(RAW_OUT=True, RAW_IN=4, XMAP=4096)), ("zeroing", dict(ZCH=64))):
+                        ("sums", dict(RAW_OUT=True, RAW_IN=4, XMAP=4096)), ("zeroing", dict(ZCH=64)),
+                        ("flagged", dict(FLAG=3)), ("bump", dict(BUMP=True))):
         src = triton.compiler.ASTSource(fn=kernels.conv_layer_kernel, signature=ptr, constexprs=dict(base, **extra))
         ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
         out[name] = {}
@@ -671,6 +679,14 @@ def test_split_k_sums_met_in_the_next_kernel_compute_the_same_net():
             # the last layer splits, so it defers too: its head is the head kernel (one kernel more)
             assert c["defers"][0] is False and c["defers"][-1] and c["head"] == 0, c
             assert c["kernels"] == c["layers"] + 1, c
+        for case in ("flag", "flag_join", "flag_mixed"):  # flagged words: the same net, no kernel more
+            c = r[f"{shape}_{case}"]
+            assert max(c["errs"]) < TOL and c["word"] == c["want"], (shape, case, c)
+            assert c["kernels"] == c["layers"] and c["head"] > 0 and c["meets"][0] == "count", c
+            # three calls: the epoch counted up by each, and every word stored carries the last one
+            assert c["epoch"] == 3 and c["words_epochs"] == [3], c
+        assert r[f"{shape}_flag"]["meets"][1:] == ["flag"] * (len(r[f"{shape}_flag"]["meets"]) - 1), r
+        assert r[f"{shape}_flag_mixed"]["meets"][-1] == "count", r
         assert r[f"{shape}_mixed"]["defers"][-2] is False and all(r[f"{shape}_split"]["defers"][1:]), r
         # without the first layer's zeroing the second call's sums hold the first's too
         assert r[f"{shape}_unzeroed"][0] < TOL < r[f"{shape}_unzeroed"][1], r
@@ -713,6 +729,10 @@ def test_only_arrival_counts_are_acquire_release_atomics():
     # first layer's zeroing of them is plain stores
     assert got["sums"].get("acq_rel", 0) == 0 and got["sums"].get("relaxed", 0) >= 1 and reads["sums"] == 0, got
     assert got["zeroing"] == got["split_k"], got
+    # split_meet flag: the last slice polls the others' flagged words (volatile loads); no atomic
+    # at all, so no fence; the first layer's count of the epoch is a plain load and store
+    assert got["flagged"] == {"int_relaxed": 0} and reads["flagged"] > 0, (got, reads)
+    assert got["bump"] == got["split_k"] and reads["bump"] == 0, got
 
 
 def test_wrong_weights_are_caught():

@@ -91,7 +91,7 @@ def test_full_pipeline_on_cpu(tiny):
     table = {"B1", "B2", "O1", "O2", "O3", "D1", "F", "F85", "O2d", "F_fp32", "F_fp16", "F_fold", "F_graph",
              "F_cudnn", "F_copy_sync", "F_copy", "F_sync", "F_ahead", "F_stem", "F_call", "F85_ahead", "F_pdl", "F_nopdl",
              "F85_nopdl", "F85_cudnn", "F85_cluster", "F85_cluster8", "F85_cluster_ahead", "F85_triton", "F85_tagged",
-             "F_cluster", "F_next"}
+             "F_cluster", "F_next", "F_flag"}
     assert {x["variant"] for x in bench} == table | points  # ONE invocation: table, ablation and front
     for x in bench:
         assert x["runs"] == "2" and x["iters"] == "3" and x["acc"] != "" and float(x["size_mb"]) > 0
