@@ -1,5 +1,5 @@
-"""Triton kernels of the folded fastnet-class CNN at batch 1 (the device side; the host side,
-tile choice and tile cache are in kernel_net.py).
+"""Triton kernels of the folded fastnet-class CNN at batch 1 (the device side; the host side is
+kernel_net.py, the tiles and their cache kernel_tiles.py).
 
 The contract (models.FastNet.folded_spec): a net is a list of folded conv layers
     y = act(maxpool_pool(conv(x, W, padding)) + b)
