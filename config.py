@@ -143,7 +143,8 @@ VARIANT = {
     # sums and the kernel ends; the next kernel runs the epilogue as it loads them, after the last
     # layer a head kernel: no count, no read-back between a K loop and its kernel's end) | flag (the
     # tile's last slice polls the others' partial tiles, each value beside the call's epoch in one
-    # 64-bit word: no fence, no count, no read-back)
+    # 64-bit word: no fence, no count, no read-back).  On the H200, F: next ~8 us and flag ~4 us
+    # slower than count (rows F_next, F_flag)
     "kernel_split_meet": Field(str, "count", choices=("count", "next", "flag")),
     # who runs the kernels' net: triton (one kernel per layer, kernel_net.py) | cluster (the whole
     # net in one launch of one thread-block cluster, cluster_net.py; Hopper, nvcc at build time);
