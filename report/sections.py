@@ -315,8 +315,17 @@ def improvements(s):
                "The same tool splits each layer into the wait for the layer before, its K loop and its tail; "
                "for F the tails of the three split-K layers (the K slices' partial sums meeting through an "
                "arrival count and a read back, then the epilogue and, in the last, the head) are the largest "
-               "part left, so a cheaper meeting of the K slices (inside one thread-block cluster, which our "
-               "Triton kernels cannot express) is the next lever."]
+               "part left."]
+        alts = [(v, how) for v, how in (("F_next", "the sums met in the next kernel, which runs the epilogue as it "
+                                         "loads them"),
+                                        ("F_flag", "the partial tiles met by flagged words that the last slice "
+                                         "polls")) if v in s.rows.index]
+        if alts:
+            out[-1] += (" Two cheaper meetings within Triton were measured and lost: " + "; ".join(
+                f"{how} ({v}: e2e p50 {ms(s.rows.loc[v, 'e2e_p50_ms'])} ms)" for v, how in alts) +
+                f", against F's {ms(e2e)} ms.")
+        out[-1] += (" So the next lever is a meeting of the K slices inside one thread-block cluster, over "
+                    "distributed shared memory, which our Triton kernels cannot express.")
     else:
         out = [f"Of F's e2e p50 ({ms(e2e)} ms) the GPU works {ms(gpu)} ms; the remaining {ms(e2e - gpu)} ms "
                f"({share:.0f} %) is launching, moving the image and returning the answer"
