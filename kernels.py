@@ -140,12 +140,10 @@ if triton is not None:
         return ih, iw
 
     @triton.jit
-    def _load_a_blocked(x_base, roff, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
-                        CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr,
-                        VIEW: tl.constexpr, fl, dy, dx):
-        # K step `it` covers one tap (ky, kx) and BK consecutive input channels: each row
-        # reads BK contiguous fp16 of one NHWC pixel (coalesced); zero outside the image.
-        # roff: each row's map offset (JOIN), else 0.
+    def _tap_coords(oh, ow, rok, it, H: tl.constexpr, W: tl.constexpr, CIN: tl.constexpr, KH: tl.constexpr,
+                    PAD: tl.constexpr, BK: tl.constexpr):
+        # K step `it` of the blocked loads: its tap, its first input channel c0, each row's input
+        # pixel (ih, iw) and whether it lies inside the map
         CB: tl.constexpr = CIN // BK
         tap = it // CB
         c0 = (it - tap * CB) * BK
@@ -154,6 +152,16 @@ if triton is not None:
         ih = oh + (ky - PAD)
         iw = ow + (kx - PAD)
         ok = rok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        return tap, c0, ih, iw, ok
+
+    @triton.jit
+    def _load_a_blocked(x_base, roff, oh, ow, rok, it, kk, H: tl.constexpr, W: tl.constexpr,
+                        CIN: tl.constexpr, KH: tl.constexpr, PAD: tl.constexpr, BK: tl.constexpr,
+                        VIEW: tl.constexpr, fl, dy, dx):
+        # K step `it` covers one tap (ky, kx) and BK consecutive input channels: each row
+        # reads BK contiguous fp16 of one NHWC pixel (coalesced); zero outside the image.
+        # roff: each row's map offset (JOIN), else 0.
+        tap, c0, ih, iw, ok = _tap_coords(oh, ow, rok, it, H, W, CIN, KH, PAD, BK)
         if VIEW:
             ih, iw = _view_coords(ih, iw, fl, dy, dx, H, W)
         a = tl.load(x_base + (roff + (ih * W + iw) * CIN + c0)[:, None] + kk[None, :], mask=ok[:, None], other=0)
@@ -168,14 +176,7 @@ if triton is not None:
         # pixel, its bias pb and activation PACT, in fp32 and rounded to fp16 as its stored output
         # would have been; zero outside the image (the padding is of the activated map).  The sums
         # are read at L2 (.cg): another SM's adds made them.
-        CB: tl.constexpr = CIN // BK
-        tap = it // CB
-        c0 = (it - tap * CB) * BK
-        ky = tap // KH
-        kx = tap - ky * KH
-        ih = oh + (ky - PAD)
-        iw = ow + (kx - PAD)
-        ok = rok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        tap, c0, ih, iw, ok = _tap_coords(oh, ow, rok, it, H, W, CIN, KH, PAD, BK)
         p = x_base + (roff + (ih * W + iw) * (PS * CIN) + c0)[:, None] + kk[None, :]
         v = tl.load(p, mask=ok[:, None], other=0.0, cache_modifier=".cg")
         for s in tl.static_range(1, PS):
