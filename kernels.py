@@ -173,30 +173,32 @@ if triton is not None:
                     PACT: tl.constexpr):
         # _load_a_blocked on the previous layer's fp32 sums (RAW_IN: its K slices met there and it
         # ran no epilogue): this load runs that epilogue, the max over its PS pre-pool rows of each
-        # pixel, its bias pb and activation PACT, in fp32 and rounded to fp16 as its stored output
-        # would have been; zero outside the image (the padding is of the activated map).  The sums
-        # are read at L2 (.cg): another SM's adds made them.
+        # pixel, its bias pb and activation PACT (_finish_sums), in fp32 and rounded to fp16 as its
+        # stored output would have been; zero outside the image (the padding is of the activated map).
         tap, c0, ih, iw, ok = _tap_coords(oh, ow, rok, it, H, W, CIN, KH, PAD, BK)
         p = x_base + (roff + (ih * W + iw) * (PS * CIN) + c0)[:, None] + kk[None, :]
-        v = tl.load(p, mask=ok[:, None], other=0.0, cache_modifier=".cg")
-        for s in tl.static_range(1, PS):
-            v = tl.maximum(v, tl.load(p + s * CIN, mask=ok[:, None], other=0.0, cache_modifier=".cg"))
-        v = _act(v + tl.load(pb_ptr + c0 + kk)[None, :], PACT)
+        v = _finish_sums(p, ok[:, None], CIN, PS, tl.load(pb_ptr + c0 + kk), PACT)
         return tl.where(ok[:, None], v, 0.0).to(tl.float16), tap * CIN + c0 + kk
+
+    @triton.jit
+    def _finish_sums(p, mask, step, PS: tl.constexpr, bias, PACT: tl.constexpr):
+        # a deferring layer's epilogue on its fp32 sums at p (read at L2, .cg: another SM's adds made
+        # them): the max over its PS pre-pool rows, `step` floats apart, then its bias and activation
+        v = tl.load(p, mask=mask, other=0.0, cache_modifier=".cg")
+        for s in tl.static_range(1, PS):
+            v = tl.maximum(v, tl.load(p + s * step, mask=mask, other=0.0, cache_modifier=".cg"))
+        return _act(v + bias[None, :], PACT)
 
     @triton.jit
     def _raw_maps(x_ptr, pb_ptr, m0, XMAP: tl.constexpr, HWO: tl.constexpr, QP: tl.constexpr,
                   PS: tl.constexpr, COUT: tl.constexpr, CP: tl.constexpr, PACT: tl.constexpr):
         # [QP, CP] activated outputs of map m0 of a layer that left its fp32 sums (RAW_OUT): its
-        # epilogue (pool max, bias, activation) on them, -inf on the rows and channels past the map
+        # epilogue (_finish_sums) on them, -inf on the rows and channels past the map
         q = tl.arange(0, QP)
         cc = tl.arange(0, CP)
         ok = (q < HWO)[:, None] & (cc < COUT)[None, :]
         p = x_ptr + m0 * XMAP + (q * (PS * COUT))[:, None] + cc[None, :]
-        v = tl.load(p, mask=ok, other=0.0, cache_modifier=".cg")
-        for s in tl.static_range(1, PS):
-            v = tl.maximum(v, tl.load(p + s * COUT, mask=ok, other=0.0, cache_modifier=".cg"))
-        v = _act(v + tl.load(pb_ptr + cc, mask=cc < COUT, other=0.0)[None, :], PACT)
+        v = _finish_sums(p, ok, COUT, PS, tl.load(pb_ptr + cc, mask=cc < COUT, other=0.0), PACT)
         return tl.where(ok, v, float("-inf"))
 
     @triton.jit
